@@ -1,0 +1,390 @@
+//! The TOML configuration. Every key has a built-in default, so the daemon runs with no
+//! file; a bad file is refused with its path, line and key.
+
+use crate::api::recipients::is_valid_domain;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where the milter listens: `inet:HOST:PORT` (also Sendmail's `inet:PORT@HOST`) or
+/// `unix:/path` (also `local:/path`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SocketSpec {
+    Inet(String),
+    Unix(PathBuf),
+}
+
+impl TryFrom<String> for SocketSpec {
+    type Error = String;
+    fn try_from(spec: String) -> Result<Self, String> {
+        spec.parse()
+    }
+}
+
+impl std::str::FromStr for SocketSpec {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let usage = || {
+            format!(
+                "invalid socket `{spec}`: use `inet:HOST:PORT` (e.g. `inet:127.0.0.1:8895`) \
+                 or `unix:/path/to/socket`"
+            )
+        };
+        if let Some(path) = spec
+            .strip_prefix("unix:")
+            .or_else(|| spec.strip_prefix("local:"))
+        {
+            if path.is_empty() {
+                return Err(usage());
+            }
+            return Ok(SocketSpec::Unix(PathBuf::from(path)));
+        }
+        let rest = spec
+            .strip_prefix("inet:")
+            .or_else(|| spec.strip_prefix("inet6:"))
+            .ok_or_else(usage)?;
+        // Sendmail writes `PORT@HOST`; Postfix and OpenDKIM `HOST:PORT`.
+        let addr = match rest.split_once('@') {
+            Some((port, host)) => format!("{}:{port}", bracket_v6(host)),
+            None => rest.to_owned(),
+        };
+        let (host, port) = addr.rsplit_once(':').ok_or_else(usage)?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(usage());
+        }
+        Ok(SocketSpec::Inet(addr))
+    }
+}
+
+fn bracket_v6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+impl fmt::Display for SocketSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketSpec::Inet(addr) => write!(f, "inet:{addr}"),
+            SocketSpec::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A domain name, lowercased.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Domain(pub String);
+
+impl TryFrom<String> for Domain {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        let lower = name.trim().to_ascii_lowercase();
+        if lower.starts_with('[') || !is_valid_domain(&lower) {
+            return Err(format!("`{name}` is not a domain name"));
+        }
+        Ok(Domain(lower))
+    }
+}
+
+/// The node id that makes transmission ids unique across hosts (0 to 1023).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct NodeId(pub u16);
+
+impl TryFrom<i64> for NodeId {
+    type Error = String;
+    fn try_from(id: i64) -> Result<Self, String> {
+        u16::try_from(id)
+            .ok()
+            .filter(|&id| id <= crate::ids::MAX_NODE_ID)
+            .map(NodeId)
+            .ok_or_else(|| {
+                format!(
+                    "node_id {id} is out of range: give each milter host its own number from 0 to {}",
+                    crate::ids::MAX_NODE_ID
+                )
+            })
+    }
+}
+
+/// The local part of bounce addresses (before `+<transmission id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LocalPart(pub String);
+
+impl TryFrom<String> for LocalPart {
+    type Error = String;
+    fn try_from(part: String) -> Result<Self, String> {
+        let ok = !part.is_empty()
+            && part.len() <= 40
+            && part
+                .split('.')
+                .all(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c)));
+        if ok {
+            Ok(LocalPart(part))
+        } else {
+            Err(format!(
+                "`{part}` is not a usable local part: use letters, digits, `-`, `_`, `=` and dots (e.g. `bounces`)"
+            ))
+        }
+    }
+}
+
+impl Default for LocalPart {
+    fn default() -> Self {
+        LocalPart("bounces".into())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Envelope {
+    /// The default bounce domain (SPEC section 5, step 3).
+    pub bounce_domain: Option<Domain>,
+    pub bounce_local_part: LocalPart,
+    /// Rewrite MAIL FROM to a bounce address at all.
+    pub rewrite: bool,
+}
+
+impl Default for Envelope {
+    fn default() -> Self {
+        Self {
+            bounce_domain: None,
+            bounce_local_part: LocalPart::default(),
+            rewrite: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendingDomain {
+    pub name: Domain,
+    #[serde(default)]
+    pub bounce_domain: Option<Domain>,
+    /// Subaccounts this domain is assigned to.
+    #[serde(default)]
+    pub subaccounts: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpPool {
+    pub name: String,
+    /// The MTA transport that routes this pool (used once ip_pool routing lands).
+    #[serde(default)]
+    pub transport: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub socket: SocketSpec,
+    pub node_id: NodeId,
+    /// Most milter connections served at once (Postfix opens one per smtpd process).
+    pub max_connections: usize,
+    pub envelope: Envelope,
+    #[serde(rename = "sending_domain")]
+    pub sending_domains: Vec<SendingDomain>,
+    #[serde(rename = "ip_pool")]
+    pub ip_pools: Vec<IpPool>,
+    #[serde(rename = "dkim_key")]
+    pub dkim_keys: Vec<DkimKey>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: SocketSpec::Inet("127.0.0.1:8895".into()),
+            node_id: NodeId(0),
+            max_connections: 1024,
+            envelope: Envelope::default(),
+            sending_domains: Vec::new(),
+            ip_pools: Vec::new(),
+            dkim_keys: Vec::new(),
+        }
+    }
+}
+
+/// A configuration problem, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the configuration file: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: key `{key}`: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, key) = locate(text, offset);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                key,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.check_cross_references(text, file)?;
+        Ok(config)
+    }
+
+    fn check_cross_references(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for domain in &self.sending_domains {
+            if !seen.insert(&domain.name) {
+                let needle = format!("\"{}\"", domain.name.0);
+                let offset = text.rmatch_indices(&needle).next().map_or(0, |(i, _)| i);
+                let (line, key) = locate(text, offset);
+                return Err(ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line,
+                    key,
+                    message: format!("sending domain `{}` is configured twice", domain.name.0),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every bounce domain configured (the default and the sending domains' own).
+    pub fn bounce_domains(&self) -> impl Iterator<Item = &Domain> {
+        self.envelope
+            .bounce_domain
+            .iter()
+            .chain(self.sending_domains.iter().filter_map(|d| d.bounce_domain.as_ref()))
+    }
+
+    pub fn ip_pool_names(&self) -> Vec<String> {
+        self.ip_pools.iter().map(|p| p.name.clone()).collect()
+    }
+
+    pub fn dkim_key_names(&self) -> Vec<String> {
+        self.dkim_keys.iter().map(|k| k.name.clone()).collect()
+    }
+}
+
+/// The 1-based line of `offset` and the dotted key written there (`envelope.rewrite`).
+fn locate(text: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = match line.split_once('=') {
+        Some((key, _)) => key.trim().to_owned(),
+        None => line.trim().trim_matches(|c| c == '[' || c == ']').to_owned(),
+    };
+    let key = match table {
+        Some(table) if line.contains('=') => format!("{table}.{key}"),
+        _ => key,
+    };
+    (line_no, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/msys-milter.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+socket = "unix:/run/msys-milter/milter.sock"
+node_id = 7
+[envelope]
+bounce_domain = "Bounces.Example.net"
+bounce_local_part = "bnc"
+rewrite = false
+[[sending_domain]]
+name = "example.com"
+bounce_domain = "bounce.example.com"
+subaccounts = [123, 456]
+[[sending_domain]]
+name = "other.example"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.socket, SocketSpec::Unix("/run/msys-milter/milter.sock".into()));
+        assert_eq!(c.node_id, NodeId(7));
+        assert_eq!(c.envelope.bounce_domain, Some(Domain("bounces.example.net".into())));
+        assert!(!c.envelope.rewrite);
+        assert_eq!(c.sending_domains[0].subaccounts, [123, 456]);
+        assert_eq!(c.bounce_domains().count(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        assert_eq!(
+            parse("node_id = 1\n[envelope]\nbounce_domain = \"not a domain\"\n").unwrap_err(),
+            "/etc/msys-milter.toml:3: key `envelope.bounce_domain`: `not a domain` is not a domain name"
+        );
+        let e = parse("\n\n[envelope]\nrewrte = true\n").unwrap_err();
+        assert!(e.starts_with("/etc/msys-milter.toml:4: key `envelope.rewrte`: unknown field `rewrte`"), "{e}");
+        let e = parse("socket = \"tcp:1\"\n").unwrap_err();
+        assert!(e.starts_with("/etc/msys-milter.toml:1: key `socket`: invalid socket"), "{e}");
+        let e = parse("node_id = 5000\n").unwrap_err();
+        assert!(e.starts_with("/etc/msys-milter.toml:1: key `node_id`: node_id 5000 is out of range"), "{e}");
+        let e = parse("[envelope]\nrewrite = \"yes\"\n").unwrap_err();
+        assert!(e.starts_with("/etc/msys-milter.toml:2: key `envelope.rewrite`: invalid type"), "{e}");
+        let e = parse("[[sending_domain]]\nname = \"a.com\"\n[[sending_domain]]\nname = \"a.com\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("/etc/msys-milter.toml:4: key `sending_domain.name`: sending domain `a.com` is configured twice"), "{e}");
+        let e = parse("socket = \n").unwrap_err();
+        assert!(e.starts_with("/etc/msys-milter.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn socket_specs() {
+        assert_eq!("inet:8895@127.0.0.1".parse(), Ok(SocketSpec::Inet("127.0.0.1:8895".into())));
+        assert_eq!("inet:[::1]:8895".parse(), Ok(SocketSpec::Inet("[::1]:8895".into())));
+        assert_eq!("inet:8895@::1".parse(), Ok(SocketSpec::Inet("[::1]:8895".into())));
+        assert!("inet:127.0.0.1".parse::<SocketSpec>().is_err());
+        assert!("unix:".parse::<SocketSpec>().is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! The `msys-milter` command: run the daemon, explain a message, check a configuration.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use msys_milter::config::{Config, SocketSpec};
+use msys_milter::explain::{Explained, explain};
+use msys_milter::milter::BoundSocket;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// SparkPost's X-MSYS-API SMTP-injection features for Postfix and Sendmail, as a milter.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); without it the built-in defaults apply.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen here instead of the configured socket: `inet:HOST:PORT` or `unix:/path`.
+    #[arg(long, value_name = "SPEC")]
+    socket: Option<SocketSpec>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print what the milter would do with a message read from standard input: the exact
+    /// SMTP reply (exit status 1) or the plan as JSON (exit status 0).
+    Explain {
+        /// MAIL FROM address (default: the From: header's address).
+        #[arg(long, value_name = "ADDR")]
+        from: Option<String>,
+        /// RCPT TO address; repeat for several (default: the To: header's addresses).
+        #[arg(long, value_name = "ADDR")]
+        rcpt: Vec<String>,
+        /// SMTP AUTH user, e.g. `SMTP_Injection:X-MSYS-SUBACCOUNT=123`.
+        #[arg(long, value_name = "USER")]
+        auth_user: Option<String>,
+    },
+    /// Check a configuration file and exit: 0 when valid, 1 with the problem otherwise.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run_daemon(cli.config.as_deref(), cli.socket),
+        Some(Command::Explain {
+            from,
+            rcpt,
+            auth_user,
+        }) => run_explain(
+            cli.config.as_deref(),
+            from.as_deref(),
+            &rcpt,
+            auth_user.as_deref(),
+        ),
+        Some(Command::CheckConfig { file }) => Config::read(&file)
+            .map(|_| {
+                println!("{}: OK", file.display());
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("msys-milter: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::read(path)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run_explain(
+    config: Option<&Path>,
+    from: Option<&str>,
+    rcpts: &[String],
+    auth_user: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let mut message = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut message)
+        .context("cannot read the message from standard input")?;
+    Ok(match explain(&message, from, rcpts, auth_user, &config) {
+        Explained::Refused(reply) => {
+            println!("{reply}");
+            ExitCode::FAILURE
+        }
+        Explained::Accepted(plan) => {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+fn run_daemon(config: Option<&Path>, socket: Option<SocketSpec>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = load_config(config)?;
+    if let Some(socket) = socket {
+        config.socket = socket;
+    }
+    if config.envelope.rewrite && config.bounce_domains().next().is_none() {
+        tracing::warn!(
+            "no bounce domain configured ([envelope] bounce_domain or a sending domain's \
+             bounce_domain): MAIL FROM is left unchanged"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let socket = BoundSocket::bind(&config.socket)
+            .await
+            .with_context(|| "is another milter running? pick another socket with --socket")?;
+        tracing::info!(socket = %config.socket, "msys-milter {} listening", env!("CARGO_PKG_VERSION"));
+        let (listener, _socket_file) = socket.into_parts();
+        msys_milter::run(listener, config, shutdown_signal()).await?;
+        tracing::info!("msys-milter stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight messages"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight messages"),
+    }
+}

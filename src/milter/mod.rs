@@ -1,0 +1,160 @@
+//! The milter adapter: negotiation and one thin callback per stage. Each callback hands
+//! its input to the [`Session`]; any failure answers tempfail, never accept.
+
+pub mod listener;
+pub mod session;
+
+use crate::api::reply::{Reply, internal_error};
+use indymilter::{
+    Actions, Callbacks, Context, EomContext, MacroStage, NegotiateContext, ProtoOpts,
+    SetErrorReply, Status,
+};
+pub use listener::{BoundSocket, MilterListener};
+use session::{Session, Shared, Verdict, apply};
+use std::ffi::{CStr, CString};
+use std::future::Future;
+use std::sync::Arc;
+
+/// Actions the milter uses; an MTA that does not offer them all is refused at negotiation
+/// (the MTA then applies its default action, tempfail in our examples).
+const ACTIONS: Actions = Actions::ADD_HEADER
+    .union(Actions::CHANGE_HEADER)
+    .union(Actions::ADD_RCPT)
+    .union(Actions::CHANGE_SENDER);
+
+/// Stages whose reply we never change: the MTA need not wait for us there.
+const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_MAIL
+    .union(ProtoOpts::NOREPLY_RCPT)
+    .union(ProtoOpts::NOREPLY_HEADER);
+
+/// Macros we read, each at the stage the MTA knows it. Asking for any macro empties the
+/// MTA's default lists, so every one we need is named here.
+const MACROS: [(MacroStage, &CStr); 3] = [
+    (MacroStage::Mail, c"{auth_authen} {mail_addr}"),
+    (MacroStage::Rcpt, c"i {rcpt_addr}"),
+    (MacroStage::Eom, c"i"),
+];
+
+/// Serve the milter protocol on `listener` until `shutdown` completes; sessions busy
+/// with a message finish it first.
+pub async fn run(
+    listener: MilterListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let config = indymilter::Config {
+        max_connections: shared.config.max_connections,
+        actions: ACTIONS,
+        ..Default::default()
+    };
+    indymilter::run(listener, callbacks(shared), config, shutdown).await
+}
+
+fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
+    Callbacks::new()
+        .on_negotiate(|cx, actions, opts| Box::pin(handle_negotiate(cx, actions, opts)))
+        .on_mail(|cx, args| Box::pin(handle_mail(cx, args)))
+        .on_rcpt(|cx, args| Box::pin(handle_rcpt(cx, args)))
+        .on_header(|cx, name, value| Box::pin(handle_header(cx, name, value)))
+        .on_eom(move |cx| Box::pin(handle_eom(cx, shared.clone())))
+        .on_abort(|cx| Box::pin(handle_abort(cx)))
+}
+
+async fn handle_negotiate(
+    cx: &mut NegotiateContext<Session>,
+    actions: Actions,
+    opts: ProtoOpts,
+) -> Status {
+    if !actions.contains(ACTIONS) {
+        tracing::error!(
+            offered = ?actions,
+            "the MTA does not offer the milter actions msys-milter needs (add/change header, \
+             add recipient, change sender); use milter protocol 6"
+        );
+        return Status::Reject;
+    }
+    cx.requested_actions = ACTIONS;
+    cx.requested_opts |= opts & NOREPLY;
+    for (stage, macros) in MACROS {
+        cx.requested_macros.insert(stage, macros.to_owned());
+    }
+    cx.data = Some(Session::default());
+    Status::Continue
+}
+
+fn session(data: &mut Option<Session>) -> &mut Session {
+    data.get_or_insert_with(Session::default)
+}
+
+async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+    let auth = cx.macros.get(c"{auth_authen}").map(|v| v.to_string_lossy().into_owned());
+    let sender = args.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+    session(&mut cx.data).mail(&sender, auth.as_deref());
+    Status::Continue
+}
+
+async fn handle_rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+    if let Some(rcpt) = args.first() {
+        session(&mut cx.data).rcpt(&rcpt.to_string_lossy());
+    }
+    Status::Continue
+}
+
+async fn handle_header(cx: &mut Context<Session>, name: CString, value: CString) -> Status {
+    session(&mut cx.data).header(name.as_bytes(), value.as_bytes());
+    Status::Continue
+}
+
+async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
+    let queue_id = cx
+        .macros
+        .get(c"i")
+        .map_or_else(|| "NOQUEUE".to_owned(), |v| v.to_string_lossy().into_owned());
+    let verdict = session(&mut cx.data).end_of_message(&shared);
+    match verdict {
+        Verdict::Refuse(rejection) => {
+            let reply = rejection.reply();
+            tracing::info!(queue_id = %queue_id, outcome = if reply.is_temporary() { "tempfail" } else { "reject" }, reply = %reply, "{queue_id}: refused");
+            refuse(cx, &queue_id, &reply)
+        }
+        Verdict::Accept(plan) => match apply(&plan, &cx.actions).await {
+            Ok(()) => {
+                tracing::info!(
+                    queue_id = %queue_id,
+                    transmission_id = %plan.transmission_id,
+                    outcome = "accept",
+                    added_rcpts = plan.added_recipients().count(),
+                    mail_from = plan.mail_from.as_deref().unwrap_or("(unchanged)"),
+                    "{queue_id}: accepted"
+                );
+                Status::Continue
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %queue_id, transmission_id = %plan.transmission_id, "{queue_id}: milter action failed: {e}");
+                refuse(cx, &queue_id, &internal_error())
+            }
+        },
+    }
+}
+
+/// Answer with `reply`; its class decides reject (5xx) or tempfail (4xx).
+fn refuse(cx: &mut EomContext<Session>, queue_id: &str, reply: &Reply) -> Status {
+    if let Err(e) = cx
+        .reply
+        .set_error_reply(reply.code, Some(reply.enhanced), [reply.text.as_str()])
+    {
+        // Cannot happen with our sanitized texts; still never accept the message.
+        tracing::error!("{queue_id}: cannot set reply {reply}: {e}");
+        return Status::Tempfail;
+    }
+    if reply.is_temporary() {
+        Status::Tempfail
+    } else {
+        Status::Reject
+    }
+}
+
+async fn handle_abort(cx: &mut Context<Session>) -> Status {
+    session(&mut cx.data).abort();
+    Status::Continue
+}

@@ -121,9 +121,11 @@ impl TryFrom<String> for LocalPart {
     fn try_from(part: String) -> Result<Self, String> {
         let ok = !part.is_empty()
             && part.len() <= 40
-            && part
-                .split('.')
-                .all(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c)));
+            && part.split('.').all(|a| {
+                !a.is_empty()
+                    && a.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c))
+            });
         if ok {
             Ok(LocalPart(part))
         } else {
@@ -279,10 +281,11 @@ impl Config {
 
     /// Every bounce domain configured (the default and the sending domains' own).
     pub fn bounce_domains(&self) -> impl Iterator<Item = &Domain> {
-        self.envelope
-            .bounce_domain
-            .iter()
-            .chain(self.sending_domains.iter().filter_map(|d| d.bounce_domain.as_ref()))
+        self.envelope.bounce_domain.iter().chain(
+            self.sending_domains
+                .iter()
+                .filter_map(|d| d.bounce_domain.as_ref()),
+        )
     }
 
     pub fn ip_pool_names(&self) -> Vec<String> {
@@ -309,7 +312,10 @@ fn locate(text: &str, offset: usize) -> (usize, String) {
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
     let key = match line.split_once('=') {
         Some((key, _)) => key.trim().to_owned(),
-        None => line.trim().trim_matches(|c| c == '[' || c == ']').to_owned(),
+        None => line
+            .trim()
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned(),
     };
     let key = match table {
         Some(table) if line.contains('=') => format!("{table}.{key}"),
@@ -350,9 +356,15 @@ name = "other.example"
 "#,
         )
         .unwrap();
-        assert_eq!(c.socket, SocketSpec::Unix("/run/msys-milter/milter.sock".into()));
+        assert_eq!(
+            c.socket,
+            SocketSpec::Unix("/run/msys-milter/milter.sock".into())
+        );
         assert_eq!(c.node_id, NodeId(7));
-        assert_eq!(c.envelope.bounce_domain, Some(Domain("bounces.example.net".into())));
+        assert_eq!(
+            c.envelope.bounce_domain,
+            Some(Domain("bounces.example.net".into()))
+        );
         assert!(!c.envelope.rewrite);
         assert_eq!(c.sending_domains[0].subaccounts, [123, 456]);
         assert_eq!(c.bounce_domains().count(), 2);
@@ -365,15 +377,28 @@ name = "other.example"
             "/etc/msys-milter.toml:3: key `envelope.bounce_domain`: `not a domain` is not a domain name"
         );
         let e = parse("\n\n[envelope]\nrewrte = true\n").unwrap_err();
-        assert!(e.starts_with("/etc/msys-milter.toml:4: key `envelope.rewrte`: unknown field `rewrte`"), "{e}");
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:4: key `envelope.rewrte`: unknown field `rewrte`"),
+            "{e}"
+        );
         let e = parse("socket = \"tcp:1\"\n").unwrap_err();
-        assert!(e.starts_with("/etc/msys-milter.toml:1: key `socket`: invalid socket"), "{e}");
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:1: key `socket`: invalid socket"),
+            "{e}"
+        );
         let e = parse("node_id = 5000\n").unwrap_err();
-        assert!(e.starts_with("/etc/msys-milter.toml:1: key `node_id`: node_id 5000 is out of range"), "{e}");
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:1: key `node_id`: node_id 5000 is out of range"),
+            "{e}"
+        );
         let e = parse("[envelope]\nrewrite = \"yes\"\n").unwrap_err();
-        assert!(e.starts_with("/etc/msys-milter.toml:2: key `envelope.rewrite`: invalid type"), "{e}");
-        let e = parse("[[sending_domain]]\nname = \"a.com\"\n[[sending_domain]]\nname = \"a.com\"\n")
-            .unwrap_err();
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:2: key `envelope.rewrite`: invalid type"),
+            "{e}"
+        );
+        let e =
+            parse("[[sending_domain]]\nname = \"a.com\"\n[[sending_domain]]\nname = \"a.com\"\n")
+                .unwrap_err();
         assert!(e.starts_with("/etc/msys-milter.toml:4: key `sending_domain.name`: sending domain `a.com` is configured twice"), "{e}");
         let e = parse("socket = \n").unwrap_err();
         assert!(e.starts_with("/etc/msys-milter.toml:1:"), "{e}");
@@ -381,9 +406,18 @@ name = "other.example"
 
     #[test]
     fn socket_specs() {
-        assert_eq!("inet:8895@127.0.0.1".parse(), Ok(SocketSpec::Inet("127.0.0.1:8895".into())));
-        assert_eq!("inet:[::1]:8895".parse(), Ok(SocketSpec::Inet("[::1]:8895".into())));
-        assert_eq!("inet:8895@::1".parse(), Ok(SocketSpec::Inet("[::1]:8895".into())));
+        assert_eq!(
+            "inet:8895@127.0.0.1".parse(),
+            Ok(SocketSpec::Inet("127.0.0.1:8895".into()))
+        );
+        assert_eq!(
+            "inet:[::1]:8895".parse(),
+            Ok(SocketSpec::Inet("[::1]:8895".into()))
+        );
+        assert_eq!(
+            "inet:8895@::1".parse(),
+            Ok(SocketSpec::Inet("[::1]:8895".into()))
+        );
         assert!("inet:127.0.0.1".parse::<SocketSpec>().is_err());
         assert!("unix:".parse::<SocketSpec>().is_err());
     }

@@ -97,7 +97,10 @@ mod tests {
         let t = epoch() + Duration::from_secs(3600);
         let ids: Vec<u64> = (0..20_000).map(|_| g.next_at(t).unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        assert!(ids.iter().all(|id| (id >> SEQ_BITS) & u64::from(MAX_NODE_ID) == 5));
+        assert!(
+            ids.iter()
+                .all(|id| (id >> SEQ_BITS) & u64::from(MAX_NODE_ID) == 5)
+        );
     }
 
     #[test]

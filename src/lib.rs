@@ -17,5 +17,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
-    milter::run(listener, Arc::new(milter::session::Shared::new(config)), shutdown).await
+    milter::run(
+        listener,
+        Arc::new(milter::session::Shared::new(config)),
+        shutdown,
+    )
+    .await
 }

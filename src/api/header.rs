@@ -229,7 +229,10 @@ fn parse_recipient(entry: Value) -> Option<Recipient> {
     };
     let email = email.trim().to_owned();
     // A name with a line break or NUL would let the sender inject headers.
-    if name.as_deref().is_some_and(|n| n.contains(['\r', '\n', '\0'])) {
+    if name
+        .as_deref()
+        .is_some_and(|n| n.contains(['\r', '\n', '\0']))
+    {
         return None;
     }
     is_valid_mailbox(&email).then_some(Recipient { email, name })

@@ -47,9 +47,19 @@ pub struct PlannedRecipient {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum HeaderEdit {
-    Delete { name: String, index: i32 },
-    Change { name: String, index: i32, value: String },
-    Add { name: String, value: String },
+    Delete {
+        name: String,
+        index: i32,
+    },
+    Change {
+        name: String,
+        index: i32,
+        value: String,
+    },
+    Add {
+        name: String,
+        value: String,
+    },
 }
 
 /// Everything the milter does to an accepted message.
@@ -251,9 +261,7 @@ fn bounce_address(facts: &MessageFacts, config: &Config, transmission_id: u64) -
     let domain = own
         .cloned()
         .or_else(|| of_sending_domain(mail_from_domain.clone()))
-        .or_else(|| {
-            of_sending_domain(facts.from_header.as_deref().and_then(from_header_domain))
-        })
+        .or_else(|| of_sending_domain(facts.from_header.as_deref().and_then(from_header_domain)))
         .or_else(|| config.envelope.bounce_domain.as_ref().map(|d| d.0.clone()))?;
     Some(format!(
         "{}+{transmission_id}@{domain}",

@@ -182,7 +182,10 @@ pub fn address_list_header(rcpts: &[Recipient], name_len: usize) -> String {
 fn display_name_words(name: &str) -> Vec<String> {
     let printable = name.chars().all(|c| (' '..='~').contains(&c));
     if printable {
-        if name.split(' ').all(|w| !w.is_empty() && w.chars().all(is_atext)) {
+        if name
+            .split(' ')
+            .all(|w| !w.is_empty() && w.chars().all(is_atext))
+        {
             return name.split(' ').map(str::to_owned).collect();
         }
         let escaped: String = name
@@ -261,7 +264,10 @@ mod tests {
         ] {
             assert!(!is_valid_mailbox(bad), "{bad:?}");
         }
-        assert!(!is_valid_mailbox(&format!("{}@example.com", "a".repeat(65))));
+        assert!(!is_valid_mailbox(&format!(
+            "{}@example.com",
+            "a".repeat(65)
+        )));
     }
 
     #[test]

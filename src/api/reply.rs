@@ -127,10 +127,7 @@ impl Rejection {
             Rejection::WrongType { field, expected } => Reply::new(
                 "550",
                 "5.6.0",
-                format!(
-                    "X-MSYS-API '{field}' must be of type '{}'",
-                    expected.name()
-                ),
+                format!("X-MSYS-API '{field}' must be of type '{}'", expected.name()),
             ),
             Rejection::CampaignIdTooLong => Reply::new(
                 "550",

@@ -87,8 +87,14 @@ fn session(data: &mut Option<Session>) -> &mut Session {
 }
 
 async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
-    let auth = cx.macros.get(c"{auth_authen}").map(|v| v.to_string_lossy().into_owned());
-    let sender = args.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+    let auth = cx
+        .macros
+        .get(c"{auth_authen}")
+        .map(|v| v.to_string_lossy().into_owned());
+    let sender = args
+        .first()
+        .map(|a| a.to_string_lossy())
+        .unwrap_or_default();
     session(&mut cx.data).mail(&sender, auth.as_deref());
     Status::Continue
 }
@@ -106,10 +112,10 @@ async fn handle_header(cx: &mut Context<Session>, name: CString, value: CString)
 }
 
 async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
-    let queue_id = cx
-        .macros
-        .get(c"i")
-        .map_or_else(|| "NOQUEUE".to_owned(), |v| v.to_string_lossy().into_owned());
+    let queue_id = cx.macros.get(c"i").map_or_else(
+        || "NOQUEUE".to_owned(),
+        |v| v.to_string_lossy().into_owned(),
+    );
     let verdict = session(&mut cx.data).end_of_message(&shared);
     match verdict {
         Verdict::Refuse(rejection) => {
@@ -139,9 +145,9 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
 
 /// Answer with `reply`; its class decides reject (5xx) or tempfail (4xx).
 fn refuse(cx: &mut EomContext<Session>, queue_id: &str, reply: &Reply) -> Status {
-    if let Err(e) = cx
-        .reply
-        .set_error_reply(reply.code, Some(reply.enhanced), [reply.text.as_str()])
+    if let Err(e) =
+        cx.reply
+            .set_error_reply(reply.code, Some(reply.enhanced), [reply.text.as_str()])
     {
         // Cannot happen with our sanitized texts; still never accept the message.
         tracing::error!("{queue_id}: cannot set reply {reply}: {e}");

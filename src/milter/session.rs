@@ -101,9 +101,7 @@ pub async fn apply(plan: &Plan, actions: &EomActions) -> Result<(), ActionError>
         }
     }
     for rcpt in plan.added_recipients() {
-        actions
-            .add_recipient(format!("<{}>", rcpt.address))
-            .await?;
+        actions.add_recipient(format!("<{}>", rcpt.address)).await?;
     }
     if let Some(sender) = &plan.mail_from {
         actions

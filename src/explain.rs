@@ -5,12 +5,6 @@ use crate::api::reply::Reply;
 use crate::config::Config;
 use crate::ids::IdGenerator;
 
-/// The outcome for one message: the exact SMTP reply, or the plan.
-pub enum Explained {
-    Refused(Reply),
-    Accepted(Plan),
-}
-
 /// Split a raw message into its header fields (name, raw value with folding kept).
 pub fn header_fields(message: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
@@ -43,13 +37,14 @@ pub fn header_fields(message: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 /// Explain `message` as if received with MAIL FROM `from` and RCPT TO `rcpts`. Without
 /// `from`, the From: header's address is used; without `rcpts`, the To: header's.
+/// The result is the plan, or the exact SMTP reply refusing the message.
 pub fn explain(
     message: &[u8],
     from: Option<&str>,
     rcpts: &[String],
     auth_user: Option<&str>,
     config: &Config,
-) -> Explained {
+) -> Result<Plan, Reply> {
     let fields = header_fields(message);
     let header_addresses = |name: &str| -> Vec<String> {
         let mut raw = Vec::new();
@@ -96,8 +91,5 @@ pub fn explain(
         }
     }
     let ids = IdGenerator::new(config.node_id.0);
-    match plan(&facts, config, || ids.next()) {
-        Ok(plan) => Explained::Accepted(plan),
-        Err(rejection) => Explained::Refused(rejection.reply()),
-    }
+    plan(&facts, config, || ids.next()).map_err(|rejection| rejection.reply())
 }

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use msys_milter::config::{Config, SocketSpec};
-use msys_milter::explain::{Explained, explain};
+use msys_milter::explain::explain;
 use msys_milter::milter::BoundSocket;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -91,11 +91,11 @@ fn run_explain(
         .read_to_end(&mut message)
         .context("cannot read the message from standard input")?;
     Ok(match explain(&message, from, rcpts, auth_user, &config) {
-        Explained::Refused(reply) => {
+        Err(reply) => {
             println!("{reply}");
             ExitCode::FAILURE
         }
-        Explained::Accepted(plan) => {
+        Ok(plan) => {
             println!("{}", serde_json::to_string_pretty(&plan)?);
             ExitCode::SUCCESS
         }

@@ -157,10 +157,10 @@ pub fn address_list_header(rcpts: &[Recipient], name_len: usize) -> String {
         } else {
             format!("<{}>", rcpt.email)
         });
-        if i + 1 < rcpts.len() {
-            if let Some(last) = words.last_mut() {
-                last.push(',');
-            }
+        if i + 1 < rcpts.len()
+            && let Some(last) = words.last_mut()
+        {
+            last.push(',');
         }
         for word in words {
             if line_len > 1 && line_len + 1 + word.len() > FOLD_AT {

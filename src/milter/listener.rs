@@ -104,10 +104,10 @@ impl BoundSocket {
             }
             SocketSpec::Unix(path) => {
                 use std::os::unix::fs::FileTypeExt;
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    if meta.file_type().is_socket() {
-                        std::fs::remove_file(path)?;
-                    }
+                if let Ok(meta) = std::fs::symlink_metadata(path)
+                    && meta.file_type().is_socket()
+                {
+                    std::fs::remove_file(path)?;
                 }
                 let listener = UnixListener::bind(path).map_err(|e| {
                     io::Error::new(

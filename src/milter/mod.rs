@@ -10,7 +10,7 @@ use indymilter::{
     SetErrorReply, Status,
 };
 pub use listener::{BoundSocket, MilterListener};
-use session::{Session, Shared, Verdict, apply};
+use session::{Session, Shared, apply};
 use std::ffi::{CStr, CString};
 use std::future::Future;
 use std::sync::Arc;
@@ -116,14 +116,13 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
         || "NOQUEUE".to_owned(),
         |v| v.to_string_lossy().into_owned(),
     );
-    let verdict = session(&mut cx.data).end_of_message(&shared);
-    match verdict {
-        Verdict::Refuse(rejection) => {
+    match session(&mut cx.data).end_of_message(&shared) {
+        Err(rejection) => {
             let reply = rejection.reply();
             tracing::info!(queue_id = %queue_id, outcome = if reply.is_temporary() { "tempfail" } else { "reject" }, reply = %reply, "{queue_id}: refused");
             refuse(cx, &queue_id, &reply)
         }
-        Verdict::Accept(plan) => match apply(&plan, &cx.actions).await {
+        Ok(plan) => match apply(&plan, &cx.actions).await {
             Ok(()) => {
                 tracing::info!(
                     queue_id = %queue_id,

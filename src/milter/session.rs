@@ -31,13 +31,6 @@ pub struct Session {
     api_headers: usize,
 }
 
-/// What the milter answers at end of message.
-#[derive(Debug)]
-pub enum Verdict {
-    Accept(Plan),
-    Refuse(Rejection),
-}
-
 impl Session {
     /// MAIL FROM starts a new message.
     pub fn mail(&mut self, sender: &str, auth_authen: Option<&str>) {
@@ -65,14 +58,12 @@ impl Session {
         }
     }
 
-    /// Decide the message's fate; the session is reset for the next message.
-    pub fn end_of_message(&mut self, shared: &Shared) -> Verdict {
+    /// Decide the message's fate: the plan, or the rejection whose reply the MTA gives.
+    /// The session is reset for the next message.
+    pub fn end_of_message(&mut self, shared: &Shared) -> Result<Plan, Rejection> {
         let facts = std::mem::take(&mut self.facts);
         *self = Session::default();
-        match api::plan(&facts, &shared.config, || shared.ids.next()) {
-            Ok(plan) => Verdict::Accept(plan),
-            Err(rejection) => Verdict::Refuse(rejection),
-        }
+        api::plan(&facts, &shared.config, || shared.ids.next())
     }
 
     pub fn abort(&mut self) {

@@ -1,0 +1,190 @@
+//! The `msys-milter` binary: runs with built-in defaults, stops cleanly on SIGTERM and
+//! removes its UNIX socket, and its CLI errors say what to do.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_msys-milter");
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn runs_on_a_unix_socket_with_defaults_and_removes_it_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("milter.sock");
+    let mut child = Command::new(BIN)
+        .arg("--socket")
+        .arg(format!("unix:{}", path.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the socket", || {
+        std::os::unix::net::UnixStream::connect(&path).is_ok()
+    });
+    sigterm(&child);
+    let output = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(output.success(), "{output:?}");
+    assert!(!path.exists(), "socket file left behind");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("listening"), "{log}");
+    assert!(
+        log.contains("no bounce domain configured"),
+        "the start-up warning: {log}"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_at_start_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "node_id = 3\n\n[envelope]\nbounce_domain = \"no spaces allowed\"\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["--config", file.to_str().unwrap()],
+        vec!["check-config", file.to_str().unwrap()],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "{}:4: key `envelope.bounce_domain`",
+                file.display()
+            )),
+            "{err}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["check-config", "/nonexistent/msys.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/msys.toml: cannot read"));
+}
+
+#[test]
+fn cli_errors_say_what_to_do() {
+    let out = Command::new(BIN)
+        .args(["--socket", "tcp:25"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use `inet:HOST:PORT`"));
+    // A busy port names the socket and suggests --socket.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .args(["--socket", &format!("inet:127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--socket") && err.contains(&format!("inet:127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+fn explain(args: &[&str], message: &str) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .arg("explain")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn explain_prints_the_reply_or_the_plan() {
+    let (code, out) = explain(
+        &["--from", "a@example.com", "--rcpt", "b@example.org"],
+        "From: a@example.com\r\nX-MSYS-API: {\"tags\": [1]}\r\n\r\nbody\r\n",
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (
+            1,
+            "550 5.6.0 X-MSYS-API 'tags' entries must be of type 'string'"
+        )
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+    )
+    .unwrap();
+    let (code, out) = explain(
+        &["--config", config.to_str().unwrap()],
+        "From: App <a@example.com>\nTo: b@example.org, c@example.org\nX-MSYS-API: {\"cc\": [\"cc@example.com\"],\n  \"archive\": [\"arch@example.com\"]}\n\nbody\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rcpts: Vec<(&str, &str)> = plan["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap(),
+                r["rcpt_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            ("b@example.org", "to"),
+            ("c@example.org", "to"),
+            ("cc@example.com", "cc"),
+            ("arch@example.com", "archive")
+        ]
+    );
+    let tid = plan["transmission_id"].as_str().unwrap();
+    assert_eq!(
+        plan["mail_from"],
+        format!("bounces+{tid}@bounces.example.net")
+    );
+    assert_eq!(plan["header_edits"][1]["value"], "cc@example.com");
+}

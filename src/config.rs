@@ -162,6 +162,36 @@ impl Default for Envelope {
     }
 }
 
+/// How personalised copies are handed back to the MTA: an SMTP listener of the MTA on
+/// loopback that runs no milters, or the MTA's sendmail(1) command.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reinject {
+    /// `HOST:PORT` of the MTA's re-injection listener.
+    pub smtp: Option<String>,
+    /// Path of the MTA's sendmail(1) command; used instead of `smtp` when set.
+    pub sendmail: Option<PathBuf>,
+    /// Seconds a hand-over may take before the message is tempfailed.
+    pub timeout: u64,
+    /// Copies handed over at once (and the size of the SMTP connection pool).
+    pub concurrency: usize,
+    /// Key of the HMAC on the copies' loop marker. Without it a random key is made at
+    /// start, so a copy that loops back after a restart is processed as a new message.
+    pub secret: Option<String>,
+}
+
+impl Default for Reinject {
+    fn default() -> Self {
+        Self {
+            smtp: Some("127.0.0.1:10026".into()),
+            sendmail: None,
+            timeout: 30,
+            concurrency: 16,
+            secret: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendingDomain {
@@ -195,7 +225,10 @@ pub struct Config {
     pub node_id: NodeId,
     /// Most milter connections served at once (Postfix opens one per smtpd process).
     pub max_connections: usize,
+    /// Largest message body buffered for copies; larger ones are refused (552 5.3.4).
+    pub max_message_size: usize,
     pub envelope: Envelope,
+    pub reinject: Reinject,
     #[serde(rename = "sending_domain")]
     pub sending_domains: Vec<SendingDomain>,
     #[serde(rename = "ip_pool")]
@@ -210,7 +243,9 @@ impl Default for Config {
             socket: SocketSpec::Inet("127.0.0.1:8895".into()),
             node_id: NodeId(0),
             max_connections: 1024,
+            max_message_size: 50 * 1024 * 1024,
             envelope: Envelope::default(),
+            reinject: Reinject::default(),
             sending_domains: Vec::new(),
             ip_pools: Vec::new(),
             dkim_keys: Vec::new(),
@@ -262,6 +297,44 @@ impl Config {
     }
 
     fn check_cross_references(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |needle: &str, message: String| {
+            let (line, key) = locate(text, text.find(needle).unwrap_or(0));
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                key,
+                message,
+            }
+        };
+        let reinject = &self.reinject;
+        if let Some(smtp) = &reinject.smtp
+            && smtp
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid(
+                "smtp",
+                format!("`{smtp}` is not HOST:PORT (e.g. `127.0.0.1:10026`)"),
+            ));
+        }
+        if reinject.timeout == 0 {
+            return Err(invalid(
+                "timeout",
+                "timeout must be at least 1 second".into(),
+            ));
+        }
+        if reinject.concurrency == 0 {
+            return Err(invalid(
+                "concurrency",
+                "concurrency must be at least 1".into(),
+            ));
+        }
+        if reinject.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid(
+                "secret",
+                "secret must be at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for domain in &self.sending_domains {
             if !seen.insert(&domain.name) {

@@ -4,9 +4,10 @@ pub mod api;
 pub mod config;
 pub mod explain;
 pub mod ids;
+pub mod milter;
+pub mod reinject;
 
 pub use config::Config;
-pub mod milter;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,10 +18,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
-    milter::run(
-        listener,
-        Arc::new(milter::session::Shared::new(config)),
-        shutdown,
-    )
-    .await
+    let shared = milter::session::Shared::new(config)?;
+    milter::run(listener, Arc::new(shared), shutdown).await
 }

@@ -1,7 +1,9 @@
 //! Unit tests of the plan: recipients and dedupe, Cc header edits, MAIL FROM rewriting,
 //! sending domains and subaccounts (SPEC.md sections 4 and 5).
 
-use msys_milter::api::plan::{Delivery, HeaderEdit, MessageFacts, plan};
+use msys_milter::api::copies::HeaderField;
+use msys_milter::api::copies::render_copy;
+use msys_milter::api::plan::{Delivery, HeaderEdit, MessageFacts, Plan, plan};
 use msys_milter::api::recipients::RcptType;
 use msys_milter::config::Config;
 use msys_milter::ids::IdError;
@@ -12,16 +14,23 @@ fn config(toml: &str) -> Config {
 }
 
 fn facts(api: &str) -> MessageFacts {
-    MessageFacts {
+    let mut f = MessageFacts {
         mail_from: "app@example.com".into(),
         rcpts: vec!["to@example.org".into()],
-        api_values: if api.is_empty() {
-            vec![]
-        } else {
-            vec![api.as_bytes().to_vec()]
-        },
-        from_header: Some("App <app@example.com>".into()),
         ..Default::default()
+    };
+    set(&mut f, "From", Some("App <app@example.com>"));
+    if !api.is_empty() {
+        set(&mut f, "X-MSYS-API", Some(api));
+    }
+    f
+}
+
+/// Replace every `name` header with one of `value` (none for `None`).
+fn set(f: &mut MessageFacts, name: &str, value: Option<&str>) {
+    f.headers.retain(|h| !h.is(name));
+    if let Some(value) = value {
+        f.headers.push(HeaderField::new(name, value));
     }
 }
 
@@ -95,7 +104,10 @@ fn cc_and_archive_are_added_once_with_precedence() {
 #[test]
 fn existing_cc_headers_are_replaced() {
     let mut f = facts(r#"{"cc": ["a@example.com"]}"#);
-    f.cc_headers = 3;
+    for i in 0..3 {
+        f.headers
+            .push(HeaderField::new("Cc", format!("old{i}@example.com")));
+    }
     let p = outcome(&f, &Config::default()).unwrap();
     assert_eq!(
         p.header_edits[1..],
@@ -116,35 +128,206 @@ fn existing_cc_headers_are_replaced() {
         ]
     );
     // Without a cc list an existing Cc header is left alone.
-    f.api_values = vec![b"{}".to_vec()];
+    set(&mut f, "X-MSYS-API", Some("{}"));
     assert_eq!(
         outcome(&f, &Config::default()).unwrap().header_edits.len(),
         1
     );
 }
 
+const SECRET: &str = "[reinject]\nsecret = \"0123456789abcdef0123\"\n";
+
+fn summary(p: &Plan) -> Vec<(String, RcptType, Delivery)> {
+    p.recipients
+        .iter()
+        .map(|r| (r.address.clone(), r.rcpt_type, r.delivery))
+        .collect()
+}
+
 #[test]
-fn bcc_is_tempfailed_until_copies_exist() {
-    assert_eq!(
-        outcome(&facts(r#"{"bcc": ["b@example.com"]}"#), &Config::default()).unwrap_err(),
-        "451 4.3.0 bcc copies are not available yet"
+fn every_mix_of_lists_with_duplicates() {
+    use Delivery::*;
+    use RcptType::*;
+    let c = config(SECRET);
+    let mut f = facts(
+        r#"{"cc": ["cc@example.com", "TO@example.org"],
+            "bcc": [{"email": "bcc1@example.com", "name": "Bé Cé"}, "CC@example.com", "bcc2@example.com", "bcc1@example.com"],
+            "archive": ["arch@example.com", "BCC2@example.com", "to2@example.org"]}"#,
     );
-    // A bcc address that is already a recipient needs no copy of its own.
+    f.rcpts.push("to2@example.org".into());
+    let p = outcome(&f, &c).unwrap();
+    let s = |a: &str, t, d| (a.to_owned(), t, d);
+    assert_eq!(
+        summary(&p),
+        [
+            s("to@example.org", To, Original),
+            s("to2@example.org", To, Original),
+            s("cc@example.com", Cc, AddRecipient),
+            s("bcc1@example.com", Bcc, Copy),
+            s("bcc2@example.com", Bcc, Copy),
+            s("arch@example.com", Archive, AddRecipient),
+        ]
+    );
+    // Each bcc copy carries only its own Bcc header, with its display name.
+    assert_eq!(p.copies.len(), 2);
+    assert_eq!(
+        p.copies[0].extra_headers[0],
+        (
+            "Bcc".into(),
+            "=?utf-8?b?QsOpIEPDqQ==?= <bcc1@example.com>".into()
+        )
+    );
+    assert_eq!(
+        p.copies[1].extra_headers[0],
+        ("Bcc".into(), "bcc2@example.com".into())
+    );
+    for copy in &p.copies {
+        assert_eq!(copy.extra_headers[1].0, "X-MSYS-Reinjected");
+        assert!(copy.extra_headers[1].1.starts_with("42; "));
+    }
+    // Lists with only some kinds.
+    for (api, expected) in [
+        (
+            r#"{"bcc": ["b@example.com"]}"#,
+            vec![
+                s("to@example.org", To, Original),
+                s("b@example.com", Bcc, Copy),
+            ],
+        ),
+        (
+            r#"{"archive": ["a@example.com"], "bcc": ["A@example.com"]}"#,
+            vec![
+                s("to@example.org", To, Original),
+                s("A@example.com", Bcc, Copy),
+            ],
+        ),
+        (
+            r#"{"cc": ["c@example.com"], "archive": ["C@example.com"]}"#,
+            vec![
+                s("to@example.org", To, Original),
+                s("c@example.com", Cc, AddRecipient),
+            ],
+        ),
+        (
+            r#"{"bcc": ["to@EXAMPLE.org"]}"#,
+            vec![s("to@example.org", To, Original)],
+        ),
+        (r#"{}"#, vec![s("to@example.org", To, Original)]),
+    ] {
+        assert_eq!(
+            summary(&outcome(&facts(api), &c).unwrap()),
+            expected,
+            "{api}"
+        );
+    }
+}
+
+#[test]
+fn copies_share_one_message_id_with_the_original() {
+    let c = config(SECRET);
+    let p = outcome(&facts(r#"{"bcc": ["b@example.com"]}"#), &c).unwrap();
+    assert!(p.header_edits.contains(&HeaderEdit::Add {
+        name: "Message-ID".into(),
+        value: "<msys.42@example.com>".into()
+    }));
+    // An existing Message-ID is kept, and with no copies none is added.
+    let mut f = facts(r#"{"bcc": ["b@example.com"]}"#);
+    set(&mut f, "Message-Id", Some("<orig@example.com>"));
     assert!(
-        outcome(
-            &facts(r#"{"cc": ["b@example.com"], "bcc": ["B@example.com"]}"#),
-            &Config::default()
-        )
-        .is_ok()
+        !outcome(&f, &c)
+            .unwrap()
+            .header_edits
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Add { .. }))
     );
-    // Validation errors come first.
+    let p = outcome(&facts(r#"{"cc": ["c@example.com"]}"#), &c).unwrap();
+    assert!(
+        !p.header_edits
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Add { name, .. } if name == "Message-ID"))
+    );
+}
+
+#[test]
+fn copy_bytes_show_to_cc_and_only_their_own_bcc() {
+    let c = config(SECRET);
+    let mut f = facts(
+        r#"{"cc": [{"email": "cc@example.com", "name": "The CC"}], "bcc": ["b1@example.com", "b2@example.com"]}"#,
+    );
+    set(&mut f, "To", Some("Primary <to@example.org>"));
+    set(&mut f, "Message-ID", Some("<m@example.com>"));
+    let p = outcome(&f, &c).unwrap();
+    let body = b"Hello\r\n.leading dot\r\n";
+    let texts: Vec<String> = p
+        .copies
+        .iter()
+        .map(|copy| {
+            String::from_utf8(render_copy(&f.headers, &p.header_edits, copy, body)).unwrap()
+        })
+        .collect();
+    for (text, own) in texts.iter().zip(["b1@example.com", "b2@example.com"]) {
+        assert!(
+            text.contains("\r\nTo: Primary <to@example.org>\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nCc: The CC <cc@example.com>\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Bcc:").count(), 1, "{text}");
+        assert!(text.contains(&format!("\r\nBcc: {own}\r\n")), "{text}");
+        assert!(!text.contains("X-MSYS-API"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\nHello\r\n.leading dot\r\n"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_returning_copy_passes_once_unchanged_and_forgeries_do_not() {
+    let c = config(&format!(
+        "{SECRET}[envelope]\nbounce_domain = \"b.example.net\"\n"
+    ));
+    let first = outcome(&facts(r#"{"bcc": ["b@example.com"]}"#), &c).unwrap();
+    let (name, marker) = first.copies[0].extra_headers[1].clone();
+    // The copy as it would come back: no X-MSYS-API, the marker, its own Bcc.
+    let mut back = facts("");
+    back.rcpts = vec!["b@example.com".into()];
+    set(&mut back, &name, Some(&marker));
+    set(&mut back, "Bcc", Some("b@example.com"));
+    let p = outcome(&back, &c).unwrap();
+    assert!(p.returning_copy);
+    assert_eq!(p.transmission_id, "42");
+    assert_eq!(p.mail_from, None);
+    assert!(p.copies.is_empty());
     assert_eq!(
-        outcome(
-            &facts(r#"{"bcc": ["b@example.com"], "tags": 1}"#),
-            &Config::default()
-        )
-        .unwrap_err(),
-        "550 5.6.0 X-MSYS-API 'tags' must be of type 'json array'"
+        p.header_edits,
+        [HeaderEdit::Delete {
+            name: name.clone(),
+            index: 1
+        }]
+    );
+
+    // Signed with another secret, or tampered: treated as absent (and removed).
+    let other = config("[reinject]\nsecret = \"another-secret-0123456\"\n");
+    let p = outcome(&back, &other).unwrap();
+    assert!(!p.returning_copy);
+    assert_eq!(
+        p.header_edits,
+        [HeaderEdit::Delete {
+            name: name.clone(),
+            index: 1
+        }]
+    );
+    let mut forged = facts(r#"{"bcc": ["x@example.com"]}"#);
+    set(&mut forged, &name, Some(&marker.replace("42;", "43;")));
+    let p = outcome(&forged, &c).unwrap();
+    assert!(!p.returning_copy);
+    assert_eq!(
+        p.copies.len(),
+        1,
+        "a forged marker does not stop processing"
     );
 }
 
@@ -186,7 +369,7 @@ fn bounce_domain_order() {
     // 2b. MAIL FROM elsewhere, From: header in a sending domain with a bounce domain.
     let mut f = facts("");
     f.mail_from = "app@unrelated.example".into();
-    f.from_header = Some("=?utf-8?q?App?= <news@EXAMPLE.com>".into());
+    set(&mut f, "From", Some("=?utf-8?q?App?= <news@EXAMPLE.com>"));
     assert_eq!(
         outcome(&f, &c).unwrap().mail_from.as_deref(),
         Some("bnc+42@bounce.example.com")
@@ -194,7 +377,7 @@ fn bounce_domain_order() {
     // 3. a sending domain without its own bounce domain: the default.
     let mut f = facts("");
     f.mail_from = "app@plain.example".into();
-    f.from_header = Some("app@plain.example".into());
+    set(&mut f, "From", Some("app@plain.example"));
     assert_eq!(
         outcome(&f, &c).unwrap().mail_from.as_deref(),
         Some("bnc+42@default-bounce.example.net")
@@ -205,7 +388,7 @@ fn bounce_domain_order() {
 fn null_sender_is_never_rewritten_nor_refused() {
     let mut f = facts("");
     f.mail_from = String::new();
-    f.from_header = Some("MAILER-DAEMON@elsewhere.example".into());
+    set(&mut f, "From", Some("MAILER-DAEMON@elsewhere.example"));
     let p = outcome(&f, &config(DOMAINS)).unwrap();
     assert_eq!(p.mail_from, None);
 }
@@ -220,19 +403,23 @@ fn rewrite_can_be_switched_off() {
 fn unconfigured_sending_domain_is_refused() {
     let c = config(DOMAINS);
     let mut f = facts("");
-    f.from_header = Some("\"Other\" <someone@Other.org>, second@example.com".into());
+    set(
+        &mut f,
+        "From",
+        Some("\"Other\" <someone@Other.org>, second@example.com"),
+    );
     assert_eq!(
         outcome(&f, &c).unwrap_err(),
         "550 5.7.1 Unconfigured Sending Domain <other.org>"
     );
     // A subdomain is its own sending domain.
-    f.from_header = Some("x@sub.example.com".into());
+    set(&mut f, "From", Some("x@sub.example.com"));
     assert_eq!(
         outcome(&f, &c).unwrap_err(),
         "550 5.7.1 Unconfigured Sending Domain <sub.example.com>"
     );
     // Missing From: falls back to MAIL FROM.
-    f.from_header = None;
+    set(&mut f, "From", None);
     assert!(outcome(&f, &c).is_ok());
     f.mail_from = "x@nowhere.example".into();
     assert_eq!(
@@ -241,7 +428,7 @@ fn unconfigured_sending_domain_is_refused() {
     );
     // The header's problems are reported before the sending domain.
     let mut f = facts("{");
-    f.from_header = Some("x@other.org".into());
+    set(&mut f, "From", Some("x@other.org"));
     assert!(
         outcome(&f, &c)
             .unwrap_err()
@@ -249,7 +436,7 @@ fn unconfigured_sending_domain_is_refused() {
     );
     // With no sending domains configured any domain may send.
     assert!(outcome(&f, &Config::default()).is_err());
-    f.api_values.clear();
+    set(&mut f, "X-MSYS-API", None);
     assert!(outcome(&f, &Config::default()).is_ok());
 }
 
@@ -267,7 +454,7 @@ subaccounts = [123]
     let send = |auth: Option<&str>, from: &str| {
         let mut f = facts("");
         f.auth_authen = auth.map(Into::into);
-        f.from_header = Some(from.into());
+        set(&mut f, "From", Some(from));
         outcome(&f, &c).map(|p| p.subaccount_id)
     };
     let sub = Some("SMTP_Injection:X-MSYS-SUBACCOUNT=123");

@@ -1,6 +1,7 @@
 //! The pure core: X-MSYS-API parsing, validation and the plan of a message.
 //! No I/O, no async, no milter types, so it can be unit-tested and fuzzed.
 
+pub mod copies;
 pub mod header;
 pub mod plan;
 pub mod recipients;

@@ -2,8 +2,9 @@
 //! the SMTP AUTH user) and the configuration, decide the reply or the edits. Pure: the
 //! transmission id comes from a closure so the clock stays outside.
 
+use super::copies::{CopyPlan, HeaderField, MARKER_HEADER, marker_value, verify_marker};
 use super::header::{HEADER_NAME, Known, SmtpApi, parse_header_values};
-use super::recipients::{RcptType, address_list_header, dedupe, domain_of};
+use super::recipients::{RcptType, Recipient, address_list_header, dedupe, domain_of};
 use super::reply::Rejection;
 use crate::config::Config;
 use crate::ids::IdError;
@@ -16,14 +17,75 @@ pub struct MessageFacts {
     pub mail_from: String,
     /// RCPT TO addresses without angle brackets: the primary recipients.
     pub rcpts: Vec<String>,
-    /// Raw values of every `X-MSYS-API` header, in order.
-    pub api_values: Vec<Vec<u8>>,
-    /// The raw value of the first `From:` header.
-    pub from_header: Option<String>,
-    /// How many `Cc:` headers the message has.
-    pub cc_headers: usize,
+    /// Every header field, in order, as the MTA passed it.
+    pub headers: Vec<HeaderField>,
     /// The SMTP AUTH user (`{auth_authen}`), if the client authenticated.
     pub auth_authen: Option<String>,
+}
+
+impl MessageFacts {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| h.is(name))
+            .map(|h| h.value.as_slice())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.values(name).count()
+    }
+
+    /// The first `From:` header's value.
+    pub fn from_header(&self) -> Option<String> {
+        self.values("From")
+            .next()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// The message's `X-MSYS-API` header, parsed and validated (`None`: no header).
+pub type ParsedApi = Result<Option<SmtpApi>, Rejection>;
+
+/// Parse the message's `X-MSYS-API` header(s) against the configured names.
+pub fn parse_api(facts: &MessageFacts, config: &Config) -> ParsedApi {
+    let ip_pools = config.ip_pool_names();
+    let dkim_keys = config.dkim_key_names();
+    let values: Vec<&[u8]> = facts.values(HEADER_NAME).collect();
+    parse_header_values(
+        &values,
+        Known {
+            ip_pools: &ip_pools,
+            dkim_keys: &dkim_keys,
+        },
+    )
+}
+
+/// Whether the milter needs the body: only to build personalised copies. A message
+/// that will be refused needs none.
+pub fn needs_body(facts: &MessageFacts, api: &ParsedApi) -> bool {
+    match api {
+        Ok(Some(api)) => added_recipients(facts, api)
+            .iter()
+            .any(|(kind, _)| personalised(*kind)),
+        _ => false,
+    }
+}
+
+/// Does this kind of recipient get a copy of its own? Bcc recipients do: only their copy
+/// shows their Bcc header. (Tracking will make cc and bcc copies personalised too.)
+fn personalised(kind: RcptType) -> bool {
+    kind == RcptType::Bcc
+}
+
+fn added_recipients<'a>(facts: &MessageFacts, api: &'a SmtpApi) -> Vec<(RcptType, &'a Recipient)> {
+    dedupe(
+        &facts.rcpts,
+        [
+            (RcptType::Cc, &api.cc),
+            (RcptType::Bcc, &api.bcc),
+            (RcptType::Archive, &api.archive),
+        ],
+    )
 }
 
 /// How a recipient gets its copy.
@@ -34,6 +96,8 @@ pub enum Delivery {
     Original,
     /// Added to the original transaction with the add-recipient action.
     AddRecipient,
+    /// Gets a personalised copy, re-injected before the original is accepted.
+    Copy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -70,8 +134,13 @@ pub struct Plan {
     pub subaccount_id: Option<u64>,
     pub recipients: Vec<PlannedRecipient>,
     pub header_edits: Vec<HeaderEdit>,
-    /// The new MAIL FROM; `None` leaves it unchanged.
+    /// The new MAIL FROM; `None` leaves it unchanged. Copies use it too.
     pub mail_from: Option<String>,
+    /// Personalised copies to hand to the MTA before the original is accepted.
+    pub copies: Vec<CopyPlan>,
+    /// A copy of ours that came back: passed once, unchanged but for the marker.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub returning_copy: bool,
     /// The parsed header, when the message had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<SmtpApi>,
@@ -92,36 +161,35 @@ pub fn plan(
     config: &Config,
     next_id: impl FnOnce() -> Result<u64, IdError>,
 ) -> Result<Plan, Rejection> {
-    let ip_pools = config.ip_pool_names();
-    let dkim_keys = config.dkim_key_names();
-    let values: Vec<&[u8]> = facts.api_values.iter().map(Vec::as_slice).collect();
-    let api = parse_header_values(
-        &values,
-        Known {
-            ip_pools: &ip_pools,
-            dkim_keys: &dkim_keys,
-        },
-    )?;
+    plan_parsed(facts, parse_api(facts, config), config, next_id)
+}
+
+/// [`plan`] with the header already parsed by [`parse_api`].
+pub fn plan_parsed(
+    facts: &MessageFacts,
+    api: ParsedApi,
+    config: &Config,
+    next_id: impl FnOnce() -> Result<u64, IdError>,
+) -> Result<Plan, Rejection> {
+    let secret = config
+        .reinject
+        .secret
+        .as_deref()
+        .unwrap_or_default()
+        .as_bytes();
+    let marker_edits = delete_all(facts, MARKER_HEADER);
+    if let Some(plan) = returning_copy(facts, secret, &marker_edits) {
+        return Ok(plan);
+    }
+    let api = api?;
     let subaccount_id = facts.auth_authen.as_deref().and_then(subaccount);
     check_sending_domain(facts, config, subaccount_id)?;
 
     let empty = SmtpApi::default();
     let lists = api.as_ref().unwrap_or(&empty);
-    let added = dedupe(
-        &facts.rcpts,
-        [
-            (RcptType::Cc, &lists.cc),
-            (RcptType::Bcc, &lists.bcc),
-            (RcptType::Archive, &lists.archive),
-        ],
-    );
-    // Until personalised copies exist, a bcc recipient cannot get its own Bcc header;
-    // tempfail so the message is never delivered without its bcc copies.
-    if added.iter().any(|(kind, _)| *kind == RcptType::Bcc) {
-        return Err(Rejection::Unavailable("bcc copies are not available yet"));
-    }
-
+    let added = added_recipients(facts, lists);
     let transmission_id = next_id().map_err(|_| Rejection::TransmissionId)?;
+    let tid = transmission_id.to_string();
 
     let mut recipients: Vec<PlannedRecipient> = facts
         .rcpts
@@ -132,32 +200,98 @@ pub fn plan(
             delivery: Delivery::Original,
         })
         .collect();
-    recipients.extend(added.iter().map(|(kind, rcpt)| PlannedRecipient {
-        address: rcpt.email.clone(),
-        rcpt_type: *kind,
-        delivery: Delivery::AddRecipient,
-    }));
-
-    let mut header_edits = Vec::new();
-    if !facts.api_values.is_empty() {
-        header_edits.push(HeaderEdit::Delete {
-            name: HEADER_NAME.into(),
-            index: 1,
+    let mut copies = Vec::new();
+    for (kind, rcpt) in &added {
+        let delivery = if personalised(*kind) {
+            copies.push(CopyPlan {
+                address: rcpt.email.clone(),
+                rcpt_type: *kind,
+                extra_headers: vec![
+                    (
+                        "Bcc".into(),
+                        address_list_header(std::slice::from_ref(rcpt), "Bcc: ".len()),
+                    ),
+                    (MARKER_HEADER.into(), marker_value(secret, &tid)),
+                ],
+            });
+            Delivery::Copy
+        } else {
+            Delivery::AddRecipient
+        };
+        recipients.push(PlannedRecipient {
+            address: rcpt.email.clone(),
+            rcpt_type: *kind,
+            delivery,
         });
     }
+
+    let mut header_edits = marker_edits;
+    header_edits.extend(delete_all(facts, HEADER_NAME));
     if !lists.cc.is_empty() {
         let value = address_list_header(&lists.cc, "Cc: ".len());
-        header_edits.extend(cc_edits(facts.cc_headers, value));
+        header_edits.extend(cc_edits(facts.count("Cc"), value));
+    }
+    // Copies and the original must share one Message-ID; the MTA would give each its own.
+    if !copies.is_empty() && facts.count("Message-ID") == 0 {
+        let domain = sending_domain(facts).unwrap_or_else(|| "localhost".into());
+        header_edits.push(HeaderEdit::Add {
+            name: "Message-ID".into(),
+            value: format!("<msys.{tid}@{domain}>"),
+        });
     }
 
     Ok(Plan {
-        transmission_id: transmission_id.to_string(),
+        transmission_id: tid,
         subaccount_id,
         recipients,
         header_edits,
         mail_from: bounce_address(facts, config, transmission_id),
+        copies,
+        returning_copy: false,
         api,
     })
+}
+
+/// A message carrying our valid marker is one of our copies that came back to the
+/// milter: pass it unchanged (only the marker goes), never copy it again.
+fn returning_copy(
+    facts: &MessageFacts,
+    secret: &[u8],
+    marker_edits: &[HeaderEdit],
+) -> Option<Plan> {
+    let tid = facts
+        .values(MARKER_HEADER)
+        .find_map(|v| verify_marker(secret, v))?;
+    Some(Plan {
+        transmission_id: tid,
+        subaccount_id: None,
+        recipients: facts
+            .rcpts
+            .iter()
+            .map(|address| PlannedRecipient {
+                address: address.clone(),
+                rcpt_type: RcptType::To,
+                delivery: Delivery::Original,
+            })
+            .collect(),
+        header_edits: marker_edits.to_vec(),
+        mail_from: None,
+        copies: Vec::new(),
+        returning_copy: true,
+        api: None,
+    })
+}
+
+/// Delete every occurrence of a header, highest index first so indexes stay valid.
+fn delete_all(facts: &MessageFacts, name: &str) -> Vec<HeaderEdit> {
+    let count = i32::try_from(facts.count(name)).unwrap_or(i32::MAX);
+    (1..=count)
+        .rev()
+        .map(|index| HeaderEdit::Delete {
+            name: name.into(),
+            index,
+        })
+        .collect()
 }
 
 /// Replace the first `Cc:` header, delete any others (highest index first, so indexes
@@ -205,7 +339,7 @@ pub fn from_header_domain(value: &str) -> Option<String> {
 /// The domain a message sends as: its From: header, else its MAIL FROM.
 fn sending_domain(facts: &MessageFacts) -> Option<String> {
     facts
-        .from_header
+        .from_header()
         .as_deref()
         .and_then(from_header_domain)
         .or_else(|| domain_of(&facts.mail_from))
@@ -261,7 +395,7 @@ fn bounce_address(facts: &MessageFacts, config: &Config, transmission_id: u64) -
     let domain = own
         .cloned()
         .or_else(|| of_sending_domain(mail_from_domain.clone()))
-        .or_else(|| of_sending_domain(facts.from_header.as_deref().and_then(from_header_domain)))
+        .or_else(|| of_sending_domain(facts.from_header().as_deref().and_then(from_header_domain)))
         .or_else(|| config.envelope.bounce_domain.as_ref().map(|d| d.0.clone()))?;
     Some(format!(
         "{}+{transmission_id}@{domain}",

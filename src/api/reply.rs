@@ -101,9 +101,8 @@ pub enum Rejection {
     },
     UnconfiguredSendingDomain(String),
     TransmissionId,
-    /// A feature the message needs is not available in this build; tempfail so the
-    /// client retries instead of the message going out incomplete.
-    Unavailable(&'static str),
+    /// The body is larger than `max_message_size` and copies need it buffered.
+    TooLarge,
 }
 
 impl Rejection {
@@ -167,7 +166,11 @@ impl Rejection {
                 "4.3.3",
                 "[internal] smtpapi unable to generate unique transmission id",
             ),
-            Rejection::Unavailable(what) => Reply::new("451", "4.3.0", *what),
+            Rejection::TooLarge => Reply::new(
+                "552",
+                "5.3.4",
+                "message too big to make its personalised copies",
+            ),
         }
     }
 }
@@ -175,6 +178,15 @@ impl Rejection {
 /// The tempfail reply for an internal failure; the detail goes to the log, not the client.
 pub fn internal_error() -> Reply {
     Reply::new("451", "4.3.0", "internal error, try again later")
+}
+
+/// The tempfail reply when copies could not be handed to the MTA.
+pub fn copies_failed() -> Reply {
+    Reply::new(
+        "451",
+        "4.3.0",
+        "personalised copies could not be handed over, try again later",
+    )
 }
 
 #[cfg(test)]

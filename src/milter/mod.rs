@@ -4,13 +4,14 @@
 pub mod listener;
 pub mod session;
 
-use crate::api::reply::{Reply, internal_error};
+use crate::api::reply::{Reply, copies_failed, internal_error};
+use bytes::Bytes;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, MacroStage, NegotiateContext, ProtoOpts,
     SetErrorReply, Status,
 };
 pub use listener::{BoundSocket, MilterListener};
-use session::{Session, Shared, apply};
+use session::{Accepted, BodyReply, Session, Shared, apply};
 use std::ffi::{CStr, CString};
 use std::future::Future;
 use std::sync::Arc;
@@ -51,12 +52,14 @@ pub async fn run(
 }
 
 fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
+    let body_shared = Arc::clone(&shared);
     Callbacks::new()
         .on_negotiate(|cx, actions, opts| Box::pin(handle_negotiate(cx, actions, opts)))
         .on_mail(|cx, args| Box::pin(handle_mail(cx, args)))
         .on_rcpt(|cx, args| Box::pin(handle_rcpt(cx, args)))
         .on_header(|cx, name, value| Box::pin(handle_header(cx, name, value)))
-        .on_eom(move |cx| Box::pin(handle_eom(cx, shared.clone())))
+        .on_body(move |cx, chunk| Box::pin(handle_body(cx, chunk, Arc::clone(&body_shared))))
+        .on_eom(move |cx| Box::pin(handle_eom(cx, Arc::clone(&shared))))
         .on_abort(|cx| Box::pin(handle_abort(cx)))
 }
 
@@ -74,16 +77,23 @@ async fn handle_negotiate(
         return Status::Reject;
     }
     cx.requested_actions = ACTIONS;
-    cx.requested_opts |= opts & NOREPLY;
+    cx.requested_opts |= opts & (NOREPLY | ProtoOpts::SKIP);
     for (stage, macros) in MACROS {
         cx.requested_macros.insert(stage, macros.to_owned());
     }
-    cx.data = Some(Session::default());
+    cx.data = Some(Session::new(opts.contains(ProtoOpts::SKIP)));
     Status::Continue
 }
 
 fn session(data: &mut Option<Session>) -> &mut Session {
     data.get_or_insert_with(Session::default)
+}
+
+fn queue_id(macros: &indymilter::Macros) -> String {
+    macros.get(c"i").map_or_else(
+        || "NOQUEUE".to_owned(),
+        |v| v.to_string_lossy().into_owned(),
+    )
 }
 
 async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
@@ -111,34 +121,60 @@ async fn handle_header(cx: &mut Context<Session>, name: CString, value: CString)
     Status::Continue
 }
 
+async fn handle_body(cx: &mut Context<Session>, chunk: Bytes, shared: Arc<Shared>) -> Status {
+    match session(&mut cx.data).body(&chunk, &shared.config) {
+        BodyReply::Continue => Status::Continue,
+        BodyReply::Skip => Status::Skip,
+    }
+}
+
 async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
-    let queue_id = cx.macros.get(c"i").map_or_else(
-        || "NOQUEUE".to_owned(),
-        |v| v.to_string_lossy().into_owned(),
-    );
-    match session(&mut cx.data).end_of_message(&shared) {
+    let queue_id = queue_id(&cx.macros);
+    let Accepted { plan, copies } = match session(&mut cx.data).end_of_message(&shared) {
+        Ok(accepted) => accepted,
         Err(rejection) => {
             let reply = rejection.reply();
-            tracing::info!(queue_id = %queue_id, outcome = if reply.is_temporary() { "tempfail" } else { "reject" }, reply = %reply, "{queue_id}: refused");
-            refuse(cx, &queue_id, &reply)
+            let outcome = if reply.is_temporary() {
+                "tempfail"
+            } else {
+                "reject"
+            };
+            tracing::info!(queue_id = %queue_id, outcome, reply = %reply, "{queue_id}: refused");
+            return refuse(cx, &queue_id, &reply);
         }
-        Ok(plan) => match apply(&plan, &cx.actions).await {
-            Ok(()) => {
-                tracing::info!(
-                    queue_id = %queue_id,
-                    transmission_id = %plan.transmission_id,
-                    outcome = "accept",
-                    added_rcpts = plan.added_recipients().count(),
-                    mail_from = plan.mail_from.as_deref().unwrap_or("(unchanged)"),
-                    "{queue_id}: accepted"
-                );
-                Status::Continue
+    };
+    let tid = &plan.transmission_id;
+    if !copies.is_empty() {
+        let kinds: Vec<_> = copies.iter().map(|c| (c.to.clone(), c.rcpt_type)).collect();
+        match shared.reinjector.hand_over_all(copies).await {
+            Ok(replies) => {
+                for ((to, kind), reply) in kinds.iter().zip(&replies) {
+                    tracing::info!(queue_id = %queue_id, transmission_id = %tid, rcpt_type = kind.as_str(), rcpt = %to, mta_reply = %reply, "{queue_id}: copy handed over");
+                }
             }
             Err(e) => {
-                tracing::error!(queue_id = %queue_id, transmission_id = %plan.transmission_id, "{queue_id}: milter action failed: {e}");
-                refuse(cx, &queue_id, &internal_error())
+                tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: {e}");
+                return refuse(cx, &queue_id, &copies_failed());
             }
-        },
+        }
+    }
+    match apply(&plan, &cx.actions).await {
+        Ok(()) => {
+            tracing::info!(
+                queue_id = %queue_id,
+                transmission_id = %tid,
+                outcome = if plan.returning_copy { "returning copy passed" } else { "accept" },
+                added_rcpts = plan.added_recipients().count(),
+                copies = plan.copies.len(),
+                mail_from = plan.mail_from.as_deref().unwrap_or("(unchanged)"),
+                "{queue_id}: accepted"
+            );
+            Status::Continue
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: milter action failed: {e}");
+            refuse(cx, &queue_id, &internal_error())
+        }
     }
 }
 

@@ -1,40 +1,96 @@
 //! Per-connection state of one milter session: what the MTA told us about the current
 //! message, reset at every new MAIL FROM and at abort so nothing leaks between messages.
 
-use crate::api::header::HEADER_NAME;
+use crate::api::copies::{HeaderField, render_copy};
+use crate::api::plan::{ParsedApi, needs_body, parse_api, plan_parsed};
 use crate::api::recipients::strip_brackets;
-use crate::api::{self, HeaderEdit, MessageFacts, Plan, Rejection};
+use crate::api::{HeaderEdit, MessageFacts, Plan, Rejection};
 use crate::config::Config;
 use crate::ids::IdGenerator;
+use crate::reinject::{Copy, Reinjector};
 use indymilter::{ActionError, ContextActions, EomActions};
+use std::io::Read as _;
+use std::sync::Arc;
 
 /// State shared by all sessions.
-#[derive(Debug)]
 pub struct Shared {
     pub config: Config,
     pub ids: IdGenerator,
+    pub reinjector: Arc<Reinjector>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
-        let ids = IdGenerator::new(config.node_id.0);
-        Self { config, ids }
+    /// Without a configured marker secret, make a random one for this run.
+    pub fn new(mut config: Config) -> std::io::Result<Self> {
+        if config.reinject.secret.is_none() {
+            let mut key = [0u8; 32];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+            config.reinject.secret = Some(key.iter().map(|b| format!("{b:02x}")).collect());
+        }
+        Ok(Self {
+            ids: IdGenerator::new(config.node_id.0),
+            reinjector: Arc::new(Reinjector::new(&config.reinject)),
+            config,
+        })
     }
+}
+
+/// What happens to body chunks of the current message.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum Body {
+    /// No chunk seen yet.
+    #[default]
+    Undecided,
+    /// Copies need the body: keep it.
+    Buffering,
+    /// Not needed: the MTA is told to skip the rest.
+    Skipped,
+    /// Needed but over `max_message_size`.
+    TooLarge,
 }
 
 /// The message being received on one connection.
 #[derive(Debug, Default)]
 pub struct Session {
     facts: MessageFacts,
-    /// `X-MSYS-API` headers seen; only the first two values are kept (two already mean
-    /// a rejection), so a flood of them costs no memory.
-    api_headers: usize,
+    /// The header, parsed at the first body chunk to decide about the body.
+    parsed: Option<ParsedApi>,
+    body_state: Body,
+    body: Vec<u8>,
+    /// The MTA accepts "skip the rest of the body" (negotiated once per connection).
+    can_skip: bool,
+}
+
+/// What to answer to a body chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyReply {
+    Continue,
+    /// The rest of the body is not needed.
+    Skip,
+}
+
+/// An accepted message: the plan and its copies, ready to hand over.
+pub struct Accepted {
+    pub plan: Plan,
+    pub copies: Vec<Copy>,
 }
 
 impl Session {
+    pub fn new(can_skip: bool) -> Self {
+        Session {
+            can_skip,
+            ..Session::default()
+        }
+    }
+
+    /// Forget the current message, keep what was negotiated.
+    fn reset(&mut self) -> Session {
+        std::mem::replace(self, Session::new(self.can_skip))
+    }
+
     /// MAIL FROM starts a new message.
     pub fn mail(&mut self, sender: &str, auth_authen: Option<&str>) {
-        *self = Session::default();
+        self.reset();
         self.facts.mail_from = strip_brackets(sender).to_owned();
         self.facts.auth_authen = auth_authen.filter(|a| !a.is_empty()).map(str::to_owned);
     }
@@ -44,30 +100,69 @@ impl Session {
     }
 
     pub fn header(&mut self, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(HEADER_NAME.as_bytes()) {
-            self.api_headers += 1;
-            if self.facts.api_values.len() < 2 {
-                self.facts.api_values.push(value.to_vec());
+        self.facts.headers.push(HeaderField::new(
+            String::from_utf8_lossy(name).into_owned(),
+            value,
+        ));
+    }
+
+    pub fn body(&mut self, chunk: &[u8], config: &Config) -> BodyReply {
+        if self.body_state == Body::Undecided {
+            let parsed = parse_api(&self.facts, config);
+            self.body_state = if needs_body(&self.facts, &parsed) {
+                Body::Buffering
+            } else {
+                Body::Skipped
+            };
+            self.parsed = Some(parsed);
+        }
+        match self.body_state {
+            Body::Buffering if self.body.len() + chunk.len() > config.max_message_size => {
+                self.body_state = Body::TooLarge;
+                self.body = Vec::new();
+                if self.can_skip {
+                    BodyReply::Skip
+                } else {
+                    BodyReply::Continue
+                }
             }
-        } else if name.eq_ignore_ascii_case(b"From") {
-            if self.facts.from_header.is_none() {
-                self.facts.from_header = Some(String::from_utf8_lossy(value).into_owned());
+            Body::Buffering => {
+                self.body.extend_from_slice(chunk);
+                BodyReply::Continue
             }
-        } else if name.eq_ignore_ascii_case(b"Cc") {
-            self.facts.cc_headers += 1;
+            _ if self.can_skip => BodyReply::Skip,
+            _ => BodyReply::Continue,
         }
     }
 
-    /// Decide the message's fate: the plan, or the rejection whose reply the MTA gives.
-    /// The session is reset for the next message.
-    pub fn end_of_message(&mut self, shared: &Shared) -> Result<Plan, Rejection> {
-        let facts = std::mem::take(&mut self.facts);
-        *self = Session::default();
-        api::plan(&facts, &shared.config, || shared.ids.next())
+    /// Decide the message's fate: the plan and its copies, or the rejection whose reply
+    /// the MTA gives. The session is reset for the next message.
+    pub fn end_of_message(&mut self, shared: &Shared) -> Result<Accepted, Rejection> {
+        let this = self.reset();
+        let config = &shared.config;
+        let parsed = this
+            .parsed
+            .unwrap_or_else(|| parse_api(&this.facts, config));
+        let plan = plan_parsed(&this.facts, parsed, config, || shared.ids.next())?;
+        if this.body_state == Body::TooLarge && !plan.copies.is_empty() {
+            return Err(Rejection::TooLarge);
+        }
+        let from = plan.mail_from.as_ref().unwrap_or(&this.facts.mail_from);
+        let copies = plan
+            .copies
+            .iter()
+            .map(|copy| Copy {
+                from: from.clone(),
+                to: copy.address.clone(),
+                rcpt_type: copy.rcpt_type,
+                bytes: render_copy(&this.facts.headers, &plan.header_edits, copy, &this.body),
+            })
+            .collect();
+        Ok(Accepted { plan, copies })
     }
 
     pub fn abort(&mut self) {
-        *self = Session::default();
+        self.reset();
     }
 }
 

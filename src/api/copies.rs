@@ -1,0 +1,213 @@
+//! Personalised copies: the bytes of a copy are the original message with the plan's
+//! header edits applied, plus the copy's own headers (its `Bcc:`, the loop marker).
+//! Pure: headers and body in, message bytes out.
+
+use super::plan::HeaderEdit;
+use hmac::{KeyInit, Mac};
+use serde::Serialize;
+
+/// A header field as the MTA passed it: the raw value keeps its folding (LF or CRLF plus
+/// white space) and has no leading space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl HeaderField {
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// One personalised copy to re-inject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CopyPlan {
+    pub address: String,
+    pub rcpt_type: super::recipients::RcptType,
+    /// Headers only this copy has, appended after the edited original headers.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+/// The marker header a re-injected copy carries, so the milter recognises a copy that
+/// comes back to it (a misconfigured listener) and passes it once, unchanged.
+pub const MARKER_HEADER: &str = "X-MSYS-Reinjected";
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn mac(secret: &[u8], transmission_id: &str) -> HmacSha256 {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(b"msys-milter copy marker v1\0");
+    mac.update(transmission_id.as_bytes());
+    mac
+}
+
+/// The marker value for a transmission: `<transmission id>; <hex HMAC-SHA256>`.
+pub fn marker_value(secret: &[u8], transmission_id: &str) -> String {
+    let tag = mac(secret, transmission_id).finalize().into_bytes();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{transmission_id}; {hex}")
+}
+
+/// The transmission id of a marker signed with `secret`; `None` for an unsigned or
+/// forged marker (compared in constant time).
+pub fn verify_marker(secret: &[u8], value: &[u8]) -> Option<String> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (id, hex) = value.split_once(';')?;
+    let (id, hex) = (id.trim(), hex.trim());
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || hex.len() != 64 {
+        return None;
+    }
+    let tag: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    mac(secret, id).verify_slice(&tag).ok()?;
+    Some(id.to_owned())
+}
+
+/// Apply milter header edits to a header list, in order, the way the MTA does.
+pub fn apply_edits(headers: &mut Vec<HeaderField>, edits: &[HeaderEdit]) {
+    let position = |headers: &[HeaderField], name: &str, index: i32| {
+        let n = usize::try_from(index).ok()?.checked_sub(1)?;
+        headers
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is(name))
+            .nth(n)
+            .map(|(i, _)| i)
+    };
+    for edit in edits {
+        match edit {
+            HeaderEdit::Delete { name, index } => {
+                if let Some(i) = position(headers, name, *index) {
+                    headers.remove(i);
+                }
+            }
+            HeaderEdit::Change { name, index, value } => {
+                if let Some(i) = position(headers, name, *index) {
+                    headers[i].value = value.clone().into_bytes();
+                }
+            }
+            HeaderEdit::Add { name, value } => {
+                headers.push(HeaderField::new(name.clone(), value.clone()));
+            }
+        }
+    }
+}
+
+/// The bytes of one copy: CRLF line ends throughout, headers folded as received (our
+/// own values fold before 78 octets), then the body as the MTA passed it.
+pub fn render_copy(
+    headers: &[HeaderField],
+    edits: &[HeaderEdit],
+    copy: &CopyPlan,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut headers = headers.to_vec();
+    apply_edits(&mut headers, edits);
+    let mut out = Vec::with_capacity(body.len() + 4096);
+    for field in &headers {
+        push_header(&mut out, &field.name, &field.value);
+    }
+    for (name, value) in &copy.extra_headers {
+        push_header(&mut out, name, value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    push_crlf(&mut out, body);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    push_crlf(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append `text` with every bare LF (or bare CR) turned into CRLF.
+fn push_crlf(out: &mut Vec<u8>, text: &[u8]) {
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'\r' if text.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::recipients::RcptType;
+
+    #[test]
+    fn marker_round_trip_and_forgery() {
+        let m = marker_value(b"secret", "1234");
+        assert_eq!(verify_marker(b"secret", m.as_bytes()), Some("1234".into()));
+        assert_eq!(verify_marker(b"other", m.as_bytes()), None);
+        assert_eq!(
+            verify_marker(b"secret", m.replace("1234", "1235").as_bytes()),
+            None
+        );
+        assert_eq!(verify_marker(b"secret", b"1234"), None);
+        assert_eq!(verify_marker(b"secret", b"1234; zz"), None);
+        for i in 0..m.len() {
+            let mut forged = m.clone().into_bytes();
+            forged[i] ^= 0x01;
+            assert_eq!(verify_marker(b"secret", &forged), None, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn copy_bytes() {
+        let headers = vec![
+            HeaderField::new("From", "a@example.com"),
+            HeaderField::new("X-MSYS-API", "{\"bcc\":\n [\"b@example.com\"]}"),
+            HeaderField::new("Subject", "folded\n\tsubject"),
+            HeaderField::new("Cc", "old@example.com"),
+        ];
+        let edits = vec![
+            HeaderEdit::Delete {
+                name: "x-msys-api".into(),
+                index: 1,
+            },
+            HeaderEdit::Change {
+                name: "Cc".into(),
+                index: 1,
+                value: "c@example.com".into(),
+            },
+            HeaderEdit::Add {
+                name: "Message-ID".into(),
+                value: "<1@example.com>".into(),
+            },
+        ];
+        let copy = CopyPlan {
+            address: "b@example.com".into(),
+            rcpt_type: RcptType::Bcc,
+            extra_headers: vec![("Bcc".into(), "b@example.com".into())],
+        };
+        let bytes = render_copy(&headers, &edits, &copy, b"line 1\r\n.dot\nlast");
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "From: a@example.com\r\nSubject: folded\r\n\tsubject\r\nCc: c@example.com\r\n\
+             Message-ID: <1@example.com>\r\nBcc: b@example.com\r\n\r\nline 1\r\n.dot\r\nlast\r\n"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Hands personalised copies back to the MTA, through a path that does not pass the
+//! milter again: an SMTP listener on loopback (lettre, pooled connections) or the MTA's
+//! sendmail(1) command. All copies of a message are handed over, concurrently and
+//! bounded, before the original is accepted; any failure fails the whole message.
+
+use crate::api::recipients::RcptType;
+use crate::config::Reinject;
+use lettre::address::{Address, Envelope};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// One copy ready to hand over.
+#[derive(Clone, Debug)]
+pub struct Copy {
+    /// MAIL FROM; empty for the null sender.
+    pub from: String,
+    pub to: String,
+    pub rcpt_type: RcptType,
+    /// The whole message, CRLF line ends, not dot-stuffed.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a copy could not be handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum ReinjectError {
+    #[error("copy to {to}: the MTA refused it: {reply}")]
+    Refused { to: String, reply: String },
+    #[error("copy to {to}: {detail}")]
+    Failed { to: String, detail: String },
+    #[error("copy to {to}: no answer within {timeout:?}")]
+    Timeout { to: String, timeout: Duration },
+    #[error("copy to {to}: `{address}` is not an address the SMTP client can send to")]
+    Address { to: String, address: String },
+}
+
+/// The configured way back into the MTA.
+pub struct Reinjector {
+    target: Target,
+    timeout: Duration,
+    concurrency: usize,
+}
+
+enum Target {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Sendmail(PathBuf),
+}
+
+impl Reinjector {
+    pub fn new(config: &Reinject) -> Self {
+        let timeout = Duration::from_secs(config.timeout);
+        let target = match (&config.sendmail, &config.smtp) {
+            (Some(path), _) => Target::Sendmail(path.clone()),
+            (None, smtp) => {
+                let addr = smtp.as_deref().unwrap_or("127.0.0.1:10026");
+                // Validated by the config: HOST:PORT.
+                let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "25"));
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                    .port(port.parse().unwrap_or(25))
+                    .timeout(Some(timeout))
+                    .pool_config(PoolConfig::new().max_size(config.concurrency as u32))
+                    .build();
+                Target::Smtp(transport)
+            }
+        };
+        Self {
+            target,
+            timeout,
+            concurrency: config.concurrency,
+        }
+    }
+
+    /// Hand over every copy; the MTA's reply for each, in order, or the first failure.
+    /// On failure the remaining hand-overs are cancelled: nothing of them is delivered
+    /// unless the MTA had already accepted it (at-least-once on the client's retry).
+    pub async fn hand_over_all(
+        self: &Arc<Self>,
+        copies: Vec<Copy>,
+    ) -> Result<Vec<String>, ReinjectError> {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        let count = copies.len();
+        for (i, copy) in copies.into_iter().enumerate() {
+            let this = Arc::clone(self);
+            let permits = Arc::clone(&permits);
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                (i, this.hand_over(&copy).await)
+            });
+        }
+        let mut replies = vec![String::new(); count];
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, Ok(reply))) => replies[i] = reply,
+                Ok((_, Err(e))) => return Err(e),
+                Err(e) => {
+                    return Err(ReinjectError::Failed {
+                        to: "?".into(),
+                        detail: format!("hand-over task failed: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn hand_over(&self, copy: &Copy) -> Result<String, ReinjectError> {
+        let timeout = self.timeout;
+        let work = async {
+            match &self.target {
+                Target::Smtp(transport) => send_smtp(transport, copy).await,
+                Target::Sendmail(path) => send_sendmail(path, copy).await,
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ReinjectError::Timeout {
+                    to: copy.to.clone(),
+                    timeout,
+                })
+            })
+    }
+}
+
+fn address(copy: &Copy, addr: &str) -> Result<Address, ReinjectError> {
+    addr.parse().map_err(|_| ReinjectError::Address {
+        to: copy.to.clone(),
+        address: addr.to_owned(),
+    })
+}
+
+async fn send_smtp(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    copy: &Copy,
+) -> Result<String, ReinjectError> {
+    let from = if copy.from.is_empty() {
+        None
+    } else {
+        Some(address(copy, &copy.from)?)
+    };
+    let envelope =
+        Envelope::new(from, vec![address(copy, &copy.to)?]).map_err(|e| ReinjectError::Failed {
+            to: copy.to.clone(),
+            detail: e.to_string(),
+        })?;
+    // lettre dot-stuffs once and asks for 8BITMIME / SMTPUTF8 when the content needs it.
+    match transport.send_raw(&envelope, &copy.bytes).await {
+        Ok(response) => Ok(format!(
+            "{} {}",
+            response.code(),
+            response.message().collect::<Vec<_>>().join(" ")
+        )),
+        Err(e) if e.is_permanent() || e.is_transient() => Err(ReinjectError::Refused {
+            to: copy.to.clone(),
+            reply: e.to_string(),
+        }),
+        Err(e) => Err(ReinjectError::Failed {
+            to: copy.to.clone(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+async fn send_sendmail(path: &PathBuf, copy: &Copy) -> Result<String, ReinjectError> {
+    let failed = |detail: String| ReinjectError::Failed {
+        to: copy.to.clone(),
+        detail,
+    };
+    let sender = if copy.from.is_empty() {
+        "<>"
+    } else {
+        copy.from.as_str()
+    };
+    let mut child = tokio::process::Command::new(path)
+        .args(["-i", "-f", sender, "--", &copy.to])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed(format!("cannot run {}: {e}", path.display())))?;
+    // sendmail(1) reads lines ending in LF.
+    let bytes = crlf_to_lf(&copy.bytes);
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| failed("no stdin".into()))?;
+    stdin
+        .write_all(&bytes)
+        .await
+        .map_err(|e| failed(format!("writing to {}: {e}", path.display())))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| failed(format!("waiting for {}: {e}", path.display())))?;
+    if out.status.success() {
+        Ok(format!("{} exited 0", path.display()))
+    } else {
+        Err(ReinjectError::Refused {
+            to: copy.to.clone(),
+            reply: format!(
+                "{} {}: {}",
+                path.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// CRLF line ends to LF; a CR that ends no line is kept.
+fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        if !(b == b'\r' && bytes.get(i + 1) == Some(&b'\n')) {
+            out.push(b);
+        }
+    }
+    out
+}

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use msys_milter::Daemon;
 use msys_milter::config::{Config, SocketSpec};
 use msys_milter::explain::explain;
 use msys_milter::milter::BoundSocket;
@@ -102,17 +103,18 @@ fn run_explain(
     })
 }
 
-fn run_daemon(config: Option<&Path>, socket: Option<SocketSpec>) -> anyhow::Result<ExitCode> {
+fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut config = load_config(config)?;
-    if let Some(socket) = socket {
-        config.socket = socket;
+    let mut config = load_config(config_path)?;
+    if let Some(socket) = &socket {
+        config.socket = socket.clone();
     }
+    let config_path = config_path.map(|p| (p.to_owned(), socket));
     if config.envelope.rewrite && config.bounce_domains().next().is_none() {
         tracing::warn!(
             "no bounce domain configured ([envelope] bounce_domain or a sending domain's \
@@ -129,10 +131,39 @@ fn run_daemon(config: Option<&Path>, socket: Option<SocketSpec>) -> anyhow::Resu
             .with_context(|| "is another milter running? pick another socket with --socket")?;
         tracing::info!(socket = %config.socket, "msys-milter {} listening", env!("CARGO_PKG_VERSION"));
         let (listener, _socket_file) = socket.into_parts();
-        msys_milter::run(listener, config, shutdown_signal()).await?;
+        let daemon = std::sync::Arc::new(Daemon::new(config)?);
+        if let Some(path) = config_path {
+            tokio::spawn(reload_on_sighup(std::sync::Arc::clone(&daemon), path));
+        }
+        daemon.run(listener, shutdown_signal()).await?;
         tracing::info!("msys-milter stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Re-read the configuration file on SIGHUP; a bad file is logged and the running
+/// configuration stays.
+async fn reload_on_sighup(
+    daemon: std::sync::Arc<Daemon>,
+    (path, socket): (PathBuf, Option<SocketSpec>),
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; restart to change the configuration");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::read(&path) {
+            Ok(mut config) => {
+                if let Some(socket) = &socket {
+                    config.socket = socket.clone();
+                }
+                daemon.reload(config);
+                tracing::info!(file = %path.display(), "configuration reloaded");
+            }
+            Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

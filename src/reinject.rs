@@ -226,3 +226,34 @@ fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::recipients::is_valid_mailbox;
+
+    /// Every address the header validation accepts must be one the SMTP client sends to,
+    /// or a copy would tempfail for ever.
+    #[test]
+    fn the_smtp_client_takes_every_valid_mailbox() {
+        for addr in [
+            "a@b.c",
+            "first.last+tag@example.com",
+            "\"john doe\"@example.com",
+            "user@[127.0.0.1]",
+            "user@[IPv6:::1]",
+            "jöran@bücher.de",
+            "x@localhost",
+            "o'brien@example.com",
+            "a!#$%&'*+-/=?^_`{|}~@example.com",
+        ] {
+            assert!(is_valid_mailbox(addr), "{addr}");
+            assert!(addr.parse::<Address>().is_ok(), "lettre refuses {addr}");
+        }
+    }
+
+    #[test]
+    fn sendmail_gets_lf_line_ends() {
+        assert_eq!(crlf_to_lf(b"a\r\nb\rc\r\n"), b"a\nb\rc\n");
+    }
+}

@@ -188,3 +188,91 @@ fn explain_prints_the_reply_or_the_plan() {
     );
     assert_eq!(plan["header_edits"][1]["value"], "cc@example.com");
 }
+
+/// Drive one message through the daemon at `port` and return the end-of-message status.
+async fn eom_status(port: u16, from_header: &str) -> indymilter_test::Status {
+    use indymilter_test::{Actions, TestConnection};
+    let mut conn = TestConnection::configure()
+        .available_actions(Actions::all())
+        .open_tcp(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.mail(["<app@example.com>"]).await.unwrap();
+    conn.rcpt(["<to@example.org>"]).await.unwrap();
+    conn.header("From", from_header).await.unwrap();
+    let (_, status) = conn.eom().await.unwrap();
+    conn.close().await.unwrap();
+    status
+}
+
+#[test]
+fn sighup_reloads_the_configuration_and_a_bad_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("msys.toml");
+    std::fs::write(&file, "[[sending_domain]]\nname = \"example.com\"\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--socket",
+            &format!("inet:127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Collect the log in the background, to wait for the reload lines.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let log = std::sync::Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    wait_until("the milter port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(eom_status(port, "x@other.org"));
+    assert!(
+        matches!(refused, indymilter_test::Status::Reject { .. }),
+        "{refused:?}"
+    );
+
+    let hup = |expect: &str| {
+        let before = log.lock().unwrap().matches(expect).count();
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        wait_until(expect, || {
+            log.lock().unwrap().matches(expect).count() > before
+        });
+    };
+    std::fs::write(&file, "[[sending_domain]]\nname = \"other.org\"\n").unwrap();
+    hup("configuration reloaded");
+    let accepted = rt.block_on(eom_status(port, "x@other.org"));
+    assert_eq!(accepted, indymilter_test::Status::Continue);
+
+    std::fs::write(&file, "[[sending_domain]]\nname = \n").unwrap();
+    hup("keeping the running configuration");
+    assert_eq!(
+        rt.block_on(eom_status(port, "x@other.org")),
+        indymilter_test::Status::Continue
+    );
+
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+}

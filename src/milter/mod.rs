@@ -44,7 +44,7 @@ pub async fn run(
     shutdown: impl Future,
 ) -> std::io::Result<()> {
     let config = indymilter::Config {
-        max_connections: shared.config.max_connections,
+        max_connections: shared.settings().config.max_connections,
         actions: ACTIONS,
         ..Default::default()
     };
@@ -122,7 +122,7 @@ async fn handle_header(cx: &mut Context<Session>, name: CString, value: CString)
 }
 
 async fn handle_body(cx: &mut Context<Session>, chunk: Bytes, shared: Arc<Shared>) -> Status {
-    match session(&mut cx.data).body(&chunk, &shared.config) {
+    match session(&mut cx.data).body(&chunk, &shared.settings().config) {
         BodyReply::Continue => Status::Continue,
         BodyReply::Skip => Status::Skip,
     }
@@ -130,7 +130,8 @@ async fn handle_body(cx: &mut Context<Session>, chunk: Bytes, shared: Arc<Shared
 
 async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
     let queue_id = queue_id(&cx.macros);
-    let Accepted { plan, copies } = match session(&mut cx.data).end_of_message(&shared) {
+    let settings = shared.settings();
+    let Accepted { plan, copies } = match session(&mut cx.data).end_of_message(&shared, &settings) {
         Ok(accepted) => accepted,
         Err(rejection) => {
             let reply = rejection.reply();
@@ -146,7 +147,7 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
     let tid = &plan.transmission_id;
     if !copies.is_empty() {
         let kinds: Vec<_> = copies.iter().map(|c| (c.to.clone(), c.rcpt_type)).collect();
-        match shared.reinjector.hand_over_all(copies).await {
+        match settings.reinjector.hand_over_all(copies).await {
             Ok(replies) => {
                 for ((to, kind), reply) in kinds.iter().zip(&replies) {
                     tracing::info!(queue_id = %queue_id, transmission_id = %tid, rcpt_type = kind.as_str(), rcpt = %to, mta_reply = %reply, "{queue_id}: copy handed over");

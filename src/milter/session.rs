@@ -10,28 +10,68 @@ use crate::ids::IdGenerator;
 use crate::reinject::{Copy, Reinjector};
 use indymilter::{ActionError, ContextActions, EomActions};
 use std::io::Read as _;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// State shared by all sessions.
 pub struct Shared {
-    pub config: Config,
     pub ids: IdGenerator,
+    settings: RwLock<Arc<Settings>>,
+    /// The marker secret made at start when none is configured; kept across reloads so
+    /// copies in flight stay recognisable.
+    generated_secret: String,
+}
+
+/// What a configuration reload replaces; a message uses one snapshot from start to end.
+pub struct Settings {
+    pub config: Config,
     pub reinjector: Arc<Reinjector>,
 }
 
 impl Shared {
-    /// Without a configured marker secret, make a random one for this run.
-    pub fn new(mut config: Config) -> std::io::Result<Self> {
-        if config.reinject.secret.is_none() {
-            let mut key = [0u8; 32];
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-            config.reinject.secret = Some(key.iter().map(|b| format!("{b:02x}")).collect());
-        }
-        Ok(Self {
+    pub fn new(config: Config) -> std::io::Result<Self> {
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+        let generated_secret: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let shared = Self {
             ids: IdGenerator::new(config.node_id.0),
+            settings: RwLock::new(Arc::new(Settings::new(config, &generated_secret))),
+            generated_secret,
+        };
+        Ok(shared)
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        match self.settings.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Use a new configuration for messages that start from now on. The socket and the
+    /// node id stay as they were at start (a restart changes them).
+    pub fn reload(&self, config: Config) {
+        let old = self.settings();
+        if config.socket != old.config.socket || config.node_id != old.config.node_id {
+            tracing::warn!("`socket` and `node_id` changes take effect only at restart");
+        }
+        let settings = Arc::new(Settings::new(config, &self.generated_secret));
+        match self.settings.write() {
+            Ok(mut guard) => *guard = settings,
+            Err(poisoned) => *poisoned.into_inner() = settings,
+        }
+    }
+}
+
+impl Settings {
+    fn new(mut config: Config, generated_secret: &str) -> Self {
+        if config.reinject.secret.is_none() {
+            config.reinject.secret = Some(generated_secret.to_owned());
+        }
+        Self {
             reinjector: Arc::new(Reinjector::new(&config.reinject)),
             config,
-        })
+        }
     }
 }
 
@@ -137,9 +177,13 @@ impl Session {
 
     /// Decide the message's fate: the plan and its copies, or the rejection whose reply
     /// the MTA gives. The session is reset for the next message.
-    pub fn end_of_message(&mut self, shared: &Shared) -> Result<Accepted, Rejection> {
+    pub fn end_of_message(
+        &mut self,
+        shared: &Shared,
+        settings: &Settings,
+    ) -> Result<Accepted, Rejection> {
         let this = self.reset();
-        let config = &shared.config;
+        let config = &settings.config;
         let parsed = this
             .parsed
             .unwrap_or_else(|| parse_api(&this.facts, config));

@@ -192,6 +192,51 @@ impl Default for Reinject {
     }
 }
 
+/// Open/click tracking and List-Unsubscribe (SPEC section 6).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracking {
+    /// Default of `options.open_tracking` (SparkPost's SMTP default: off).
+    pub open: bool,
+    /// Default of `options.click_tracking` (SparkPost's SMTP default: off).
+    pub click: bool,
+    /// Public URL of the HTTP endpoint, e.g. `https://track.example.com`. Without it no
+    /// link is rewritten and no List-Unsubscribe header is added.
+    pub base_url: Option<String>,
+    /// HMAC keys of the links: the first signs, all are accepted (rotation).
+    pub secrets: Vec<String>,
+    /// Days a tracking or unsubscribe link stays valid.
+    pub link_expiry_days: u32,
+}
+
+impl Default for Tracking {
+    fn default() -> Self {
+        Self {
+            open: false,
+            click: false,
+            base_url: None,
+            secrets: Vec::new(),
+            link_expiry_days: 365,
+        }
+    }
+}
+
+/// The HTTP endpoint for opens, clicks and one-click unsubscribes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// `HOST:PORT`; the endpoint runs when `[tracking] base_url` is set.
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendingDomain {
@@ -229,6 +274,8 @@ pub struct Config {
     pub max_message_size: usize,
     pub envelope: Envelope,
     pub reinject: Reinject,
+    pub tracking: Tracking,
+    pub http: Http,
     #[serde(rename = "sending_domain")]
     pub sending_domains: Vec<SendingDomain>,
     #[serde(rename = "ip_pool")]
@@ -246,6 +293,8 @@ impl Default for Config {
             max_message_size: 50 * 1024 * 1024,
             envelope: Envelope::default(),
             reinject: Reinject::default(),
+            tracking: Tracking::default(),
+            http: Http::default(),
             sending_domains: Vec::new(),
             ip_pools: Vec::new(),
             dkim_keys: Vec::new(),
@@ -297,8 +346,16 @@ impl Config {
     }
 
     fn check_cross_references(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
-        let invalid = |needle: &str, message: String| {
-            let (line, key) = locate(text, text.find(needle).unwrap_or(0));
+        // The line where `key = ...` is written (the first such line).
+        let invalid = |key: &str, message: String| {
+            let mut offset = 0;
+            for line in text.split_inclusive('\n') {
+                if line.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+                    break;
+                }
+                offset += line.len();
+            }
+            let (line, key) = locate(text, offset);
             ConfigError::Invalid {
                 file: file.to_owned(),
                 line,
@@ -327,6 +384,52 @@ impl Config {
             return Err(invalid(
                 "concurrency",
                 "concurrency must be at least 1".into(),
+            ));
+        }
+        let tracking = &self.tracking;
+        if let Some(url) = &tracking.base_url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', ' '])) {
+                return Err(invalid(
+                    "base_url",
+                    format!(
+                        "`{url}` is not an http(s) URL without query (e.g. `https://track.example.com`)"
+                    ),
+                ));
+            }
+            if tracking.secrets.is_empty() {
+                return Err(invalid(
+                    "base_url",
+                    "set `secrets` too (e.g. `secrets = [\"<openssl rand -hex 32>\"]`), so links stay valid across restarts".into(),
+                ));
+            }
+        }
+        if tracking.secrets.iter().any(|s| s.len() < 16) {
+            return Err(invalid(
+                "secrets",
+                "each secret must be at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+            ));
+        }
+        if tracking.link_expiry_days == 0 {
+            return Err(invalid(
+                "link_expiry_days",
+                "link_expiry_days must be at least 1".into(),
+            ));
+        }
+        if self
+            .http
+            .listen
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "`{}` is not HOST:PORT (e.g. `127.0.0.1:8080`)",
+                    self.http.listen
+                ),
             ));
         }
         if reinject.secret.as_ref().is_some_and(|s| s.len() < 16) {
@@ -475,6 +578,35 @@ name = "other.example"
         assert!(e.starts_with("/etc/msys-milter.toml:4: key `sending_domain.name`: sending domain `a.com` is configured twice"), "{e}");
         let e = parse("socket = \n").unwrap_err();
         assert!(e.starts_with("/etc/msys-milter.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn reinject_and_tracking_checks() {
+        let e = parse("[tracking]\nsecrets = [\"short\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:2: key `tracking.secrets`: each secret"),
+            "{e}"
+        );
+        let e = parse("[reinject]\nsecret = \"0123456789abcdef\"\n[tracking]\nbase_url = \"https://t.example.com\"\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:4: key `tracking.base_url`: set `secrets` too"),
+            "{e}"
+        );
+        let e = parse("[reinject]\nsmtp = \"localhost\"\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/msys-milter.toml:2: key `reinject.smtp`: `localhost` is not HOST:PORT"
+            ),
+            "{e}"
+        );
+        let e = parse("[http]\nlisten = \"8080\"\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:2: key `http.listen`"),
+            "{e}"
+        );
+        let c = parse("[tracking]\nbase_url = \"https://t.example.com\"\nsecrets = [\"0123456789abcdef\"]\nopen = true\n").unwrap();
+        assert!(c.tracking.open && !c.tracking.click);
+        assert_eq!(c.reinject.smtp.as_deref(), Some("127.0.0.1:10026"));
     }
 
     #[test]

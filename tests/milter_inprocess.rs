@@ -141,7 +141,11 @@ async fn negotiates_lean_stages_and_every_macro_it_needs() {
     let conn = milter.connect().await;
     assert_eq!(
         conn.negotiated_actions(),
-        Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::ADD_RCPT | Actions::CHANGE_SENDER
+        Actions::ADD_HEADER
+            | Actions::CHANGE_HEADER
+            | Actions::ADD_RCPT
+            | Actions::DELETE_RCPT
+            | Actions::CHANGE_SENDER
     );
     let opts = conn.negotiated_opts();
     for skipped in [

@@ -60,21 +60,79 @@ pub fn parse_api(facts: &MessageFacts, config: &Config) -> ParsedApi {
     )
 }
 
-/// Whether the milter needs the body: only to build personalised copies. A message
-/// that will be refused needs none.
-pub fn needs_body(facts: &MessageFacts, api: &ParsedApi) -> bool {
-    match api {
-        Ok(Some(api)) => added_recipients(facts, api)
-            .iter()
-            .any(|(kind, _)| personalised(*kind)),
-        _ => false,
+/// What the delivered messages carry beyond the shared edits (SPEC section 6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Engagement {
+    pub open_tracking: bool,
+    pub click_tracking: bool,
+    pub inline_css: bool,
+    /// `List-Unsubscribe` and `List-Unsubscribe-Post` are added (not transactional, and a
+    /// tracking endpoint is configured).
+    pub list_unsubscribe: bool,
+}
+
+impl Engagement {
+    /// The header's options over the configured defaults. Links need an endpoint: without
+    /// `[tracking] base_url` nothing is tracked and no List-Unsubscribe is added.
+    pub fn new(api: Option<&SmtpApi>, config: &Config) -> Self {
+        let options = api.map(|a| &a.options);
+        let pick = |o: Option<bool>, default: bool| o.unwrap_or(default);
+        let endpoint = config.tracking.base_url.is_some();
+        Engagement {
+            open_tracking: endpoint
+                && pick(options.and_then(|o| o.open_tracking), config.tracking.open),
+            click_tracking: endpoint
+                && pick(
+                    options.and_then(|o| o.click_tracking),
+                    config.tracking.click,
+                ),
+            inline_css: pick(options.and_then(|o| o.inline_css), false),
+            list_unsubscribe: endpoint && !pick(options.and_then(|o| o.transactional), false),
+        }
+    }
+
+    /// Does every recipient's message differ (its own links or unsubscribe address)?
+    pub fn per_recipient(&self) -> bool {
+        self.open_tracking || self.click_tracking || self.list_unsubscribe
+    }
+
+    /// Is the body rewritten?
+    pub fn rewrites_body(&self) -> bool {
+        self.open_tracking || self.click_tracking || self.inline_css
     }
 }
 
-/// Does this kind of recipient get a copy of its own? Bcc recipients do: only their copy
-/// shows their Bcc header. (Tracking will make cc and bcc copies personalised too.)
-fn personalised(kind: RcptType) -> bool {
-    kind == RcptType::Bcc
+/// Whether the milter needs the body: to build personalised copies, to rewrite it, or to
+/// check where AMPHTML parts sit (only a multipart message can have one). A message that
+/// will be refused needs none.
+pub fn needs_body(facts: &MessageFacts, api: &ParsedApi, config: &Config) -> bool {
+    let Ok(api) = api else {
+        return false;
+    };
+    let engagement = Engagement::new(api.as_ref(), config);
+    let multipart = facts.values("Content-Type").next().is_some_and(|v| {
+        String::from_utf8_lossy(v)
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/")
+    });
+    let copies = api.as_ref().is_some_and(|api| {
+        added_recipients(facts, api)
+            .iter()
+            .any(|(kind, _)| personalised(*kind, &engagement))
+    }) || (engagement.per_recipient() && facts.rcpts.len() > 1);
+    copies || engagement.rewrites_body() || multipart
+}
+
+/// Does this kind of added recipient get a copy of its own? Bcc recipients always (only
+/// their copy shows their Bcc header); cc recipients when each message carries its own
+/// links. Archive recipients get the first primary recipient's message.
+fn personalised(kind: RcptType, engagement: &Engagement) -> bool {
+    match kind {
+        RcptType::Bcc => true,
+        RcptType::Cc | RcptType::To => engagement.per_recipient(),
+        RcptType::Archive => false,
+    }
 }
 
 fn added_recipients<'a>(facts: &MessageFacts, api: &'a SmtpApi) -> Vec<(RcptType, &'a Recipient)> {
@@ -96,7 +154,8 @@ pub enum Delivery {
     Original,
     /// Added to the original transaction with the add-recipient action.
     AddRecipient,
-    /// Gets a personalised copy, re-injected before the original is accepted.
+    /// Gets a personalised copy, re-injected before the original is accepted (an
+    /// envelope recipient moved to a copy is deleted from the original).
     Copy,
 }
 
@@ -138,6 +197,8 @@ pub struct Plan {
     pub mail_from: Option<String>,
     /// Personalised copies to hand to the MTA before the original is accepted.
     pub copies: Vec<CopyPlan>,
+    /// Tracking, unsubscribe and CSS work on the messages.
+    pub engagement: Engagement,
     /// A copy of ours that came back: passed once, unchanged but for the marker.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub returning_copy: bool,
@@ -152,6 +213,13 @@ impl Plan {
         self.recipients
             .iter()
             .filter(|r| r.delivery == Delivery::AddRecipient)
+    }
+
+    /// Envelope recipients moved out of the original into copies of their own.
+    pub fn deleted_recipients(&self) -> impl Iterator<Item = &PlannedRecipient> {
+        self.recipients
+            .iter()
+            .filter(|r| r.rcpt_type == RcptType::To && r.delivery == Delivery::Copy)
     }
 }
 
@@ -191,28 +259,41 @@ pub fn plan_parsed(
     let transmission_id = next_id().map_err(|_| Rejection::TransmissionId)?;
     let tid = transmission_id.to_string();
 
-    let mut recipients: Vec<PlannedRecipient> = facts
-        .rcpts
-        .iter()
-        .map(|address| PlannedRecipient {
+    let engagement = Engagement::new(api.as_ref(), config);
+    let marker = (MARKER_HEADER.to_owned(), marker_value(secret, &tid));
+    let mut recipients = Vec::new();
+    let mut copies = Vec::new();
+    // The original keeps the first envelope recipient; with per-recipient content every
+    // other one gets its own copy.
+    for (i, address) in facts.rcpts.iter().enumerate() {
+        let delivery = if i > 0 && personalised(RcptType::To, &engagement) {
+            copies.push(CopyPlan {
+                address: address.clone(),
+                rcpt_type: RcptType::To,
+                extra_headers: vec![marker.clone()],
+            });
+            Delivery::Copy
+        } else {
+            Delivery::Original
+        };
+        recipients.push(PlannedRecipient {
             address: address.clone(),
             rcpt_type: RcptType::To,
-            delivery: Delivery::Original,
-        })
-        .collect();
-    let mut copies = Vec::new();
+            delivery,
+        });
+    }
     for (kind, rcpt) in &added {
-        let delivery = if personalised(*kind) {
+        let delivery = if personalised(*kind, &engagement) {
+            let mut extra_headers = Vec::new();
+            if *kind == RcptType::Bcc {
+                let bcc = address_list_header(std::slice::from_ref(*rcpt), "Bcc: ".len());
+                extra_headers.push(("Bcc".to_owned(), bcc));
+            }
+            extra_headers.push(marker.clone());
             copies.push(CopyPlan {
                 address: rcpt.email.clone(),
                 rcpt_type: *kind,
-                extra_headers: vec![
-                    (
-                        "Bcc".into(),
-                        address_list_header(std::slice::from_ref(rcpt), "Bcc: ".len()),
-                    ),
-                    (MARKER_HEADER.into(), marker_value(secret, &tid)),
-                ],
+                extra_headers,
             });
             Delivery::Copy
         } else {
@@ -247,6 +328,7 @@ pub fn plan_parsed(
         header_edits,
         mail_from: bounce_address(facts, config, transmission_id),
         copies,
+        engagement,
         returning_copy: false,
         api,
     })
@@ -277,6 +359,7 @@ fn returning_copy(
         header_edits: marker_edits.to_vec(),
         mail_from: None,
         copies: Vec::new(),
+        engagement: Engagement::default(),
         returning_copy: true,
         api: None,
     })

@@ -21,6 +21,7 @@ use std::sync::Arc;
 const ACTIONS: Actions = Actions::ADD_HEADER
     .union(Actions::CHANGE_HEADER)
     .union(Actions::ADD_RCPT)
+    .union(Actions::DELETE_RCPT)
     .union(Actions::CHANGE_SENDER);
 
 /// Stages whose reply we never change: the MTA need not wait for us there.
@@ -72,7 +73,7 @@ async fn handle_negotiate(
         tracing::error!(
             offered = ?actions,
             "the MTA does not offer the milter actions msys-milter needs (add/change header, \
-             add recipient, change sender); use milter protocol 6"
+             add/delete recipient, change sender); use milter protocol 6"
         );
         return Status::Reject;
     }

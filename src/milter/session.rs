@@ -149,7 +149,7 @@ impl Session {
     pub fn body(&mut self, chunk: &[u8], config: &Config) -> BodyReply {
         if self.body_state == Body::Undecided {
             let parsed = parse_api(&self.facts, config);
-            self.body_state = if needs_body(&self.facts, &parsed) {
+            self.body_state = if needs_body(&self.facts, &parsed, config) {
                 Body::Buffering
             } else {
                 Body::Skipped
@@ -232,6 +232,11 @@ pub async fn apply(plan: &Plan, actions: &EomActions) -> Result<(), ActionError>
     }
     for rcpt in plan.added_recipients() {
         actions.add_recipient(format!("<{}>", rcpt.address)).await?;
+    }
+    for rcpt in plan.deleted_recipients() {
+        actions
+            .delete_recipient(format!("<{}>", rcpt.address))
+            .await?;
     }
     if let Some(sender) = &plan.mail_from {
         actions

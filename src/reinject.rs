@@ -151,7 +151,10 @@ async fn send_smtp(
             detail: e.to_string(),
         })?;
     // lettre dot-stuffs once and asks for 8BITMIME / SMTPUTF8 when the content needs it.
-    match transport.send_raw(&envelope, &copy.bytes).await {
+    // It ends the data with CRLF.CRLF itself, so the message's own last CRLF must go or
+    // every copy would gain an empty line.
+    let bytes = copy.bytes.strip_suffix(b"\r\n").unwrap_or(&copy.bytes);
+    match transport.send_raw(&envelope, bytes).await {
         Ok(response) => Ok(format!(
             "{} {}",
             response.code(),

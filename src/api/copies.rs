@@ -42,34 +42,51 @@ pub const MARKER_HEADER: &str = "X-MSYS-Reinjected";
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-fn mac(secret: &[u8], transmission_id: &str) -> HmacSha256 {
+/// How long after it was made a marker is honoured: a copy loops back at once, and a
+/// marker must not be replayable later (it exempts a message from the milter's checks).
+pub const MARKER_LIFETIME_SECS: u64 = 3600;
+
+fn mac(secret: &[u8], transmission_id: &str, rcpt: &str, made_at: u64) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail.
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(b"msys-milter copy marker v1\0");
+    mac.update(b"msys-milter copy marker v2\0");
     mac.update(transmission_id.as_bytes());
+    mac.update(b"\0");
+    mac.update(rcpt.to_lowercase().as_bytes());
+    mac.update(b"\0");
+    mac.update(made_at.to_string().as_bytes());
     mac
 }
 
-/// The marker value for a transmission: `<transmission id>; <hex HMAC-SHA256>`.
-pub fn marker_value(secret: &[u8], transmission_id: &str) -> String {
-    let tag = mac(secret, transmission_id).finalize().into_bytes();
+/// The marker of the copy for `rcpt`: `<transmission id>; <unix time>; <hex HMAC>`, the
+/// HMAC binding the id, the recipient and the time.
+pub fn marker_value(secret: &[u8], transmission_id: &str, rcpt: &str, now: u64) -> String {
+    let tag = mac(secret, transmission_id, rcpt, now).finalize().into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{transmission_id}; {hex}")
+    format!("{transmission_id}; {now}; {hex}")
 }
 
-/// The transmission id of a marker signed with `secret`; `None` for an unsigned or
-/// forged marker (compared in constant time).
-pub fn verify_marker(secret: &[u8], value: &[u8]) -> Option<String> {
+/// The transmission id of a marker signed with `secret` for the message's only
+/// recipient `rcpt`, made at most [`MARKER_LIFETIME_SECS`] before `now`; `None` for an
+/// unsigned, forged, foreign or stale marker (the MAC is compared in constant time).
+pub fn verify_marker(secret: &[u8], value: &[u8], rcpt: &str, now: u64) -> Option<String> {
     let value = std::str::from_utf8(value).ok()?.trim();
-    let (id, hex) = value.split_once(';')?;
-    let (id, hex) = (id.trim(), hex.trim());
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || hex.len() != 64 {
+    let mut parts = value.split(';').map(str::trim);
+    let (id, made_at, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let made_at: u64 = made_at.parse().ok()?;
+    if made_at > now.saturating_add(300) || now.saturating_sub(made_at) > MARKER_LIFETIME_SECS {
+        return None;
+    }
+    if hex.len() != 64 {
         return None;
     }
     let tag: Vec<u8> = (0..32)
         .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
         .collect::<Option<_>>()?;
-    mac(secret, id).verify_slice(&tag).ok()?;
+    mac(secret, id, rcpt, made_at).verify_slice(&tag).ok()?;
     Some(id.to_owned())
 }
 
@@ -159,19 +176,21 @@ mod tests {
 
     #[test]
     fn marker_round_trip_and_forgery() {
-        let m = marker_value(b"secret", "1234");
-        assert_eq!(verify_marker(b"secret", m.as_bytes()), Some("1234".into()));
-        assert_eq!(verify_marker(b"other", m.as_bytes()), None);
-        assert_eq!(
-            verify_marker(b"secret", m.replace("1234", "1235").as_bytes()),
-            None
-        );
-        assert_eq!(verify_marker(b"secret", b"1234"), None);
-        assert_eq!(verify_marker(b"secret", b"1234; zz"), None);
+        let now = 1_800_000_000;
+        let m = marker_value(b"secret", "1234", "B@example.com", now);
+        let ok = |m: &[u8], rcpt: &str, at: u64| verify_marker(b"secret", m, rcpt, at);
+        assert_eq!(ok(m.as_bytes(), "b@example.com", now + 60), Some("1234".into()));
+        assert_eq!(verify_marker(b"other", m.as_bytes(), "b@example.com", now), None);
+        assert_eq!(ok(m.as_bytes(), "c@example.com", now), None, "bound to its recipient");
+        assert_eq!(ok(m.as_bytes(), "b@example.com", now + 3601), None, "stale");
+        assert_eq!(ok(m.as_bytes(), "b@example.com", now - 3600), None, "from the future");
+        assert_eq!(ok(m.replace("1234", "1235").as_bytes(), "b@example.com", now), None);
+        assert_eq!(ok(b"1234", "b@example.com", now), None);
+        assert_eq!(ok(b"1234; 5; zz", "b@example.com", now), None);
         for i in 0..m.len() {
             let mut forged = m.clone().into_bytes();
             forged[i] ^= 0x01;
-            assert_eq!(verify_marker(b"secret", &forged), None, "byte {i}");
+            assert_eq!(ok(&forged, "b@example.com", now), None, "byte {i}");
         }
     }
 

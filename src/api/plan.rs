@@ -21,6 +21,8 @@ pub struct MessageFacts {
     pub headers: Vec<HeaderField>,
     /// The SMTP AUTH user (`{auth_authen}`), if the client authenticated.
     pub auth_authen: Option<String>,
+    /// When the message was received (Unix seconds); dates the copies' loop markers.
+    pub received_at: u64,
 }
 
 impl MessageFacts {
@@ -245,12 +247,14 @@ pub fn plan_parsed(
         .as_deref()
         .unwrap_or_default()
         .as_bytes();
+    let subaccount_id = facts.auth_authen.as_deref().and_then(subaccount);
     let marker_edits = delete_all(facts, MARKER_HEADER);
     if let Some(plan) = returning_copy(facts, secret, &marker_edits) {
+        // Its original passed this check already; a marker never bypasses it.
+        check_sending_domain(facts, config, subaccount_id)?;
         return Ok(plan);
     }
     let api = api?;
-    let subaccount_id = facts.auth_authen.as_deref().and_then(subaccount);
     check_sending_domain(facts, config, subaccount_id)?;
 
     let empty = SmtpApi::default();
@@ -260,7 +264,10 @@ pub fn plan_parsed(
     let tid = transmission_id.to_string();
 
     let engagement = Engagement::new(api.as_ref(), config);
-    let marker = (MARKER_HEADER.to_owned(), marker_value(secret, &tid));
+    let marker = |rcpt: &str| {
+        let value = marker_value(secret, &tid, rcpt, facts.received_at);
+        (MARKER_HEADER.to_owned(), value)
+    };
     let mut recipients = Vec::new();
     let mut copies = Vec::new();
     // The original keeps the first envelope recipient; with per-recipient content every
@@ -270,7 +277,7 @@ pub fn plan_parsed(
             copies.push(CopyPlan {
                 address: address.clone(),
                 rcpt_type: RcptType::To,
-                extra_headers: vec![marker.clone()],
+                extra_headers: vec![marker(address)],
             });
             Delivery::Copy
         } else {
@@ -289,7 +296,7 @@ pub fn plan_parsed(
                 let bcc = address_list_header(std::slice::from_ref(*rcpt), "Bcc: ".len());
                 extra_headers.push(("Bcc".to_owned(), bcc));
             }
-            extra_headers.push(marker.clone());
+            extra_headers.push(marker(&rcpt.email));
             copies.push(CopyPlan {
                 address: rcpt.email.clone(),
                 rcpt_type: *kind,
@@ -341,9 +348,13 @@ fn returning_copy(
     secret: &[u8],
     marker_edits: &[HeaderEdit],
 ) -> Option<Plan> {
+    // A copy has exactly the one recipient its marker names.
+    let [rcpt] = facts.rcpts.as_slice() else {
+        return None;
+    };
     let tid = facts
         .values(MARKER_HEADER)
-        .find_map(|v| verify_marker(secret, v))?;
+        .find_map(|v| verify_marker(secret, v, rcpt, facts.received_at))?;
     Some(Plan {
         transmission_id: tid,
         subaccount_id: None,

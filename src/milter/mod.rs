@@ -82,12 +82,21 @@ async fn handle_negotiate(
     for (stage, macros) in MACROS {
         cx.requested_macros.insert(stage, macros.to_owned());
     }
-    cx.data = Some(Session::new(opts.contains(ProtoOpts::SKIP)));
+    cx.data = Some(Session::new(cx.requested_opts));
     Status::Continue
 }
 
 fn session(data: &mut Option<Session>) -> &mut Session {
     data.get_or_insert_with(Session::default)
+}
+
+/// Where the MTA expects no reply, the answer is `Noreply`.
+fn continue_or_noreply(session: &Session, stage: ProtoOpts) -> Status {
+    if session.no_reply(stage) {
+        Status::Noreply
+    } else {
+        Status::Continue
+    }
 }
 
 fn queue_id(macros: &indymilter::Macros) -> String {
@@ -106,20 +115,23 @@ async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
         .first()
         .map(|a| a.to_string_lossy())
         .unwrap_or_default();
-    session(&mut cx.data).mail(&sender, auth.as_deref());
-    Status::Continue
+    let session = session(&mut cx.data);
+    session.mail(&sender, auth.as_deref());
+    continue_or_noreply(session, ProtoOpts::NOREPLY_MAIL)
 }
 
 async fn handle_rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+    let session = session(&mut cx.data);
     if let Some(rcpt) = args.first() {
-        session(&mut cx.data).rcpt(&rcpt.to_string_lossy());
+        session.rcpt(&rcpt.to_string_lossy());
     }
-    Status::Continue
+    continue_or_noreply(session, ProtoOpts::NOREPLY_RCPT)
 }
 
 async fn handle_header(cx: &mut Context<Session>, name: CString, value: CString) -> Status {
-    session(&mut cx.data).header(name.as_bytes(), value.as_bytes());
-    Status::Continue
+    let session = session(&mut cx.data);
+    session.header(name.as_bytes(), value.as_bytes());
+    continue_or_noreply(session, ProtoOpts::NOREPLY_HEADER)
 }
 
 async fn handle_body(cx: &mut Context<Session>, chunk: Bytes, shared: Arc<Shared>) -> Status {

@@ -8,7 +8,7 @@ use crate::api::{HeaderEdit, MessageFacts, Plan, Rejection};
 use crate::config::Config;
 use crate::ids::IdGenerator;
 use crate::reinject::{Copy, Reinjector};
-use indymilter::{ActionError, ContextActions, EomActions};
+use indymilter::{ActionError, ContextActions, EomActions, ProtoOpts};
 use std::io::Read as _;
 use std::sync::{Arc, RwLock};
 
@@ -97,8 +97,8 @@ pub struct Session {
     parsed: Option<ParsedApi>,
     body_state: Body,
     body: Vec<u8>,
-    /// The MTA accepts "skip the rest of the body" (negotiated once per connection).
-    can_skip: bool,
+    /// The protocol options negotiated for this connection.
+    opts: ProtoOpts,
 }
 
 /// What to answer to a body chunk.
@@ -116,16 +116,26 @@ pub struct Accepted {
 }
 
 impl Session {
-    pub fn new(can_skip: bool) -> Self {
+    pub fn new(opts: ProtoOpts) -> Self {
         Session {
-            can_skip,
+            opts,
             ..Session::default()
         }
     }
 
     /// Forget the current message, keep what was negotiated.
     fn reset(&mut self) -> Session {
-        std::mem::replace(self, Session::new(self.can_skip))
+        std::mem::replace(self, Session::new(self.opts))
+    }
+
+    /// The MTA accepts "skip the rest of the body".
+    fn can_skip(&self) -> bool {
+        self.opts.contains(ProtoOpts::SKIP)
+    }
+
+    /// Was "no reply" negotiated for this stage? Then the answer must be `Noreply`.
+    pub fn no_reply(&self, stage: ProtoOpts) -> bool {
+        self.opts.contains(stage)
     }
 
     /// MAIL FROM starts a new message.
@@ -160,7 +170,7 @@ impl Session {
             Body::Buffering if self.body.len() + chunk.len() > config.max_message_size => {
                 self.body_state = Body::TooLarge;
                 self.body = Vec::new();
-                if self.can_skip {
+                if self.can_skip() {
                     BodyReply::Skip
                 } else {
                     BodyReply::Continue
@@ -170,7 +180,7 @@ impl Session {
                 self.body.extend_from_slice(chunk);
                 BodyReply::Continue
             }
-            _ if self.can_skip => BodyReply::Skip,
+            _ if self.can_skip() => BodyReply::Skip,
             _ => BodyReply::Continue,
         }
     }
@@ -187,11 +197,15 @@ impl Session {
         let parsed = this
             .parsed
             .unwrap_or_else(|| parse_api(&this.facts, config));
-        let plan = plan_parsed(&this.facts, parsed, config, || shared.ids.next())?;
+        let mut facts = this.facts;
+        facts.received_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let plan = plan_parsed(&facts, parsed, config, || shared.ids.next())?;
         if this.body_state == Body::TooLarge && !plan.copies.is_empty() {
             return Err(Rejection::TooLarge);
         }
-        let from = plan.mail_from.as_ref().unwrap_or(&this.facts.mail_from);
+        let from = plan.mail_from.as_ref().unwrap_or(&facts.mail_from);
         let copies = plan
             .copies
             .iter()
@@ -199,7 +213,7 @@ impl Session {
                 from: from.clone(),
                 to: copy.address.clone(),
                 rcpt_type: copy.rcpt_type,
-                bytes: render_copy(&this.facts.headers, &plan.header_edits, copy, &this.body),
+                bytes: render_copy(&facts.headers, &plan.header_edits, copy, &this.body),
             })
             .collect();
         Ok(Accepted { plan, copies })

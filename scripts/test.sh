@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs (Postfix, iproute2), builds, then runs
+# every test (unit, in-process, end-to-end through a private Postfix) inside a private
+# network namespace that has only loopback, so no test can reach another host or a DNS
+# server. Usage: bash scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "scripts/test.sh: run as root (it installs packages and starts Postfix in a network namespace)" >&2
+        exit 2
+    fi
+}
+
+install_packages() {
+    local missing=()
+    [ -x /usr/sbin/postfix ] || missing+=(postfix)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v unshare >/dev/null || missing+=(util-linux)
+    [ ${#missing[@]} -eq 0 ] && return
+    need_root
+    echo "scripts/test.sh: installing ${missing[*]}"
+    # No system instance is configured ("No configuration"), so nothing listens on port 25.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # A package install may start the system instance; the tests run private ones.
+    if [ -f /etc/postfix/main.cf ]; then postfix stop >/dev/null 2>&1 || true; fi
+}
+
+install_packages
+need_root
+# Build and fetch everything outside the namespace (it has no network).
+cargo build --all-targets --locked
+# Inside: only loopback. Postfix resolves its own host name at start-up; here it can't
+# leak a query off the machine.
+exec unshare --net -- sh -c 'ip link set lo up && exec cargo test --offline --locked "$@" -- --test-threads=4' sh "$@"

@@ -1,0 +1,231 @@
+//! End to end through a real Postfix: a real SMTP client submits to a private Postfix
+//! instance (postfix-example/main.cf and master.cf) that calls the real msys-milter
+//! binary and relays to a capture server. Run inside a loopback-only network namespace
+//! (`bash scripts/test.sh`).
+
+mod support;
+
+use support::capture::Capture;
+use support::postfix::{Postfix, free_port};
+use support::{Milter, message, send};
+
+/// Capture server, Postfix with the milter, the milter with `toml` (its re-injection
+/// target set to this Postfix's listener).
+struct E2e {
+    capture: Capture,
+    postfix: Postfix,
+    milter: Milter,
+}
+
+impl E2e {
+    fn start(toml: &str) -> E2e {
+        let capture = Capture::start();
+        let milter_port = free_port();
+        let postfix = Postfix::start(Some(milter_port), capture.port);
+        let milter = Milter::start_on(
+            milter_port,
+            &format!("{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n", postfix.reinject_port),
+        );
+        E2e { capture, postfix, milter }
+    }
+
+    fn send(&self, from: &str, rcpts: &[&str], msg: &str) -> Result<String, String> {
+        send(self.postfix.smtp_port, from, rcpts, msg)
+    }
+
+    /// Nothing was delivered, and Postfix holds nothing either.
+    fn assert_nothing_delivered(&self) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert!(self.capture.all().is_empty(), "{:#?}", self.capture.all());
+    }
+}
+
+const BOUNCES: &str = "[envelope]\nbounce_domain = \"bounces.example.net\"\n";
+
+fn assert_bounce_address(mail_from: &str, domain: &str) -> String {
+    let id = mail_from
+        .strip_prefix("bounces+")
+        .and_then(|m| m.strip_suffix(&format!("@{domain}")))
+        .unwrap_or_else(|| panic!("MAIL FROM {mail_from} is not a bounce address at {domain}"));
+    assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()), "{mail_from}");
+    id.to_owned()
+}
+
+#[test]
+fn postfix_relays_without_milter() {
+    let capture = Capture::start();
+    let postfix = Postfix::start(None, capture.port);
+    send(postfix.smtp_port, "app@example.com", &["to@example.org"], &message("", "hello\n")).unwrap();
+    let got = capture.wait_for_deliveries(1);
+    assert_eq!(got[0].mail_from, "app@example.com");
+}
+
+#[test]
+fn plain_message_gets_a_bounce_address_and_no_header() {
+    let e = E2e::start(BOUNCES);
+    let msg = message("X-MSYS-API: {\"campaign_id\": \"welcome\"}\n", "hello\n");
+    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.capture.wait_for_deliveries(1);
+    let got = e.capture.message_for("to@example.org");
+    assert_bounce_address(&got.mail_from, "bounces.example.net");
+    assert!(got.header("X-MSYS-API").is_empty(), "{}", got.text());
+    assert_eq!(got.header("Subject"), ["e2e"]);
+    // Postfix adds Message-Id and Date when missing.
+    assert_eq!(got.header("Message-Id").len(), 1);
+    assert!(e.milter.log().contains("accepted"));
+}
+
+#[test]
+fn header_rejections_reach_the_client_exactly() {
+    let e = E2e::start(BOUNCES);
+    let cases = [
+        ("X-MSYS-API: {\"campaign_id\": \"x\",}\n", "5.6.0 JSON parsing error in X-MSYS-API"),
+        ("X-MSYS-API: {\"metadata\": []}\n", "5.6.0 X-MSYS-API 'metadata' must be of type 'json object'"),
+        (
+            "X-MSYS-API: {\"cc\": [\"ok@example.com\",\n  \"not an address\"]}\n",
+            "5.6.0 X-MSYS-API 'cc' entry 2 is not a valid recipient",
+        ),
+        ("X-MSYS-API: {}\nX-MSYS-API: {}\n", "5.6.0 X-MSYS-API header may appear only once"),
+    ];
+    for (header, expected) in cases {
+        let err = e.send("app@example.com", &["to@example.org"], &message(header, "x\n")).unwrap_err();
+        assert!(err.contains("550") && err.contains(expected), "{header}: {err}");
+    }
+    e.assert_nothing_delivered();
+}
+
+#[test]
+fn cc_and_archive_with_names_and_dedupe() {
+    let e = E2e::start(BOUNCES);
+    let api = "X-MSYS-API: {\"cc\": [{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"},\n \
+               {\"email\": \"cc2@example.com\", \"name\": \"Zoë Ünal\"}, \"TO@example.org\"],\n \
+               \"archive\": [{\"email\": \"arch@example.com\", \"name\": \"Archive\"}, \"Cc1@Example.com\"]}\n";
+    let msg = message(&format!("Cc: old@example.com\n{api}"), "hello\n");
+    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.capture.wait_for_deliveries(4);
+    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
+    assert_eq!(total, 4, "exactly one delivery per address: {:#?}", e.capture.all());
+    for rcpt in ["to@example.org", "cc1@example.com", "cc2@example.com", "arch@example.com"] {
+        let got = e.capture.message_for(rcpt);
+        let cc = got.header("Cc");
+        assert_eq!(cc.len(), 1, "{}", got.text());
+        assert!(cc[0].contains("CC 1 <cc1@example.com>"), "{}", cc[0]);
+        assert!(cc[0].contains("=?utf-8?b?"), "non-ASCII name encoded: {}", cc[0]);
+        assert!(cc[0].contains("<cc2@example.com>") && cc[0].contains("TO@example.org"), "{}", cc[0]);
+        assert!(!cc[0].contains("old@example.com"));
+        assert!(got.header("X-MSYS-API").is_empty());
+        assert!(got.header("Bcc").is_empty());
+        assert_bounce_address(&got.mail_from, "bounces.example.net");
+    }
+}
+
+#[test]
+fn a_sending_domains_bounce_domain_is_used_and_other_domains_refused() {
+    let e = E2e::start(&format!(
+        "{BOUNCES}[[sending_domain]]\nname = \"example.com\"\nbounce_domain = \"bounce.example.com\"\n"
+    ));
+    e.send("app@example.com", &["to@example.org"], &message("", "x\n")).unwrap();
+    e.capture.wait_for_deliveries(1);
+    assert_bounce_address(&e.capture.message_for("to@example.org").mail_from, "bounce.example.com");
+
+    let other = "From: Other <someone@other.org>\nTo: to2@example.org\nSubject: x\n\nx\n";
+    let err = e.send("someone@other.org", &["to2@example.org"], other).unwrap_err();
+    assert!(err.contains("550") && err.contains("5.7.1 Unconfigured Sending Domain <other.org>"), "{err}");
+}
+
+#[test]
+fn rfc2047_encoded_header_value_works() {
+    let e = E2e::start(BOUNCES);
+    // {"cc":["cc@example.com"]} in UTF-8 base64.
+    let msg = message("X-MSYS-API: =?UTF-8?B?eyJjYyI6WyJjY0BleGFtcGxlLmNvbSJdfQ==?=\n", "x\n");
+    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.capture.wait_for_deliveries(2);
+    assert_eq!(e.capture.message_for("cc@example.com").header("Cc"), ["cc@example.com"]);
+}
+
+#[test]
+fn a_stopped_milter_tempfails_and_nothing_is_lost() {
+    let mut e = E2e::start(BOUNCES);
+    e.milter.stop();
+    let err = e.send("app@example.com", &["to@example.org"], &message("", "x\n")).unwrap_err();
+    assert!(err.contains("451") || err.contains("transient"), "a 4xx reply: {err}");
+    e.assert_nothing_delivered();
+    e.milter.restart();
+    e.send("app@example.com", &["to@example.org"], &message("", "x\n")).unwrap();
+    e.capture.wait_for_deliveries(1);
+}
+
+const BCC_API: &str = "X-MSYS-API: {\"cc\": [\"cc1@example.com\", {\"email\": \"cc2@example.com\", \"name\": \"CC Two\"}],\n \
+    \"bcc\": [\"bcc1@example.com\", {\"email\": \"bcc2@example.com\", \"name\": \"Bé Two\"}, \"CC1@example.com\"],\n \
+    \"archive\": [\"arch@example.com\"]}\n";
+
+/// A body that exercises dot-stuffing and 8-bit transport.
+const BODY: &str = "Hello.\n.leading dot\n..two dots\n.\nGrüße, 8-bit UTF-8 ✓\n";
+
+#[test]
+fn bcc_copies_each_show_only_their_own_bcc() {
+    let e = E2e::start(BOUNCES);
+    let msg = message(&format!("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n{BCC_API}"), BODY);
+    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.capture.wait_for_deliveries(6);
+    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
+    assert_eq!(total, 6, "exactly one delivery per address: {:#?}", e.capture.all());
+    let primary = e.capture.message_for("to@example.org");
+    let tid = assert_bounce_address(&primary.mail_from, "bounces.example.net");
+    let message_id = primary.header("Message-Id");
+    for rcpt in ["to@example.org", "cc1@example.com", "cc2@example.com", "bcc1@example.com", "bcc2@example.com", "arch@example.com"] {
+        let got = e.capture.message_for(rcpt);
+        assert_eq!(got.header("To"), ["Someone <to@example.org>"], "{rcpt}");
+        assert_eq!(got.header("Cc"), ["cc1@example.com, CC Two <cc2@example.com>"], "{rcpt}");
+        assert!(got.header("X-MSYS-API").is_empty() && got.header("X-MSYS-Reinjected").is_empty(), "{rcpt}: {}", got.text());
+        // Every copy has the same transmission id in its bounce address, and one Message-ID.
+        assert_eq!(assert_bounce_address(&got.mail_from, "bounces.example.net"), tid, "{rcpt}");
+        assert_eq!(got.header("Message-Id"), message_id, "{rcpt}");
+        assert_eq!(String::from_utf8(got.body()).unwrap(), BODY.replace('\n', "\r\n"), "{rcpt}");
+        let bcc = got.header("Bcc");
+        match rcpt {
+            "bcc1@example.com" => assert_eq!(bcc, ["bcc1@example.com"]),
+            "bcc2@example.com" => assert_eq!(bcc, ["=?utf-8?b?QsOpIFR3bw==?= <bcc2@example.com>"]),
+            _ => assert!(bcc.is_empty(), "{rcpt} must not see a Bcc: {bcc:?}"),
+        }
+    }
+}
+
+#[test]
+fn copies_that_cannot_be_handed_over_tempfail_the_message_until_the_listener_is_back() {
+    let e = E2e::start(BOUNCES);
+    let listener = format!("127.0.0.1:{} inet", e.postfix.reinject_port);
+    let disabled = format!("#{listener}");
+    e.postfix.edit_master_cf(|m| m.replace(&listener, &disabled));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let msg = message(BCC_API, BODY);
+    let err = e.send("app@example.com", &["to@example.org"], &msg).unwrap_err();
+    assert!(err.contains("451") && err.contains("4.3.0 personalised copies could not be handed over"), "{err}");
+    e.assert_nothing_delivered();
+
+    e.postfix.edit_master_cf(|m| m.replace(&disabled, &listener));
+    e.postfix.wait_for_port(e.postfix.reinject_port);
+    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.capture.wait_for_deliveries(6);
+    for rcpt in ["to@example.org", "cc1@example.com", "cc2@example.com", "bcc1@example.com", "bcc2@example.com", "arch@example.com"] {
+        e.capture.message_for(rcpt);
+    }
+}
+
+#[test]
+fn a_copy_forced_back_through_the_milter_passes_once_unchanged() {
+    let e = E2e::start(BOUNCES);
+    // Misconfigure the re-injection listener: it runs the milter too.
+    e.postfix.edit_master_cf(|m| {
+        m.replace("  -o smtpd_milters=\n", "").replace("  -o receive_override_options=no_milters\n", "")
+    });
+    let msg = message("X-MSYS-API: {\"bcc\": [\"bcc1@example.com\"]}\n", BODY);
+    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.capture.wait_for_deliveries(2);
+    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
+    assert_eq!(total, 2, "{:#?}", e.capture.all());
+    let copy = e.capture.message_for("bcc1@example.com");
+    assert_eq!(copy.header("Bcc"), ["bcc1@example.com"]);
+    assert!(copy.header("X-MSYS-Reinjected").is_empty(), "the milter strips its marker");
+    assert!(e.milter.log().contains("returning copy passed"), "{}", e.milter.log());
+}

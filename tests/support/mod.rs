@@ -1,0 +1,108 @@
+//! Shared parts of the end-to-end tests: a capture SMTP server, a private Postfix, the
+//! real `msys-milter` binary, and a real SMTP client (lettre).
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+pub mod capture;
+pub mod postfix;
+
+use lettre::address::Envelope;
+use lettre::{SmtpTransport, Transport};
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The real daemon, started with a config file; stopped (SIGTERM) when dropped.
+pub struct Milter {
+    child: Option<Child>,
+    pub port: u16,
+    config: tempfile::NamedTempFile,
+    log: std::path::PathBuf,
+}
+
+impl Milter {
+    /// Start `msys-milter --config FILE` with `toml` on a free port, and wait until it
+    /// accepts connections.
+    pub fn start(toml: &str) -> Milter {
+        Self::start_on(postfix::free_port(), toml)
+    }
+
+    pub fn start_on(port: u16, toml: &str) -> Milter {
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        write!(config, "socket = \"inet:127.0.0.1:{port}\"\n{toml}").unwrap();
+        let log = config.path().with_extension("log");
+        let mut milter = Milter { child: None, port, config, log };
+        milter.spawn();
+        milter
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_msys-milter"))
+            .arg("--config")
+            .arg(self.config.path())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "milter did not start:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stop the daemon (SIGTERM) and wait for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port with the same configuration.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Milter {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- milter log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Send `message` with a real SMTP client (lettre). `Err` carries the server's reply
+/// as lettre reports it (code and text).
+pub fn send(port: u16, from: &str, rcpts: &[&str], message: &str) -> Result<String, String> {
+    let transport = SmtpTransport::builder_dangerous("127.0.0.1").port(port).build();
+    let from = if from.is_empty() { None } else { Some(from.parse().unwrap()) };
+    let envelope = Envelope::new(from, rcpts.iter().map(|r| r.parse().unwrap()).collect()).unwrap();
+    let message = message.replace("\r\n", "\n").replace('\n', "\r\n");
+    // lettre ends the data with CRLF.CRLF itself.
+    let message = message.strip_suffix("\r\n").unwrap_or(&message);
+    transport
+        .send_raw(&envelope, message.as_bytes())
+        .map(|r| format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" ")))
+        .map_err(|e| e.to_string())
+}
+
+/// A message with the usual headers and `extra` ones before the body.
+pub fn message(extra: &str, body: &str) -> String {
+    format!(
+        "From: App <app@example.com>\nTo: Someone <to@example.org>\nSubject: e2e\n{extra}\n{body}"
+    )
+}
+
+/// The config directory of an example file.
+pub fn example_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("postfix-example").join(name)
+}

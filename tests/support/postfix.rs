@@ -1,0 +1,170 @@
+//! A private Postfix instance for one test: its own configuration, queue and data
+//! directories under a temporary directory, loopback ports chosen free, no chroot,
+//! logging to a file. Built from the Debian package's master.cf and the project's
+//! `postfix-example/` files, so the tests exercise what the README tells admins to add.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("postfix-example").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Refuse to start an MTA outside a private network namespace: it would resolve its
+/// host name and could reach other hosts. `scripts/test.sh` runs the tests inside one.
+fn assert_private_network() {
+    // /proc/net/dev lists the interfaces of this process's network namespace.
+    let interfaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|i| i.trim().to_owned()))
+        .collect();
+    assert!(
+        interfaces.iter().all(|i| i == "lo"),
+        "end-to-end tests start Postfix and must run in a network namespace with only \
+         loopback: run them with `bash scripts/test.sh` (found interfaces {interfaces:?})"
+    );
+    assert!(
+        Path::new("/usr/sbin/postfix").exists(),
+        "Postfix is not installed: `bash scripts/test.sh` installs it"
+    );
+}
+
+pub struct Postfix {
+    dir: tempfile::TempDir,
+    /// The port clients submit to (smtpd with the milter).
+    pub smtp_port: u16,
+    /// The re-injection listener's port (postfix-example/master.cf, no milters).
+    pub reinject_port: u16,
+}
+
+impl Postfix {
+    /// Start Postfix relaying everything to `[127.0.0.1]:relay_port`, with the milter of
+    /// postfix-example/main.cf at `milter_port` (`None`: no milter at all).
+    pub fn start(milter_port: Option<u16>, relay_port: u16) -> Postfix {
+        assert_private_network();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        for sub in ["conf", "queue", "data"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let smtp_port = free_port();
+        let reinject_port = free_port();
+        let d = dir.path().display();
+        let mut main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {d}/queue\n\
+             data_directory = {d}/data\n\
+             maillog_file = {d}/maillog\n\
+             maillog_file_prefixes = {d}\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             myhostname = mta.e2e.test\n\
+             mydomain = e2e.test\n\
+             myorigin = $myhostname\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             mydestination =\n\
+             mynetworks = 127.0.0.0/8\n\
+             relayhost = [127.0.0.1]:{relay_port}\n\
+             smtp_dns_support_level = disabled\n\
+             smtputf8_enable = yes\n\
+             alias_maps =\n\
+             biff = no\n"
+        );
+        if let Some(port) = milter_port {
+            main_cf.push_str(&example("main.cf").replace("127.0.0.1:8895", &format!("127.0.0.1:{port}")));
+        }
+        std::fs::write(conf.join("main.cf"), main_cf).unwrap();
+        let master = master_cf(smtp_port)
+            + &example("master.cf").replace("127.0.0.1:10026", &format!("127.0.0.1:{reinject_port}"));
+        std::fs::write(conf.join("master.cf"), master).unwrap();
+        // Postfix's processes run as the mail owner and must own their working places.
+        for sub in ["data"] {
+            Command::new("chown").arg("postfix").arg(dir.path().join(sub)).status().unwrap();
+        }
+        let postfix = Postfix { dir, smtp_port, reinject_port };
+        postfix.postfix(&["start"]);
+        postfix.wait_for_port(smtp_port);
+        postfix
+    }
+
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.path().join("conf")
+    }
+
+    /// Run `postfix -c CONF <args>`; fails the test with the log on error.
+    pub fn postfix(&self, args: &[&str]) {
+        let out = Command::new("/usr/sbin/postfix").arg("-c").arg(self.conf_dir()).args(args).output().unwrap();
+        assert!(out.status.success(), "postfix {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+    }
+
+    /// Edit master.cf with `edit` and reload.
+    pub fn edit_master_cf(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.conf_dir().join("master.cf");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
+        self.postfix(&["reload"]);
+    }
+
+    pub fn wait_for_port(&self, port: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "Postfix did not listen on {port}:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Postfix's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Messages still in the queue (`postqueue -p`).
+    pub fn queue(&self) -> String {
+        let out = Command::new("/usr/sbin/postqueue").arg("-c").arg(self.conf_dir()).arg("-p").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/postfix").arg("-c").arg(self.conf_dir()).arg("stop").output();
+        if std::thread::panicking() {
+            eprintln!("--- Postfix log ---\n{}", self.log());
+        }
+    }
+}
+
+/// The Debian package's master.cf, with smtpd on `127.0.0.1:smtp_port` and no chroot
+/// (the private instance has no chroot jail set up).
+fn master_cf(smtp_port: u16) -> String {
+    let dist = std::fs::read_to_string("/usr/share/postfix/master.cf.dist")
+        .expect("Postfix's master.cf.dist (Debian package postfix)");
+    let mut out = String::new();
+    for line in dist.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let service_line = !line.starts_with([' ', '\t', '#']) && fields.len() >= 8;
+        if service_line {
+            let mut fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            if fields[0] == "smtp" && fields[1] == "inet" {
+                fields[0] = format!("127.0.0.1:{smtp_port}");
+            }
+            if fields[4] == "y" || fields[4] == "-" {
+                fields[4] = "n".into();
+            }
+            out.push_str(&fields.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}

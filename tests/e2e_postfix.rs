@@ -18,15 +18,41 @@ struct E2e {
 }
 
 impl E2e {
+    /// Copies go to the re-injection listener of postfix-example/master.cf.
     fn start(toml: &str) -> E2e {
         let capture = Capture::start();
         let milter_port = free_port();
         let postfix = Postfix::start(Some(milter_port), capture.port);
         let milter = Milter::start_on(
             milter_port,
-            &format!("{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n", postfix.reinject_port),
+            &format!(
+                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n",
+                postfix.reinject_port
+            ),
         );
-        E2e { capture, postfix, milter }
+        E2e {
+            capture,
+            postfix,
+            milter,
+        }
+    }
+
+    /// Copies go through this Postfix's sendmail(1).
+    fn start_with_sendmail(toml: &str) -> E2e {
+        let capture = Capture::start();
+        let milter_port = free_port();
+        let postfix = Postfix::start(Some(milter_port), capture.port);
+        let conf = postfix.conf_dir().display().to_string();
+        let milter = Milter::start_with_env(
+            milter_port,
+            &format!("{toml}\n[reinject]\nsendmail = \"/usr/sbin/sendmail\"\ntimeout = 10\n"),
+            &[("MAIL_CONFIG", &conf)],
+        );
+        E2e {
+            capture,
+            postfix,
+            milter,
+        }
     }
 
     fn send(&self, from: &str, rcpts: &[&str], msg: &str) -> Result<String, String> {
@@ -47,7 +73,10 @@ fn assert_bounce_address(mail_from: &str, domain: &str) -> String {
         .strip_prefix("bounces+")
         .and_then(|m| m.strip_suffix(&format!("@{domain}")))
         .unwrap_or_else(|| panic!("MAIL FROM {mail_from} is not a bounce address at {domain}"));
-    assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()), "{mail_from}");
+    assert!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
+        "{mail_from}"
+    );
     id.to_owned()
 }
 
@@ -55,7 +84,13 @@ fn assert_bounce_address(mail_from: &str, domain: &str) -> String {
 fn postfix_relays_without_milter() {
     let capture = Capture::start();
     let postfix = Postfix::start(None, capture.port);
-    send(postfix.smtp_port, "app@example.com", &["to@example.org"], &message("", "hello\n")).unwrap();
+    send(
+        postfix.smtp_port,
+        "app@example.com",
+        &["to@example.org"],
+        &message("", "hello\n"),
+    )
+    .unwrap();
     let got = capture.wait_for_deliveries(1);
     assert_eq!(got[0].mail_from, "app@example.com");
 }
@@ -64,7 +99,8 @@ fn postfix_relays_without_milter() {
 fn plain_message_gets_a_bounce_address_and_no_header() {
     let e = E2e::start(BOUNCES);
     let msg = message("X-MSYS-API: {\"campaign_id\": \"welcome\"}\n", "hello\n");
-    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
     e.capture.wait_for_deliveries(1);
     let got = e.capture.message_for("to@example.org");
     assert_bounce_address(&got.mail_from, "bounces.example.net");
@@ -79,17 +115,35 @@ fn plain_message_gets_a_bounce_address_and_no_header() {
 fn header_rejections_reach_the_client_exactly() {
     let e = E2e::start(BOUNCES);
     let cases = [
-        ("X-MSYS-API: {\"campaign_id\": \"x\",}\n", "5.6.0 JSON parsing error in X-MSYS-API"),
-        ("X-MSYS-API: {\"metadata\": []}\n", "5.6.0 X-MSYS-API 'metadata' must be of type 'json object'"),
+        (
+            "X-MSYS-API: {\"campaign_id\": \"x\",}\n",
+            "5.6.0 JSON parsing error in X-MSYS-API",
+        ),
+        (
+            "X-MSYS-API: {\"metadata\": []}\n",
+            "5.6.0 X-MSYS-API 'metadata' must be of type 'json object'",
+        ),
         (
             "X-MSYS-API: {\"cc\": [\"ok@example.com\",\n  \"not an address\"]}\n",
             "5.6.0 X-MSYS-API 'cc' entry 2 is not a valid recipient",
         ),
-        ("X-MSYS-API: {}\nX-MSYS-API: {}\n", "5.6.0 X-MSYS-API header may appear only once"),
+        (
+            "X-MSYS-API: {}\nX-MSYS-API: {}\n",
+            "5.6.0 X-MSYS-API header may appear only once",
+        ),
     ];
     for (header, expected) in cases {
-        let err = e.send("app@example.com", &["to@example.org"], &message(header, "x\n")).unwrap_err();
-        assert!(err.contains("550") && err.contains(expected), "{header}: {err}");
+        let err = e
+            .send(
+                "app@example.com",
+                &["to@example.org"],
+                &message(header, "x\n"),
+            )
+            .unwrap_err();
+        assert!(
+            err.contains("550") && err.contains(expected),
+            "{header}: {err}"
+        );
     }
     e.assert_nothing_delivered();
 }
@@ -101,17 +155,36 @@ fn cc_and_archive_with_names_and_dedupe() {
                {\"email\": \"cc2@example.com\", \"name\": \"Zoë Ünal\"}, \"TO@example.org\"],\n \
                \"archive\": [{\"email\": \"arch@example.com\", \"name\": \"Archive\"}, \"Cc1@Example.com\"]}\n";
     let msg = message(&format!("Cc: old@example.com\n{api}"), "hello\n");
-    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
     e.capture.wait_for_deliveries(4);
     let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
-    assert_eq!(total, 4, "exactly one delivery per address: {:#?}", e.capture.all());
-    for rcpt in ["to@example.org", "cc1@example.com", "cc2@example.com", "arch@example.com"] {
+    assert_eq!(
+        total,
+        4,
+        "exactly one delivery per address: {:#?}",
+        e.capture.all()
+    );
+    for rcpt in [
+        "to@example.org",
+        "cc1@example.com",
+        "cc2@example.com",
+        "arch@example.com",
+    ] {
         let got = e.capture.message_for(rcpt);
         let cc = got.header("Cc");
         assert_eq!(cc.len(), 1, "{}", got.text());
         assert!(cc[0].contains("CC 1 <cc1@example.com>"), "{}", cc[0]);
-        assert!(cc[0].contains("=?utf-8?b?"), "non-ASCII name encoded: {}", cc[0]);
-        assert!(cc[0].contains("<cc2@example.com>") && cc[0].contains("TO@example.org"), "{}", cc[0]);
+        assert!(
+            cc[0].contains("=?utf-8?b?"),
+            "non-ASCII name encoded: {}",
+            cc[0]
+        );
+        assert!(
+            cc[0].contains("<cc2@example.com>") && cc[0].contains("TO@example.org"),
+            "{}",
+            cc[0]
+        );
         assert!(!cc[0].contains("old@example.com"));
         assert!(got.header("X-MSYS-API").is_empty());
         assert!(got.header("Bcc").is_empty());
@@ -124,34 +197,56 @@ fn a_sending_domains_bounce_domain_is_used_and_other_domains_refused() {
     let e = E2e::start(&format!(
         "{BOUNCES}[[sending_domain]]\nname = \"example.com\"\nbounce_domain = \"bounce.example.com\"\n"
     ));
-    e.send("app@example.com", &["to@example.org"], &message("", "x\n")).unwrap();
+    e.send("app@example.com", &["to@example.org"], &message("", "x\n"))
+        .unwrap();
     e.capture.wait_for_deliveries(1);
-    assert_bounce_address(&e.capture.message_for("to@example.org").mail_from, "bounce.example.com");
+    assert_bounce_address(
+        &e.capture.message_for("to@example.org").mail_from,
+        "bounce.example.com",
+    );
 
     let other = "From: Other <someone@other.org>\nTo: to2@example.org\nSubject: x\n\nx\n";
-    let err = e.send("someone@other.org", &["to2@example.org"], other).unwrap_err();
-    assert!(err.contains("550") && err.contains("5.7.1 Unconfigured Sending Domain <other.org>"), "{err}");
+    let err = e
+        .send("someone@other.org", &["to2@example.org"], other)
+        .unwrap_err();
+    assert!(
+        err.contains("550") && err.contains("5.7.1 Unconfigured Sending Domain <other.org>"),
+        "{err}"
+    );
 }
 
 #[test]
 fn rfc2047_encoded_header_value_works() {
     let e = E2e::start(BOUNCES);
     // {"cc":["cc@example.com"]} in UTF-8 base64.
-    let msg = message("X-MSYS-API: =?UTF-8?B?eyJjYyI6WyJjY0BleGFtcGxlLmNvbSJdfQ==?=\n", "x\n");
-    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    let msg = message(
+        "X-MSYS-API: =?UTF-8?B?eyJjYyI6WyJjY0BleGFtcGxlLmNvbSJdfQ==?=\n",
+        "x\n",
+    );
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
     e.capture.wait_for_deliveries(2);
-    assert_eq!(e.capture.message_for("cc@example.com").header("Cc"), ["cc@example.com"]);
+    assert_eq!(
+        e.capture.message_for("cc@example.com").header("Cc"),
+        ["cc@example.com"]
+    );
 }
 
 #[test]
 fn a_stopped_milter_tempfails_and_nothing_is_lost() {
     let mut e = E2e::start(BOUNCES);
     e.milter.stop();
-    let err = e.send("app@example.com", &["to@example.org"], &message("", "x\n")).unwrap_err();
-    assert!(err.contains("451") || err.contains("transient"), "a 4xx reply: {err}");
+    let err = e
+        .send("app@example.com", &["to@example.org"], &message("", "x\n"))
+        .unwrap_err();
+    assert!(
+        err.contains("451") || err.contains("transient"),
+        "a 4xx reply: {err}"
+    );
     e.assert_nothing_delivered();
     e.milter.restart();
-    e.send("app@example.com", &["to@example.org"], &message("", "x\n")).unwrap();
+    e.send("app@example.com", &["to@example.org"], &message("", "x\n"))
+        .unwrap();
     e.capture.wait_for_deliveries(1);
 }
 
@@ -165,23 +260,57 @@ const BODY: &str = "Hello.\n.leading dot\n..two dots\n.\nGrüße, 8-bit UTF-8 �
 #[test]
 fn bcc_copies_each_show_only_their_own_bcc() {
     let e = E2e::start(BOUNCES);
-    let msg = message(&format!("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n{BCC_API}"), BODY);
-    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    let msg = message(
+        &format!(
+            "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n{BCC_API}"
+        ),
+        BODY,
+    );
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
     e.capture.wait_for_deliveries(6);
     let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
-    assert_eq!(total, 6, "exactly one delivery per address: {:#?}", e.capture.all());
+    assert_eq!(
+        total,
+        6,
+        "exactly one delivery per address: {:#?}",
+        e.capture.all()
+    );
     let primary = e.capture.message_for("to@example.org");
     let tid = assert_bounce_address(&primary.mail_from, "bounces.example.net");
     let message_id = primary.header("Message-Id");
-    for rcpt in ["to@example.org", "cc1@example.com", "cc2@example.com", "bcc1@example.com", "bcc2@example.com", "arch@example.com"] {
+    for rcpt in [
+        "to@example.org",
+        "cc1@example.com",
+        "cc2@example.com",
+        "bcc1@example.com",
+        "bcc2@example.com",
+        "arch@example.com",
+    ] {
         let got = e.capture.message_for(rcpt);
         assert_eq!(got.header("To"), ["Someone <to@example.org>"], "{rcpt}");
-        assert_eq!(got.header("Cc"), ["cc1@example.com, CC Two <cc2@example.com>"], "{rcpt}");
-        assert!(got.header("X-MSYS-API").is_empty() && got.header("X-MSYS-Reinjected").is_empty(), "{rcpt}: {}", got.text());
+        assert_eq!(
+            got.header("Cc"),
+            ["cc1@example.com, CC Two <cc2@example.com>"],
+            "{rcpt}"
+        );
+        assert!(
+            got.header("X-MSYS-API").is_empty() && got.header("X-MSYS-Reinjected").is_empty(),
+            "{rcpt}: {}",
+            got.text()
+        );
         // Every copy has the same transmission id in its bounce address, and one Message-ID.
-        assert_eq!(assert_bounce_address(&got.mail_from, "bounces.example.net"), tid, "{rcpt}");
+        assert_eq!(
+            assert_bounce_address(&got.mail_from, "bounces.example.net"),
+            tid,
+            "{rcpt}"
+        );
         assert_eq!(got.header("Message-Id"), message_id, "{rcpt}");
-        assert_eq!(String::from_utf8(got.body()).unwrap(), BODY.replace('\n', "\r\n"), "{rcpt}");
+        assert_eq!(
+            String::from_utf8(got.body()).unwrap(),
+            BODY.replace('\n', "\r\n"),
+            "{rcpt}"
+        );
         let bcc = got.header("Bcc");
         match rcpt {
             "bcc1@example.com" => assert_eq!(bcc, ["bcc1@example.com"]),
@@ -196,18 +325,33 @@ fn copies_that_cannot_be_handed_over_tempfail_the_message_until_the_listener_is_
     let e = E2e::start(BOUNCES);
     let listener = format!("127.0.0.1:{} inet", e.postfix.reinject_port);
     let disabled = format!("#{listener}");
-    e.postfix.edit_master_cf(|m| m.replace(&listener, &disabled));
+    e.postfix
+        .edit_master_cf(|m| m.replace(&listener, &disabled));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let msg = message(BCC_API, BODY);
-    let err = e.send("app@example.com", &["to@example.org"], &msg).unwrap_err();
-    assert!(err.contains("451") && err.contains("4.3.0 personalised copies could not be handed over"), "{err}");
+    let err = e
+        .send("app@example.com", &["to@example.org"], &msg)
+        .unwrap_err();
+    assert!(
+        err.contains("451") && err.contains("4.3.0 personalised copies could not be handed over"),
+        "{err}"
+    );
     e.assert_nothing_delivered();
 
-    e.postfix.edit_master_cf(|m| m.replace(&disabled, &listener));
+    e.postfix
+        .edit_master_cf(|m| m.replace(&disabled, &listener));
     e.postfix.wait_for_port(e.postfix.reinject_port);
-    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
     e.capture.wait_for_deliveries(6);
-    for rcpt in ["to@example.org", "cc1@example.com", "cc2@example.com", "bcc1@example.com", "bcc2@example.com", "arch@example.com"] {
+    for rcpt in [
+        "to@example.org",
+        "cc1@example.com",
+        "cc2@example.com",
+        "bcc1@example.com",
+        "bcc2@example.com",
+        "arch@example.com",
+    ] {
         e.capture.message_for(rcpt);
     }
 }
@@ -217,15 +361,75 @@ fn a_copy_forced_back_through_the_milter_passes_once_unchanged() {
     let e = E2e::start(BOUNCES);
     // Misconfigure the re-injection listener: it runs the milter too.
     e.postfix.edit_master_cf(|m| {
-        m.replace("  -o smtpd_milters=\n", "").replace("  -o receive_override_options=no_milters\n", "")
+        m.replace("  -o smtpd_milters=\n", "")
+            .replace("  -o receive_override_options=no_milters\n", "")
     });
     let msg = message("X-MSYS-API: {\"bcc\": [\"bcc1@example.com\"]}\n", BODY);
-    e.send("app@example.com", &["to@example.org"], &msg).unwrap();
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
     e.capture.wait_for_deliveries(2);
     let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
     assert_eq!(total, 2, "{:#?}", e.capture.all());
     let copy = e.capture.message_for("bcc1@example.com");
     assert_eq!(copy.header("Bcc"), ["bcc1@example.com"]);
-    assert!(copy.header("X-MSYS-Reinjected").is_empty(), "the milter strips its marker");
-    assert!(e.milter.log().contains("returning copy passed"), "{}", e.milter.log());
+    assert!(
+        copy.header("X-MSYS-Reinjected").is_empty(),
+        "the milter strips its marker"
+    );
+    assert!(
+        e.milter.log().contains("returning copy passed"),
+        "{}",
+        e.milter.log()
+    );
+}
+
+#[test]
+fn copies_through_sendmail_keep_their_bcc_and_pass_the_milter_once() {
+    let e = E2e::start_with_sendmail(BOUNCES);
+    // Locally submitted mail goes pickup -> cleanup, which drops Bcc: headers; the
+    // README tells sendmail users to give pickup the re-injection cleanup service.
+    e.postfix.edit_master_cf(|m| {
+        m.replace(
+            "pickup unix n - n 60 1 pickup\n",
+            "pickup unix n - n 60 1 pickup\n  -o cleanup_service_name=cleanup-reinject\n",
+        )
+    });
+    let msg = message(
+        &format!("Content-Type: text/plain; charset=utf-8\n{BCC_API}"),
+        BODY,
+    );
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
+    e.capture.wait_for_deliveries(6);
+    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
+    assert_eq!(total, 6, "{:#?}", e.capture.all());
+    let tid = assert_bounce_address(
+        &e.capture.message_for("to@example.org").mail_from,
+        "bounces.example.net",
+    );
+    for (rcpt, bcc) in [
+        ("bcc1@example.com", "bcc1@example.com"),
+        (
+            "bcc2@example.com",
+            "=?utf-8?b?QsOpIFR3bw==?= <bcc2@example.com>",
+        ),
+    ] {
+        let copy = e.capture.message_for(rcpt);
+        assert_eq!(copy.header("Bcc"), [bcc]);
+        assert_eq!(
+            assert_bounce_address(&copy.mail_from, "bounces.example.net"),
+            tid
+        );
+        assert_eq!(
+            String::from_utf8(copy.body()).unwrap(),
+            BODY.replace('\n', "\r\n")
+        );
+    }
+    // The copies came back through non_smtpd_milters and were passed unchanged.
+    assert_eq!(
+        e.milter.log().matches("returning copy passed").count(),
+        2,
+        "{}",
+        e.milter.log()
+    );
 }

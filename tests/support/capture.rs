@@ -26,7 +26,12 @@ impl Received {
     /// The header section, unfolded, as (name, value) pairs.
     pub fn headers(&self) -> Vec<(String, String)> {
         let text = self.text();
-        let head = text.split("\r\n\r\n").next().unwrap_or("").replace("\r\n ", " ").replace("\r\n\t", " ");
+        let head = text
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .replace("\r\n ", " ")
+            .replace("\r\n\t", " ");
         head.lines()
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
@@ -43,7 +48,11 @@ impl Received {
     }
 
     pub fn body(&self) -> Vec<u8> {
-        let pos = self.data.windows(4).position(|w| w == b"\r\n\r\n").map_or(self.data.len(), |p| p + 4);
+        let pos = self
+            .data
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(self.data.len(), |p| p + 4);
         self.data[pos..].to_vec()
     }
 }
@@ -84,7 +93,11 @@ impl Capture {
         let mut got = lock.lock().unwrap();
         while got.iter().map(|r| r.rcpts.len()).sum::<usize>() < count {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {count} deliveries; got {:#?}", *got);
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {count} deliveries; got {:#?}",
+                *got
+            );
             got = cvar.wait_timeout(got, left).unwrap().0;
         }
         drop(got);
@@ -99,8 +112,17 @@ impl Capture {
             .into_iter()
             .filter(|r| r.rcpts.iter().any(|a| a.eq_ignore_ascii_case(rcpt)))
             .collect();
-        assert_eq!(all.len(), 1, "{rcpt} received {} messages: {all:#?}", all.len());
-        let count = all[0].rcpts.iter().filter(|a| a.eq_ignore_ascii_case(rcpt)).count();
+        assert_eq!(
+            all.len(),
+            1,
+            "{rcpt} received {} messages: {all:#?}",
+            all.len()
+        );
+        let count = all[0]
+            .rcpts
+            .iter()
+            .filter(|a| a.eq_ignore_ascii_case(rcpt))
+            .count();
         assert_eq!(count, 1, "{rcpt} is a recipient {count} times");
         all.into_iter().next().unwrap()
     }
@@ -111,7 +133,12 @@ fn serve(stream: TcpStream, shared: &(Mutex<Vec<Received>>, Condvar)) -> std::io
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     out.write_all(b"220 capture.test ESMTP\r\n")?;
-    let mut current = Received { mail_from: String::new(), mail_params: String::new(), rcpts: Vec::new(), data: Vec::new() };
+    let mut current = Received {
+        mail_from: String::new(),
+        mail_params: String::new(),
+        rcpts: Vec::new(),
+        data: Vec::new(),
+    };
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -131,7 +158,12 @@ fn serve(stream: TcpStream, shared: &(Mutex<Vec<Received>>, Condvar)) -> std::io
             current.mail_params = params.trim().to_owned();
             out.write_all(b"250 2.1.0 Ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
-            let addr = text[8..].trim().split('>').next().unwrap_or("").trim_start_matches('<');
+            let addr = text[8..]
+                .trim()
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .trim_start_matches('<');
             current.rcpts.push(addr.to_owned());
             out.write_all(b"250 2.1.5 Ok\r\n")?;
         } else if upper == "DATA" {
@@ -146,14 +178,23 @@ fn serve(stream: TcpStream, shared: &(Mutex<Vec<Received>>, Condvar)) -> std::io
                     break;
                 }
                 // Undo the sender's dot-stuffing.
-                let content = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+                let content = if line.starts_with(b"..") {
+                    &line[1..]
+                } else {
+                    &line[..]
+                };
                 data.extend_from_slice(content);
             }
             current.data = data;
             let (lock, cvar) = shared;
             lock.lock().unwrap().push(std::mem::replace(
                 &mut current,
-                Received { mail_from: String::new(), mail_params: String::new(), rcpts: Vec::new(), data: Vec::new() },
+                Received {
+                    mail_from: String::new(),
+                    mail_params: String::new(),
+                    rcpts: Vec::new(),
+                    data: Vec::new(),
+                },
             ));
             cvar.notify_all();
             out.write_all(b"250 2.0.0 Ok: captured\r\n")?;

@@ -18,6 +18,7 @@ pub struct Milter {
     pub port: u16,
     config: tempfile::NamedTempFile,
     log: std::path::PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Milter {
@@ -28,17 +29,37 @@ impl Milter {
     }
 
     pub fn start_on(port: u16, toml: &str) -> Milter {
+        Self::start_with_env(port, toml, &[])
+    }
+
+    /// Start with extra environment variables (e.g. `MAIL_CONFIG` for sendmail(1)).
+    pub fn start_with_env(port: u16, toml: &str, env: &[(&str, &str)]) -> Milter {
         let mut config = tempfile::NamedTempFile::new().unwrap();
         write!(config, "socket = \"inet:127.0.0.1:{port}\"\n{toml}").unwrap();
         let log = config.path().with_extension("log");
-        let mut milter = Milter { child: None, port, config, log };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut milter = Milter {
+            child: None,
+            port,
+            config,
+            log,
+            env,
+        };
         milter.spawn();
         milter
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_msys-milter"))
+            .envs(self.env.iter().cloned())
             .arg("--config")
             .arg(self.config.path())
             .stderr(Stdio::from(log))
@@ -47,7 +68,11 @@ impl Milter {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "milter did not start:\n{}", self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "milter did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -55,7 +80,9 @@ impl Milter {
     /// Stop the daemon (SIGTERM) and wait for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
@@ -83,8 +110,14 @@ impl Drop for Milter {
 /// Send `message` with a real SMTP client (lettre). `Err` carries the server's reply
 /// as lettre reports it (code and text).
 pub fn send(port: u16, from: &str, rcpts: &[&str], message: &str) -> Result<String, String> {
-    let transport = SmtpTransport::builder_dangerous("127.0.0.1").port(port).build();
-    let from = if from.is_empty() { None } else { Some(from.parse().unwrap()) };
+    let transport = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(port)
+        .build();
+    let from = if from.is_empty() {
+        None
+    } else {
+        Some(from.parse().unwrap())
+    };
     let envelope = Envelope::new(from, rcpts.iter().map(|r| r.parse().unwrap()).collect()).unwrap();
     let message = message.replace("\r\n", "\n").replace('\n', "\r\n");
     // lettre ends the data with CRLF.CRLF itself.
@@ -104,5 +137,7 @@ pub fn message(extra: &str, body: &str) -> String {
 
 /// The config directory of an example file.
 pub fn example_path(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("postfix-example").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("postfix-example")
+        .join(name)
 }

@@ -8,11 +8,17 @@ use std::process::Command;
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn example(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("postfix-example").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("postfix-example")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -80,17 +86,28 @@ impl Postfix {
              biff = no\n"
         );
         if let Some(port) = milter_port {
-            main_cf.push_str(&example("main.cf").replace("127.0.0.1:8895", &format!("127.0.0.1:{port}")));
+            main_cf.push_str(
+                &example("main.cf").replace("127.0.0.1:8895", &format!("127.0.0.1:{port}")),
+            );
         }
         std::fs::write(conf.join("main.cf"), main_cf).unwrap();
         let master = master_cf(smtp_port)
-            + &example("master.cf").replace("127.0.0.1:10026", &format!("127.0.0.1:{reinject_port}"));
+            + &example("master.cf")
+                .replace("127.0.0.1:10026", &format!("127.0.0.1:{reinject_port}"));
         std::fs::write(conf.join("master.cf"), master).unwrap();
         // Postfix's processes run as the mail owner and must own their working places.
         for sub in ["data"] {
-            Command::new("chown").arg("postfix").arg(dir.path().join(sub)).status().unwrap();
+            Command::new("chown")
+                .arg("postfix")
+                .arg(dir.path().join(sub))
+                .status()
+                .unwrap();
         }
-        let postfix = Postfix { dir, smtp_port, reinject_port };
+        let postfix = Postfix {
+            dir,
+            smtp_port,
+            reinject_port,
+        };
         postfix.postfix(&["start"]);
         postfix.wait_for_port(smtp_port);
         postfix
@@ -102,8 +119,18 @@ impl Postfix {
 
     /// Run `postfix -c CONF <args>`; fails the test with the log on error.
     pub fn postfix(&self, args: &[&str]) {
-        let out = Command::new("/usr/sbin/postfix").arg("-c").arg(self.conf_dir()).args(args).output().unwrap();
-        assert!(out.status.success(), "postfix {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        let out = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(self.conf_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "postfix {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
     }
 
     /// Edit master.cf with `edit` and reload.
@@ -117,7 +144,11 @@ impl Postfix {
     pub fn wait_for_port(&self, port: u16) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "Postfix did not listen on {port}:\n{}", self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Postfix did not listen on {port}:\n{}",
+                self.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
@@ -129,14 +160,23 @@ impl Postfix {
 
     /// Messages still in the queue (`postqueue -p`).
     pub fn queue(&self) -> String {
-        let out = Command::new("/usr/sbin/postqueue").arg("-c").arg(self.conf_dir()).arg("-p").output().unwrap();
+        let out = Command::new("/usr/sbin/postqueue")
+            .arg("-c")
+            .arg(self.conf_dir())
+            .arg("-p")
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("/usr/sbin/postfix").arg("-c").arg(self.conf_dir()).arg("stop").output();
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(self.conf_dir())
+            .arg("stop")
+            .output();
         if std::thread::panicking() {
             eprintln!("--- Postfix log ---\n{}", self.log());
         }

@@ -61,7 +61,9 @@ fn mac(secret: &[u8], transmission_id: &str, rcpt: &str, made_at: u64) -> HmacSh
 /// The marker of the copy for `rcpt`: `<transmission id>; <unix time>; <hex HMAC>`, the
 /// HMAC binding the id, the recipient and the time.
 pub fn marker_value(secret: &[u8], transmission_id: &str, rcpt: &str, now: u64) -> String {
-    let tag = mac(secret, transmission_id, rcpt, now).finalize().into_bytes();
+    let tag = mac(secret, transmission_id, rcpt, now)
+        .finalize()
+        .into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     format!("{transmission_id}; {now}; {hex}")
 }
@@ -179,12 +181,29 @@ mod tests {
         let now = 1_800_000_000;
         let m = marker_value(b"secret", "1234", "B@example.com", now);
         let ok = |m: &[u8], rcpt: &str, at: u64| verify_marker(b"secret", m, rcpt, at);
-        assert_eq!(ok(m.as_bytes(), "b@example.com", now + 60), Some("1234".into()));
-        assert_eq!(verify_marker(b"other", m.as_bytes(), "b@example.com", now), None);
-        assert_eq!(ok(m.as_bytes(), "c@example.com", now), None, "bound to its recipient");
+        assert_eq!(
+            ok(m.as_bytes(), "b@example.com", now + 60),
+            Some("1234".into())
+        );
+        assert_eq!(
+            verify_marker(b"other", m.as_bytes(), "b@example.com", now),
+            None
+        );
+        assert_eq!(
+            ok(m.as_bytes(), "c@example.com", now),
+            None,
+            "bound to its recipient"
+        );
         assert_eq!(ok(m.as_bytes(), "b@example.com", now + 3601), None, "stale");
-        assert_eq!(ok(m.as_bytes(), "b@example.com", now - 3600), None, "from the future");
-        assert_eq!(ok(m.replace("1234", "1235").as_bytes(), "b@example.com", now), None);
+        assert_eq!(
+            ok(m.as_bytes(), "b@example.com", now - 3600),
+            None,
+            "from the future"
+        );
+        assert_eq!(
+            ok(m.replace("1234", "1235").as_bytes(), "b@example.com", now),
+            None
+        );
         assert_eq!(ok(b"1234", "b@example.com", now), None);
         assert_eq!(ok(b"1234; 5; zz", "b@example.com", now), None);
         for i in 0..m.len() {

@@ -59,7 +59,14 @@ impl E2e {
         send(self.postfix.smtp_port, from, rcpts, msg)
     }
 
-    /// Nothing was delivered, and Postfix holds nothing either.
+    /// Wait for `count` deliveries and check no more came: one per address.
+    fn wait_for_exactly(&self, count: usize) {
+        let got = self.capture.wait_for_deliveries(count);
+        let total: usize = got.iter().map(|r| r.rcpts.len()).sum();
+        assert_eq!(total, count, "exactly one delivery per address: {got:#?}");
+    }
+
+    /// Nothing was delivered.
     fn assert_nothing_delivered(&self) {
         std::thread::sleep(std::time::Duration::from_secs(1));
         assert!(self.capture.all().is_empty(), "{:#?}", self.capture.all());
@@ -157,14 +164,7 @@ fn cc_and_archive_with_names_and_dedupe() {
     let msg = message(&format!("Cc: old@example.com\n{api}"), "hello\n");
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
-    e.capture.wait_for_deliveries(4);
-    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
-    assert_eq!(
-        total,
-        4,
-        "exactly one delivery per address: {:#?}",
-        e.capture.all()
-    );
+    e.wait_for_exactly(4);
     for rcpt in [
         "to@example.org",
         "cc1@example.com",
@@ -268,14 +268,7 @@ fn bcc_copies_each_show_only_their_own_bcc() {
     );
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
-    e.capture.wait_for_deliveries(6);
-    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
-    assert_eq!(
-        total,
-        6,
-        "exactly one delivery per address: {:#?}",
-        e.capture.all()
-    );
+    e.wait_for_exactly(6);
     let primary = e.capture.message_for("to@example.org");
     let tid = assert_bounce_address(&primary.mail_from, "bounces.example.net");
     let message_id = primary.header("Message-Id");
@@ -367,9 +360,7 @@ fn a_copy_forced_back_through_the_milter_passes_once_unchanged() {
     let msg = message("X-MSYS-API: {\"bcc\": [\"bcc1@example.com\"]}\n", BODY);
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
-    e.capture.wait_for_deliveries(2);
-    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
-    assert_eq!(total, 2, "{:#?}", e.capture.all());
+    e.wait_for_exactly(2);
     let copy = e.capture.message_for("bcc1@example.com");
     assert_eq!(copy.header("Bcc"), ["bcc1@example.com"]);
     assert!(
@@ -400,9 +391,7 @@ fn copies_through_sendmail_keep_their_bcc_and_pass_the_milter_once() {
     );
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
-    e.capture.wait_for_deliveries(6);
-    let total: usize = e.capture.all().iter().map(|r| r.rcpts.len()).sum();
-    assert_eq!(total, 6, "{:#?}", e.capture.all());
+    e.wait_for_exactly(6);
     let tid = assert_bounce_address(
         &e.capture.message_for("to@example.org").mail_from,
         "bounces.example.net",

@@ -95,14 +95,12 @@ impl Postfix {
             + &example("master.cf")
                 .replace("127.0.0.1:10026", &format!("127.0.0.1:{reinject_port}"));
         std::fs::write(conf.join("master.cf"), master).unwrap();
-        // Postfix's processes run as the mail owner and must own their working places.
-        for sub in ["data"] {
-            Command::new("chown")
-                .arg("postfix")
-                .arg(dir.path().join(sub))
-                .status()
-                .unwrap();
-        }
+        // Postfix's processes run as the mail owner and keep their lock files there.
+        Command::new("chown")
+            .arg("postfix")
+            .arg(dir.path().join("data"))
+            .status()
+            .unwrap();
         let postfix = Postfix {
             dir,
             smtp_port,

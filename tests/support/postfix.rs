@@ -156,6 +156,26 @@ impl Postfix {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
 
+    /// No message is waiting in any queue (cheaper to poll than `postqueue -p`).
+    pub fn queue_is_empty(&self) -> bool {
+        fn has_files(dir: &Path) -> bool {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.filter_map(Result::ok).any(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        has_files(&path)
+                    } else {
+                        true
+                    }
+                })
+            })
+        }
+        let queue = self.dir.path().join("queue");
+        !["maildrop", "incoming", "active", "deferred"]
+            .iter()
+            .any(|q| has_files(&queue.join(q)))
+    }
+
     /// Messages still in the queue (`postqueue -p`).
     pub fn queue(&self) -> String {
         let out = Command::new("/usr/sbin/postqueue")

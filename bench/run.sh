@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every benchmark and writes BENCHMARKS.md. Needs root (Postfix in a private
+# network namespace) and Postfix installed (bash scripts/test.sh installs it).
+# Usage: bash bench/run.sh            (about 5 minutes on 2 cores)
+#        BENCH_MESSAGES=1000 bash bench/run.sh   (a quicker, noisier run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --examples --locked
+cargo bench --no-run --locked
+out=$(mktemp)
+{
+    echo "# Benchmarks"
+    echo
+    echo "Measured $(date -u +%Y-%m-%d) by \`bash bench/run.sh\` on $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
+    echo "$(/usr/sbin/postconf -d mail_version 2>/dev/null | sed 's/mail_version = /Postfix /'), $(rustc --version | cut -d' ' -f1-2), release build."
+    echo "The machine is shared and noisy: every comparison runs side by side in alternating rounds, and the ratios are what to read."
+    echo
+    cargo bench --locked --bench milter 2>/dev/null
+    echo
+    # The MTA runs in a network namespace that has only loopback.
+    unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench postfix' 2>/dev/null
+} | tee "$out"
+mv "$out" BENCHMARKS.md
+echo "wrote BENCHMARKS.md"

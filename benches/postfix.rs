@@ -1,0 +1,238 @@
+//! Benchmarks through a real Postfix (private instances, loopback-only network
+//! namespace: run with bench/run.sh). Prints Markdown tables for BENCHMARKS.md.
+//!
+//! 1. Throughput: smtp-source -> Postfix -> smtp-sink, 5,000 messages with an X-MSYS-API
+//!    header carrying a cc list, 20 sessions; alternating rounds of Postfix without a
+//!    milter, with a do-nothing milter, and with msys-milter.
+//! 2. Personalised copies: messages with 0, 10 and 100 bcc recipients, one session:
+//!    SMTP transaction latency (end of DATA includes the milter's end of message, which
+//!    hands over every copy before answering) and the milter's CPU per copy.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::Milter;
+use support::postfix::{Postfix, free_port};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn smtp_sink() -> (Killed, u16) {
+    let port = free_port();
+    let child = Command::new("/usr/sbin/smtp-sink")
+        .args(["-u", "postfix", &format!("127.0.0.1:{port}"), "1024"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "smtp-sink did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Killed(child), port)
+}
+
+fn null_milter(port: u16) -> Killed {
+    let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/release/examples/null_milter");
+    assert!(
+        exe.exists(),
+        "build it first: cargo build --release --examples"
+    );
+    let child = Command::new(exe).arg(port.to_string()).spawn().unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Killed(child)
+}
+
+/// One round: smtp-source sends `count` messages in `sessions` sessions; the time until
+/// Postfix's queue is empty again (everything delivered to the sink).
+fn round(postfix: &Postfix, message: &std::path::Path, count: usize, sessions: usize) -> f64 {
+    let start = Instant::now();
+    let out = Command::new("/usr/sbin/smtp-source")
+        .args([
+            "-s",
+            &sessions.to_string(),
+            "-m",
+            &count.to_string(),
+            "-f",
+            "app@example.com",
+            "-t",
+            "to@example.org",
+            "-F",
+        ])
+        .arg(message)
+        .arg(format!("127.0.0.1:{}", postfix.smtp_port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtp-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    while !postfix.queue_is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn throughput() {
+    let count: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let rounds = 3;
+    let (_sink, sink_port) = smtp_sink();
+    let dir = tempfile::tempdir().unwrap();
+    let message = dir.path().join("message.txt");
+    let body = "Hello, this is a benchmark message of about two kilobytes.\n".repeat(30);
+    std::fs::write(
+        &message,
+        format!(
+            "Subject: benchmark\nX-MSYS-API: {{\"campaign_id\": \"bench\", \"cc\": [{{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"}}, \"cc2@example.com\"]}}\n\n{body}"
+        ),
+    )
+    .unwrap();
+
+    let plain = Postfix::start(None, sink_port);
+    let null_port = free_port();
+    let _null = null_milter(null_port);
+    let with_null = Postfix::start(Some(null_port), sink_port);
+    let msys_port = free_port();
+    let with_msys = Postfix::start(Some(msys_port), sink_port);
+    let _msys = Milter::start_on(
+        msys_port,
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+    );
+
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    // A warm-up round each, not counted.
+    for p in [&plain, &with_null, &with_msys] {
+        round(p, &message, count / 10, 20);
+    }
+    for _ in 0..rounds {
+        a.push(round(&plain, &message, count, 20));
+        b.push(round(&with_null, &message, count, 20));
+        c.push(round(&with_msys, &message, count, 20));
+    }
+    let (a, b, c) = (median(a), median(b), median(c));
+    println!("### Through Postfix: smtp-source -> Postfix -> smtp-sink\n");
+    println!(
+        "{count} messages a round (X-MSYS-API with 2 cc: msys-milter adds 2 recipients, a Cc: header and a bounce address), 20 sessions, median of {rounds} alternating rounds; msgs/s from the first message sent until Postfix's queue is empty.\n"
+    );
+    println!("| Postfix | msgs/s | vs no milter | vs do-nothing milter |");
+    println!("|---|---|---|---|");
+    println!("| no milter | {a:.0} | 1.00 | - |");
+    println!(
+        "| do-nothing indymilter milter | {b:.0} | {:.2} | 1.00 |",
+        b / a
+    );
+    println!("| msys-milter | {c:.0} | {:.2} | {:.2} |", c / a, c / b);
+}
+
+fn copies() {
+    let (_sink, sink_port) = smtp_sink();
+    let milter_port = free_port();
+    let postfix = Postfix::start(Some(milter_port), sink_port);
+    let milter = Milter::start_on(
+        milter_port,
+        &format!(
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsmtp = \"127.0.0.1:{}\"\n",
+            postfix.reinject_port
+        ),
+    );
+    let pid = milter.pid();
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    println!("\n### Personalised copies through Postfix (bcc)\n");
+    println!(
+        "One session, messages sent one after another; latency of the whole SMTP transaction (the end of DATA waits for the milter, which hands every copy to Postfix's re-injection listener before answering). Milter CPU from /proc.\n"
+    );
+    println!(
+        "| bcc recipients | messages | msgs/s | p50 ms | p99 ms | p50 added vs 0 bcc, ms | milter CPU per copy, µs |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut base_p50 = 0.0;
+    for (bcc, messages) in [(0usize, 100usize), (10, 100), (100, 30)] {
+        let list: Vec<String> = (0..bcc)
+            .map(|i| format!("\"bcc{i}@example.com\""))
+            .collect();
+        let msg = support::message(
+            &format!(
+                "X-MSYS-API: {{\"cc\": [\"cc@example.com\"], \"bcc\": [{}]}}\n",
+                list.join(",")
+            ),
+            &"A body line of the benchmark message.\n".repeat(50),
+        );
+        let cpu_before = cpu_ticks(pid);
+        let start = Instant::now();
+        let mut lat: Vec<f64> = (0..messages)
+            .map(|_| {
+                let t = Instant::now();
+                support::send(
+                    postfix.smtp_port,
+                    "app@example.com",
+                    &["to@example.org"],
+                    &msg,
+                )
+                .unwrap();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        let rate = messages as f64 / start.elapsed().as_secs_f64();
+        let cpu = (cpu_ticks(pid) - cpu_before) as f64 / ticks_per_sec;
+        while !postfix.queue_is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let p50 = lat[lat.len() / 2];
+        let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+        if bcc == 0 {
+            base_p50 = p50;
+        }
+        let per_copy = if bcc == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0}", cpu * 1e6 / (bcc * messages) as f64)
+        };
+        println!(
+            "| {bcc} | {messages} | {rate:.1} | {p50:.1} | {p99:.1} | {:.1} | {per_copy} |",
+            p50 - base_p50
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument selects one part.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_none_or(|f| "throughput".contains(f)) {
+        throughput();
+    }
+    if filter.as_deref().is_none_or(|f| "copies".contains(f)) {
+        copies();
+    }
+}

@@ -162,8 +162,9 @@ fn copies() {
     let milter = Milter::start_on(
         milter_port,
         &format!(
-            "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsmtp = \"127.0.0.1:{}\"\n",
-            postfix.reinject_port
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsmtp = \"127.0.0.1:{}\"\nconcurrency = {}\n",
+            postfix.reinject_port,
+            std::env::var("BENCH_REINJECT_CONCURRENCY").unwrap_or_else(|_| "16".into())
         ),
     );
     let pid = milter.pid();

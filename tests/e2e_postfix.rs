@@ -194,9 +194,16 @@ fn cc_and_archive_with_names_and_dedupe() {
 
 #[test]
 fn a_sending_domains_bounce_domain_is_used_and_other_domains_refused() {
-    let e = E2e::start(&format!(
-        "{BOUNCES}[[sending_domain]]\nname = \"example.com\"\nbounce_domain = \"bounce.example.com\"\n"
-    ));
+    // The example configuration of postfix-example/, as an admin would start from it.
+    let capture = Capture::start();
+    let milter_port = free_port();
+    let postfix = Postfix::start(Some(milter_port), capture.port);
+    let milter = Milter::start_with_file(milter_port, &support::example_path("msys-milter.toml"));
+    let e = E2e {
+        capture,
+        postfix,
+        milter,
+    };
     e.send("app@example.com", &["to@example.org"], &message("", "x\n"))
         .unwrap();
     e.capture.wait_for_deliveries(1);
@@ -420,5 +427,21 @@ fn copies_through_sendmail_keep_their_bcc_and_pass_the_milter_once() {
         2,
         "{}",
         e.milter.log()
+    );
+}
+
+#[test]
+fn smtputf8_bcc_addresses_are_passed_on() {
+    let e = E2e::start(BOUNCES);
+    let msg = message("X-MSYS-API: {\"bcc\": [\"jöran@example.com\"]}\n", "x\n");
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
+    e.wait_for_exactly(2);
+    let copy = e.capture.message_for("jöran@example.com");
+    assert_eq!(copy.header("Bcc"), ["jöran@example.com"]);
+    assert!(
+        copy.mail_params.to_ascii_uppercase().contains("SMTPUTF8"),
+        "{}",
+        copy.mail_params
     );
 }

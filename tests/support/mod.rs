@@ -34,13 +34,22 @@ impl Milter {
 
     /// Start with extra environment variables (e.g. `MAIL_CONFIG` for sendmail(1)).
     pub fn start_with_env(port: u16, toml: &str, env: &[(&str, &str)]) -> Milter {
-        let mut config = tempfile::NamedTempFile::new().unwrap();
-        write!(config, "socket = \"inet:127.0.0.1:{port}\"\n{toml}").unwrap();
-        let log = config.path().with_extension("log");
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        Self::launch(port, toml.as_bytes(), env)
+    }
+
+    /// Start with the configuration file `path` as it is; `--socket` picks the port.
+    pub fn start_with_file(port: u16, path: &Path) -> Milter {
+        Self::launch(port, &std::fs::read(path).unwrap(), Vec::new())
+    }
+
+    fn launch(port: u16, config_text: &[u8], env: Vec<(String, String)>) -> Milter {
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        config.write_all(config_text).unwrap();
+        let log = config.path().with_extension("log");
         let mut milter = Milter {
             child: None,
             port,
@@ -62,6 +71,8 @@ impl Milter {
             .envs(self.env.iter().cloned())
             .arg("--config")
             .arg(self.config.path())
+            .arg("--socket")
+            .arg(format!("inet:127.0.0.1:{}", self.port))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();

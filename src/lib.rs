@@ -6,6 +6,7 @@ pub mod explain;
 pub mod ids;
 pub mod milter;
 pub mod reinject;
+pub mod tracking;
 
 pub use config::Config;
 

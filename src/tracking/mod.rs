@@ -1,0 +1,54 @@
+//! Open and click tracking and one-click unsubscribe: signed tokens, the list of
+//! machine openers, and the URLs the messages carry.
+
+pub mod machine;
+pub mod token;
+
+pub use token::{Keys, Kind, TokenData};
+
+/// Makes the tracking and unsubscribe URLs of one recipient's message.
+#[derive(Clone, Debug)]
+pub struct Links<'a> {
+    pub base_url: &'a str,
+    pub keys: &'a Keys,
+    pub transmission_id: u64,
+    pub recipient: &'a str,
+    pub expires: u32,
+}
+
+impl Links<'_> {
+    fn url(&self, kind: Kind, link_index: u16, target: &str) -> String {
+        let token = token::sign(
+            self.keys,
+            &TokenData {
+                kind,
+                transmission_id: self.transmission_id,
+                recipient: self.recipient.to_owned(),
+                link_index,
+                url: target.to_owned(),
+                expires: self.expires,
+            },
+        );
+        let path = match kind {
+            Kind::Open => "o",
+            Kind::Click => "c",
+            Kind::Unsubscribe => "u",
+        };
+        format!("{}/{path}/{token}", self.base_url.trim_end_matches('/'))
+    }
+
+    /// The open pixel's URL.
+    pub fn open(&self) -> String {
+        self.url(Kind::Open, 0, "")
+    }
+
+    /// The tracked URL of the `index`th link, redirecting to `target`.
+    pub fn click(&self, index: u16, target: &str) -> String {
+        self.url(Kind::Click, index, target)
+    }
+
+    /// The one-click unsubscribe URL (RFC 8058).
+    pub fn unsubscribe(&self) -> String {
+        self.url(Kind::Unsubscribe, 0, "")
+    }
+}

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod explain;
+pub mod http;
 pub mod ids;
 pub mod milter;
 pub mod reinject;

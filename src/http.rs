@@ -1,0 +1,216 @@
+//! The HTTP endpoint behind the links in messages (axum): the open pixel, click
+//! redirects, RFC 8058 one-click unsubscribe, and a health check. Only signed tokens are
+//! honoured: anything else answers 404 and never redirects (no open redirect).
+
+use crate::tracking::machine::is_machine;
+use crate::tracking::token::{self, Keys, Kind, TokenData};
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::future::Future;
+use std::sync::Arc;
+
+/// A transparent 1x1 GIF: the smallest well-formed one (43 bytes).
+pub const PIXEL: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// What happened, for the event log (and the events store, once it exists).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackingEvent {
+    /// `open`, `click` or `list_unsubscribe` (SparkPost's event types).
+    pub kind: &'static str,
+    pub transmission_id: u64,
+    pub recipient: String,
+    pub link_index: u16,
+    pub url: String,
+    pub user_agent: Option<String>,
+    /// A privacy proxy or link scanner, not a person.
+    pub machine_open: bool,
+}
+
+/// Where events go.
+pub trait EventSink: Send + Sync {
+    fn record(&self, event: TrackingEvent);
+}
+
+/// Records events as structured log lines.
+pub struct LogSink;
+
+impl EventSink for LogSink {
+    fn record(&self, e: TrackingEvent) {
+        tracing::info!(
+            event = e.kind,
+            transmission_id = e.transmission_id,
+            rcpt = %e.recipient,
+            link_index = e.link_index,
+            url = %e.url,
+            user_agent = e.user_agent.as_deref().unwrap_or(""),
+            machine_open = e.machine_open,
+            "tracking event"
+        );
+    }
+}
+
+/// What the handlers share.
+pub struct HttpState {
+    pub keys: Keys,
+    pub sink: Arc<dyn EventSink>,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/o/{token}", get(open))
+        .route("/c/{token}", get(click))
+        .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The token's content when it is ours, of `kind`, and not expired.
+fn check(state: &HttpState, token: &str, kind: Kind) -> Option<TokenData> {
+    token::verify(&state.keys, token, now())
+        .ok()
+        .filter(|d| d.kind == kind)
+}
+
+fn record(state: &HttpState, kind: &'static str, data: TokenData, headers: &HeaderMap) {
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.sink.record(TrackingEvent {
+        kind,
+        transmission_id: data.transmission_id,
+        recipient: data.recipient,
+        link_index: data.link_index,
+        url: data.url,
+        machine_open: is_machine(user_agent.as_deref()),
+        user_agent,
+    });
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+const NO_CACHE: [(header::HeaderName, &str); 3] = [
+    (
+        header::CACHE_CONTROL,
+        "no-cache, no-store, must-revalidate, private, max-age=0",
+    ),
+    (header::PRAGMA, "no-cache"),
+    (header::EXPIRES, "0"),
+];
+
+async fn open(
+    State(state): State<Arc<HttpState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(data) = check(&state, &token, Kind::Open) else {
+        return not_found();
+    };
+    record(&state, "open", data, &headers);
+    let mut response = ([(header::CONTENT_TYPE, "image/gif")], PIXEL.as_slice()).into_response();
+    for (name, value) in NO_CACHE {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn click(
+    State(state): State<Arc<HttpState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(data) = check(&state, &token, Kind::Click) else {
+        return not_found();
+    };
+    // Signed by us, but redirect only to web URLs that fit in a header.
+    let target = data.url.clone();
+    let Ok(location) = HeaderValue::from_str(&target) else {
+        return not_found();
+    };
+    if !(target.starts_with("https://") || target.starts_with("http://")) {
+        return not_found();
+    }
+    record(&state, "click", data, &headers);
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response()
+}
+
+/// A confirmation page: link scanners follow every GET, so a GET never unsubscribes.
+async fn unsubscribe_page(
+    State(state): State<Arc<HttpState>>,
+    Path(token): Path<String>,
+) -> Response {
+    if check(&state, &token, Kind::Unsubscribe).is_none() {
+        return not_found();
+    }
+    let page = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribe</title>\
+        <meta name=\"robots\" content=\"noindex\"></head><body>\n\
+        <h1>Unsubscribe</h1>\n<p>Stop receiving these messages at this address?</p>\n\
+        <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+        <button type=\"submit\">Unsubscribe</button></form>\n</body></html>\n";
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+/// RFC 8058 one-click: the body is `List-Unsubscribe=One-Click` (the page's form sends
+/// the same).
+async fn unsubscribe(
+    State(state): State<Arc<HttpState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let Some(data) = check(&state, &token, Kind::Unsubscribe) else {
+        return not_found();
+    };
+    if !body
+        .split('&')
+        .any(|p| p.trim() == "List-Unsubscribe=One-Click")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected List-Unsubscribe=One-Click\n",
+        )
+            .into_response();
+    }
+    record(&state, "list_unsubscribe", data, &headers);
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\
+         <body><p>You are unsubscribed.</p></body></html>\n",
+    )
+        .into_response()
+}

@@ -6,6 +6,7 @@ pub mod explain;
 pub mod http;
 pub mod ids;
 pub mod milter;
+pub mod mime;
 pub mod reinject;
 pub mod tracking;
 

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod milter;
 pub mod mime;
 pub mod reinject;
+pub mod render;
 pub mod tracking;
 
 pub use config::Config;

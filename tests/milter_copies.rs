@@ -225,7 +225,7 @@ async fn the_body_is_skipped_when_no_copy_needs_it_and_bounded_when_one_does() {
     assert_eq!(
         status,
         Status::Reject {
-            message: Some(c"552 5.3.4 message too big to make its personalised copies".into())
+            message: Some(c"552 5.3.4 message too big for tracking and personalised copies".into())
         }
     );
     assert_eq!(

@@ -156,6 +156,7 @@ async fn negotiates_lean_stages_and_every_macro_it_needs() {
             | Actions::ADD_RCPT
             | Actions::DELETE_RCPT
             | Actions::CHANGE_SENDER
+            | Actions::REPLACE_BODY
     );
     let opts = conn.negotiated_opts();
     for skipped in [

@@ -103,6 +103,8 @@ pub enum Rejection {
     TransmissionId,
     /// The body is larger than `max_message_size` and copies need it buffered.
     TooLarge,
+    /// An AMPHTML part outside a multipart/alternative with an HTML or text sibling.
+    AmpPlacement,
 }
 
 impl Rejection {
@@ -169,7 +171,12 @@ impl Rejection {
             Rejection::TooLarge => Reply::new(
                 "552",
                 "5.3.4",
-                "message too big to make its personalised copies",
+                "message too big for tracking and personalised copies",
+            ),
+            Rejection::AmpPlacement => Reply::new(
+                "550",
+                "5.6.0",
+                "text/x-amp-html must be inside multipart/alternative",
             ),
         }
     }

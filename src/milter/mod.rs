@@ -22,7 +22,8 @@ const ACTIONS: Actions = Actions::ADD_HEADER
     .union(Actions::CHANGE_HEADER)
     .union(Actions::ADD_RCPT)
     .union(Actions::DELETE_RCPT)
-    .union(Actions::CHANGE_SENDER);
+    .union(Actions::CHANGE_SENDER)
+    .union(Actions::REPLACE_BODY);
 
 /// Stages whose reply we never change: the MTA need not wait for us there.
 const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_MAIL
@@ -73,7 +74,7 @@ async fn handle_negotiate(
         tracing::error!(
             offered = ?actions,
             "the MTA does not offer the milter actions msys-milter needs (add/change header, \
-             add/delete recipient, change sender); use milter protocol 6"
+             add/delete recipient, change sender, replace body); use milter protocol 6"
         );
         return Status::Reject;
     }
@@ -144,7 +145,9 @@ async fn handle_body(cx: &mut Context<Session>, chunk: Bytes, shared: Arc<Shared
 async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
     let queue_id = queue_id(&cx.macros);
     let settings = shared.settings();
-    let Accepted { plan, copies } = match session(&mut cx.data).end_of_message(&shared, &settings) {
+    let Accepted { plan, mut rendered } = match session(&mut cx.data)
+        .end_of_message(&shared, &settings)
+    {
         Ok(accepted) => accepted,
         Err(rejection) => {
             let reply = rejection.reply();
@@ -158,6 +161,7 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
         }
     };
     let tid = &plan.transmission_id;
+    let copies = std::mem::take(&mut rendered.copies);
     if !copies.is_empty() {
         let kinds: Vec<_> = copies.iter().map(|c| (c.to.clone(), c.rcpt_type)).collect();
         match settings.reinjector.hand_over_all(copies).await {
@@ -172,7 +176,7 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
             }
         }
     }
-    match apply(&plan, &cx.actions).await {
+    match apply(&plan, &rendered, &cx.actions).await {
         Ok(()) => {
             tracing::info!(
                 queue_id = %queue_id,

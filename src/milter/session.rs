@@ -1,13 +1,14 @@
 //! Per-connection state of one milter session: what the MTA told us about the current
 //! message, reset at every new MAIL FROM and at abort so nothing leaks between messages.
 
-use crate::api::copies::{HeaderField, render_copy};
+use crate::api::copies::HeaderField;
 use crate::api::plan::{ParsedApi, needs_body, parse_api, plan_parsed};
 use crate::api::recipients::strip_brackets;
 use crate::api::{HeaderEdit, MessageFacts, Plan, Rejection};
 use crate::config::Config;
 use crate::ids::IdGenerator;
-use crate::reinject::{Copy, Reinjector};
+use crate::reinject::Reinjector;
+use crate::render::{Rendered, render};
 use indymilter::{ActionError, ContextActions, EomActions, ProtoOpts};
 use std::io::Read as _;
 use std::sync::{Arc, RwLock};
@@ -109,10 +110,10 @@ pub enum BodyReply {
     Skip,
 }
 
-/// An accepted message: the plan and its copies, ready to hand over.
+/// An accepted message: the plan, and the bytes of its copies and new body.
 pub struct Accepted {
     pub plan: Plan,
-    pub copies: Vec<Copy>,
+    pub rendered: Rendered,
 }
 
 impl Session {
@@ -202,21 +203,13 @@ impl Session {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let plan = plan_parsed(&facts, parsed, config, || shared.ids.next())?;
-        if this.body_state == Body::TooLarge && !plan.copies.is_empty() {
+        let body_work = !plan.copies.is_empty() || plan.engagement.rewrites_body();
+        if this.body_state == Body::TooLarge && body_work {
             return Err(Rejection::TooLarge);
         }
-        let from = plan.mail_from.as_ref().unwrap_or(&facts.mail_from);
-        let copies = plan
-            .copies
-            .iter()
-            .map(|copy| Copy {
-                from: from.clone(),
-                to: copy.address.clone(),
-                rcpt_type: copy.rcpt_type,
-                bytes: render_copy(&facts.headers, &plan.header_edits, copy, &this.body),
-            })
-            .collect();
-        Ok(Accepted { plan, copies })
+        // A body kept only for the AMPHTML check but too large for it passes unchecked.
+        let rendered = render(&plan, &facts, &this.body, config, facts.received_at)?;
+        Ok(Accepted { plan, rendered })
     }
 
     pub fn abort(&mut self) {
@@ -226,8 +219,12 @@ impl Session {
 
 /// Carry out a plan with milter actions. The MTA applies them only if we then accept,
 /// so an error part-way leaves nothing half-done once we answer tempfail.
-pub async fn apply(plan: &Plan, actions: &EomActions) -> Result<(), ActionError> {
-    for edit in &plan.header_edits {
+pub async fn apply(
+    plan: &Plan,
+    rendered: &Rendered,
+    actions: &EomActions,
+) -> Result<(), ActionError> {
+    for edit in plan.header_edits.iter().chain(&rendered.original_edits) {
         match edit {
             HeaderEdit::Delete { name, index } => {
                 actions
@@ -256,6 +253,12 @@ pub async fn apply(plan: &Plan, actions: &EomActions) -> Result<(), ActionError>
         actions
             .change_sender(format!("<{sender}>"), None::<&str>)
             .await?;
+    }
+    if let Some(body) = &rendered.original_body {
+        // The protocol carries at most 64 KiB a packet.
+        for chunk in body.chunks(65_535) {
+            actions.replace_body(chunk).await?;
+        }
     }
     Ok(())
 }

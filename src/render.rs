@@ -1,0 +1,172 @@
+//! From a plan to bytes: the original's new body and extra headers, and every copy's
+//! message, with each recipient's own tracking links and unsubscribe address. Pure: the
+//! message, the plan, the configuration and the time in; bytes out.
+
+use crate::api::copies::{CopyPlan, render_copy};
+use crate::api::plan::{Engagement, MessageFacts, Plan};
+use crate::api::{HeaderEdit, Rejection};
+use crate::config::Config;
+use crate::mime::{self, BodyOptions};
+use crate::reinject::Copy;
+use crate::tracking::{Keys, Links};
+
+/// What the milter does to the original and hands over as copies.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    /// The original's new body (its first primary recipient's links), if it changes.
+    pub original_body: Option<Vec<u8>>,
+    /// Headers only the original gets (its List-Unsubscribe).
+    pub original_edits: Vec<HeaderEdit>,
+    pub copies: Vec<Copy>,
+}
+
+/// Links of one recipient's message, when tracking is configured.
+struct LinkSettings {
+    base_url: String,
+    keys: Keys,
+    expires: u32,
+    transmission_id: u64,
+}
+
+impl LinkSettings {
+    fn new(plan: &Plan, config: &Config, now: u64) -> Option<LinkSettings> {
+        let base_url = config.tracking.base_url.clone()?;
+        let keys = Keys::new(&config.tracking.secrets)?;
+        let lifetime = u64::from(config.tracking.link_expiry_days) * 86_400;
+        Some(LinkSettings {
+            base_url,
+            keys,
+            expires: u32::try_from(now.saturating_add(lifetime)).unwrap_or(u32::MAX),
+            transmission_id: plan.transmission_id.parse().unwrap_or_default(),
+        })
+    }
+
+    fn for_recipient<'a>(&'a self, recipient: &'a str) -> Links<'a> {
+        Links {
+            base_url: &self.base_url,
+            keys: &self.keys,
+            transmission_id: self.transmission_id,
+            recipient,
+            expires: self.expires,
+        }
+    }
+}
+
+fn body_options(e: &Engagement) -> BodyOptions {
+    BodyOptions {
+        open_tracking: e.open_tracking,
+        click_tracking: e.click_tracking,
+        inline_css: e.inline_css,
+    }
+}
+
+/// RFC 8058 headers for `recipient`.
+fn unsubscribe_headers(links: &Links<'_>) -> [(String, String); 2] {
+    [
+        (
+            "List-Unsubscribe".into(),
+            format!("<{}>", links.unsubscribe()),
+        ),
+        (
+            "List-Unsubscribe-Post".into(),
+            "List-Unsubscribe=One-Click".into(),
+        ),
+    ]
+}
+
+/// The body as `recipient` gets it. A body that cannot be parsed or rewritten goes out
+/// as it came (logged): tracking is never a reason to hold mail back.
+fn body_for(
+    facts: &MessageFacts,
+    body: &[u8],
+    plan: &Plan,
+    links: Option<&Links<'_>>,
+) -> Option<Vec<u8>> {
+    let opts = body_options(&plan.engagement);
+    let untracked = BodyOptions {
+        open_tracking: false,
+        click_tracking: false,
+        ..opts
+    };
+    let result = match links {
+        Some(links) => mime::rewrite(&facts.headers, body, &opts, links),
+        None => mime::rewrite(&facts.headers, body, &untracked, &NoLinks),
+    };
+    result.unwrap_or_else(|e| {
+        tracing::warn!(transmission_id = %plan.transmission_id, "body left unchanged: {e}");
+        None
+    })
+}
+
+/// Stands in when no endpoint is configured (only CSS inlining can apply then).
+struct NoLinks;
+
+impl mime::LinkMaker for NoLinks {
+    fn click(&self, _: u16, target: &str) -> String {
+        target.to_owned()
+    }
+    fn open(&self) -> String {
+        String::new()
+    }
+}
+
+/// Render the original's changes and every copy. `body` is the message body as
+/// received (empty when the milter did not need it).
+pub fn render(
+    plan: &Plan,
+    facts: &MessageFacts,
+    body: &[u8],
+    config: &Config,
+    now: u64,
+) -> Result<Rendered, Rejection> {
+    if !body.is_empty() && mime::check_amp(&facts.headers, body).is_err() {
+        return Err(Rejection::AmpPlacement);
+    }
+    let settings = LinkSettings::new(plan, config, now);
+    fn links<'a>(settings: &'a Option<LinkSettings>, rcpt: &'a str) -> Option<Links<'a>> {
+        settings.as_ref().map(|s| s.for_recipient(rcpt))
+    }
+    let engagement = &plan.engagement;
+    let mut rendered = Rendered::default();
+
+    let first = facts.rcpts.first().map(String::as_str).unwrap_or_default();
+    let first_links = links(&settings, first);
+    if engagement.rewrites_body() {
+        rendered.original_body = body_for(facts, body, plan, first_links.as_ref());
+    }
+    if engagement.list_unsubscribe
+        && let Some(l) = &first_links
+    {
+        rendered.original_edits = unsubscribe_headers(l)
+            .into_iter()
+            .map(|(name, value)| HeaderEdit::Add { name, value })
+            .collect();
+    }
+
+    let from = plan.mail_from.as_ref().unwrap_or(&facts.mail_from);
+    for copy in &plan.copies {
+        let own = links(&settings, &copy.address);
+        let mut copy_plan = CopyPlan {
+            extra_headers: copy.extra_headers.clone(),
+            ..copy.clone()
+        };
+        if engagement.list_unsubscribe
+            && let Some(l) = &own
+        {
+            copy_plan.extra_headers.extend(unsubscribe_headers(l));
+        }
+        let own_body = if engagement.rewrites_body() {
+            body_for(facts, body, plan, own.as_ref())
+        } else {
+            None
+        };
+        let body = own_body.as_deref().unwrap_or(body);
+        rendered.copies.push(Copy {
+            from: from.clone(),
+            to: copy.address.clone(),
+            rcpt_type: copy.rcpt_type,
+            bytes: render_copy(&facts.headers, &plan.header_edits, &copy_plan, body),
+        });
+    }
+    Ok(rendered)
+}

@@ -131,14 +131,48 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
             .with_context(|| "is another milter running? pick another socket with --socket")?;
         tracing::info!(socket = %config.socket, "msys-milter {} listening", env!("CARGO_PKG_VERSION"));
         let (listener, _socket_file) = socket.into_parts();
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = start_http(&config, http_stopped).await?;
         let daemon = std::sync::Arc::new(Daemon::new(config)?);
         if let Some(path) = config_path {
             tokio::spawn(reload_on_sighup(std::sync::Arc::clone(&daemon), path));
         }
         daemon.run(listener, shutdown_signal()).await?;
+        let _ = stop_http.send(());
+        if let Some(http) = http {
+            let _ = http.await;
+        }
         tracing::info!("msys-milter stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Start the tracking endpoint when `[tracking] base_url` is configured.
+async fn start_http(
+    config: &Config,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let (Some(base_url), Some(keys)) = (
+        &config.tracking.base_url,
+        msys_milter::tracking::Keys::new(&config.tracking.secrets),
+    ) else {
+        return Ok(None);
+    };
+    let listen = &config.http.listen;
+    let listener = tokio::net::TcpListener::bind(listen.as_str())
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([http] listen)"))?;
+    tracing::info!(listen = %listen, base_url = %base_url, "tracking endpoint listening");
+    let state = std::sync::Arc::new(msys_milter::http::HttpState {
+        keys,
+        sink: std::sync::Arc::new(msys_milter::http::LogSink),
+    });
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    Ok(Some(tokio::spawn(msys_milter::http::serve(
+        listener, state, shutdown,
+    ))))
 }
 
 /// Re-read the configuration file on SIGHUP; a bad file is logged and the running

@@ -445,3 +445,157 @@ fn smtputf8_bcc_addresses_are_passed_on() {
         copy.mail_params
     );
 }
+
+/// A raw HTTP GET on loopback: (status, the Location header).
+fn http_get(port: u16, path: &str) -> (u16, Option<String>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let location = response
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .map(str::to_owned);
+    (status, location)
+}
+
+#[test]
+fn tracked_links_are_personal_except_the_archive_copy() {
+    let http_port = free_port();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let e = E2e::start(&format!(
+        "{BOUNCES}[tracking]\nbase_url = \"{base}\"\nsecrets = [\"e2e-secret-0123456789\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+    ));
+    let api = "X-MSYS-API: {\"cc\": [\"cc@example.com\"], \"bcc\": [\"bcc@example.com\"], \"archive\": [\"arch@example.com\"],\n \"options\": {\"open_tracking\": true, \"click_tracking\": true}}\n";
+    let html = "<html><body><p>Hi</p><a href=\"https://shop.example.com/offer?id=7&amp;c=mail\">Offer</a></body></html>";
+    let msg = message(
+        &format!("MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"alt\"\n{api}"),
+        &format!(
+            "--alt\nContent-Type: text/plain\n\nHi https://shop.example.com/offer?id=7\n--alt\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n{}\n--alt--\n",
+            html.replace('=', "=3D")
+        ),
+    );
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
+    e.wait_for_exactly(4);
+    let html_of = |rcpt: &str| {
+        let got = e.capture.message_for(rcpt);
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&got.data)
+            .unwrap();
+        (parsed.body_html(0).unwrap().into_owned(), got)
+    };
+    let link_of = |html: &str| {
+        let start = html.find(&format!("{base}/c/")).expect("a tracked link");
+        html[start..].split('"').next().unwrap().to_owned()
+    };
+    let (primary_html, primary) = html_of("to@example.org");
+    let (archive_html, archive) = html_of("arch@example.com");
+    assert_eq!(
+        primary.body(),
+        archive.body(),
+        "the archive copy is the primary's, byte for byte"
+    );
+    assert_eq!(primary_html, archive_html);
+    let mut links = vec![link_of(&primary_html)];
+    let mut unsubscribes = vec![primary.header("List-Unsubscribe")];
+    for rcpt in ["cc@example.com", "bcc@example.com"] {
+        let (html, got) = html_of(rcpt);
+        assert!(
+            html.contains(&format!("{base}/o/")),
+            "open pixel in {rcpt}'s copy"
+        );
+        links.push(link_of(&html));
+        unsubscribes.push(got.header("List-Unsubscribe"));
+        assert_eq!(
+            got.header("List-Unsubscribe-Post"),
+            ["List-Unsubscribe=One-Click"]
+        );
+        // The text part is left alone.
+        assert!(
+            got.text()
+                .contains("Hi https://shop.example.com/offer?id=7")
+        );
+    }
+    links.sort();
+    links.dedup();
+    assert_eq!(
+        links.len(),
+        3,
+        "every recipient has its own link: {links:?}"
+    );
+    assert!(
+        unsubscribes
+            .iter()
+            .all(|u| u.len() == 1 && u[0].starts_with(&format!("<{base}/u/")))
+    );
+    unsubscribes.dedup();
+    assert_eq!(unsubscribes.len(), 3);
+    // Following a delivered link lands on the original URL.
+    for link in &links {
+        let path = link.strip_prefix(&base).unwrap();
+        assert_eq!(
+            http_get(http_port, path),
+            (
+                302,
+                Some("https://shop.example.com/offer?id=7&c=mail".to_owned())
+            )
+        );
+    }
+    assert_eq!(http_get(http_port, "/c/not-a-token").0, 404);
+}
+
+#[test]
+fn transactional_mail_gets_no_list_unsubscribe() {
+    let http_port = free_port();
+    let e = E2e::start(&format!(
+        "{BOUNCES}[tracking]\nbase_url = \"http://127.0.0.1:{http_port}\"\nsecrets = [\"e2e-secret-0123456789\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+    ));
+    e.send(
+        "app@example.com",
+        &["a@example.org"],
+        &message(
+            "X-MSYS-API: {\"options\": {\"transactional\": true}}\n",
+            "x\n",
+        ),
+    )
+    .unwrap();
+    e.send("app@example.com", &["b@example.org"], &message("", "x\n"))
+        .unwrap();
+    e.wait_for_exactly(2);
+    assert!(
+        e.capture
+            .message_for("a@example.org")
+            .header("List-Unsubscribe")
+            .is_empty()
+    );
+    assert_eq!(
+        e.capture
+            .message_for("b@example.org")
+            .header("List-Unsubscribe")
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn an_amp_part_outside_multipart_alternative_is_refused() {
+    let e = E2e::start(BOUNCES);
+    let msg = message(
+        "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"m\"\n",
+        "--m\nContent-Type: text/x-amp-html\n\n<html amp4email></html>\n--m--\n",
+    );
+    let err = e
+        .send("app@example.com", &["to@example.org"], &msg)
+        .unwrap_err();
+    assert!(
+        err.contains("550")
+            && err.contains("5.6.0 text/x-amp-html must be inside multipart/alternative"),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@
 #        BENCH_MESSAGES=1000 bash bench/run.sh   (a quicker, noisier run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 cargo build --release --examples --locked
 cargo bench --no-run --locked
 out=$(mktemp)
@@ -16,6 +17,10 @@ out=$(mktemp)
     echo "The machine is shared and noisy: every comparison runs side by side in alternating rounds, and the ratios are what to read."
     echo
     cargo bench --locked --bench milter 2>/dev/null
+    echo
+    cargo bench --locked --bench rewrite 2>/dev/null
+    echo
+    cargo bench --locked --bench http 2>/dev/null
     echo
     # The MTA runs in a network namespace that has only loopback.
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench postfix' 2>/dev/null

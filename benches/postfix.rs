@@ -110,11 +110,19 @@ fn throughput() {
     let (_sink, sink_port) = smtp_sink();
     let dir = tempfile::tempdir().unwrap();
     let message = dir.path().join("message.txt");
-    let body = "Hello, this is a benchmark message of about two kilobytes.\n".repeat(30);
+    // About 3 KB: a text part and an HTML part with 10 links.
+    let text = "Hello, this is a benchmark message.\n".repeat(20);
+    let links: String = (0..10)
+        .map(|i| {
+            format!(
+                "<p><a href=\"https://shop.example.com/item/{i}\">Item {i}</a> is on offer.</p>\n"
+            )
+        })
+        .collect();
     std::fs::write(
         &message,
         format!(
-            "Subject: benchmark\nX-MSYS-API: {{\"campaign_id\": \"bench\", \"cc\": [{{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"}}, \"cc2@example.com\"]}}\n\n{body}"
+            "Subject: benchmark\nMIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"b\"\nX-MSYS-API: {{\"campaign_id\": \"bench\", \"cc\": [{{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"}}, \"cc2@example.com\"]}}\n\n--b\nContent-Type: text/plain\n\n{text}\n--b\nContent-Type: text/html; charset=utf-8\n\n<html><body>\n{links}</body></html>\n--b--\n"
         ),
     )
     .unwrap();
@@ -129,18 +137,31 @@ fn throughput() {
         msys_port,
         "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
     );
+    let tracking_port = free_port();
+    let with_tracking = Postfix::start(Some(tracking_port), sink_port);
+    let _tracking = Milter::start_on(
+        tracking_port,
+        &format!(
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsmtp = \"127.0.0.1:{}\"\n\
+             [tracking]\nopen = true\nclick = true\nbase_url = \"https://track.example.com\"\nsecrets = [\"bench-secret-0123456789\"]\n\
+             [http]\nlisten = \"127.0.0.1:{}\"\n",
+            with_tracking.reinject_port,
+            free_port()
+        ),
+    );
 
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // A warm-up round each, not counted.
-    for p in [&plain, &with_null, &with_msys] {
+    for p in [&plain, &with_null, &with_msys, &with_tracking] {
         round(p, &message, count / 10, 20);
     }
     for _ in 0..rounds {
         a.push(round(&plain, &message, count, 20));
         b.push(round(&with_null, &message, count, 20));
         c.push(round(&with_msys, &message, count, 20));
+        d.push(round(&with_tracking, &message, count, 20));
     }
-    let (a, b, c) = (median(a), median(b), median(c));
+    let (a, b, c, d) = (median(a), median(b), median(c), median(d));
     println!("### Through Postfix: smtp-source -> Postfix -> smtp-sink\n");
     println!(
         "{count} messages a round (X-MSYS-API with 2 cc: msys-milter adds 2 recipients, a Cc: header and a bounce address), 20 sessions, median of {rounds} alternating rounds; msgs/s from the first message sent until Postfix's queue is empty.\n"
@@ -153,6 +174,11 @@ fn throughput() {
         b / a
     );
     println!("| msys-milter | {c:.0} | {:.2} | {:.2} |", c / a, c / b);
+    println!(
+        "| msys-milter, open and click tracking on (the 2 cc copies become personalised copies, re-injected) | {d:.0} | {:.2} | {:.2} |",
+        d / a,
+        d / b
+    );
 }
 
 fn copies() {

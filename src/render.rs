@@ -77,11 +77,11 @@ fn unsubscribe_headers(links: &Links<'_>) -> [(String, String); 2] {
 /// The body as `recipient` gets it. A body that cannot be parsed or rewritten goes out
 /// as it came (logged): tracking is never a reason to hold mail back.
 fn body_for(
-    facts: &MessageFacts,
-    body: &[u8],
+    prepared: Option<&mime::Prepared>,
     plan: &Plan,
     links: Option<&Links<'_>>,
 ) -> Option<Vec<u8>> {
+    let prepared = prepared?;
     let opts = body_options(&plan.engagement);
     let untracked = BodyOptions {
         open_tracking: false,
@@ -89,8 +89,8 @@ fn body_for(
         ..opts
     };
     let result = match links {
-        Some(links) => mime::rewrite(&facts.headers, body, &opts, links),
-        None => mime::rewrite(&facts.headers, body, &untracked, &NoLinks),
+        Some(links) => prepared.rewrite(&opts, links),
+        None => prepared.rewrite(&untracked, &NoLinks),
     };
     result.unwrap_or_else(|e| {
         tracing::warn!(transmission_id = %plan.transmission_id, "body left unchanged: {e}");
@@ -129,11 +129,19 @@ pub fn render(
     let engagement = &plan.engagement;
     let mut rendered = Rendered::default();
 
+    // Parsed once; each recipient's body is rewritten from it.
+    let prepared = if engagement.rewrites_body() {
+        mime::Prepared::new(&facts.headers, body)
+            .map_err(|e| {
+                tracing::warn!(transmission_id = %plan.transmission_id, "body left unchanged: {e}");
+            })
+            .ok()
+    } else {
+        None
+    };
     let first = facts.rcpts.first().map(String::as_str).unwrap_or_default();
     let first_links = links(&settings, first);
-    if engagement.rewrites_body() {
-        rendered.original_body = body_for(facts, body, plan, first_links.as_ref());
-    }
+    rendered.original_body = body_for(prepared.as_ref(), plan, first_links.as_ref());
     if engagement.list_unsubscribe
         && let Some(l) = &first_links
     {
@@ -155,11 +163,7 @@ pub fn render(
         {
             copy_plan.extra_headers.extend(unsubscribe_headers(l));
         }
-        let own_body = if engagement.rewrites_body() {
-            body_for(facts, body, plan, own.as_ref())
-        } else {
-            None
-        };
+        let own_body = body_for(prepared.as_ref(), plan, own.as_ref());
         let body = own_body.as_deref().unwrap_or(body);
         rendered.copies.push(Copy {
             from: from.clone(),

@@ -471,3 +471,78 @@ subaccounts = [123]
     assert_eq!(send(None, "a@sub.example"), Ok(None));
     assert_eq!(send(Some("SMTP_Injection"), "a@main.example"), Ok(None));
 }
+
+const TRACKING: &str =
+    "[tracking]\nbase_url = \"https://t.example.com\"\nsecrets = [\"0123456789abcdef0123\"]\n";
+
+#[test]
+fn engagement_defaults_and_header_overrides() {
+    use msys_milter::api::plan::Engagement;
+    // Without an endpoint nothing is tracked and no List-Unsubscribe is added.
+    let p = outcome(
+        &facts(r#"{"options": {"open_tracking": true, "click_tracking": true}}"#),
+        &Config::default(),
+    )
+    .unwrap();
+    assert_eq!(p.engagement, Engagement::default());
+    let c = config(&format!("{TRACKING}open = true\n"));
+    let p = outcome(&facts(""), &c).unwrap();
+    assert_eq!(
+        p.engagement,
+        Engagement {
+            open_tracking: true,
+            click_tracking: false,
+            inline_css: false,
+            list_unsubscribe: true
+        }
+    );
+    let p = outcome(
+        &facts(r#"{"options": {"open_tracking": false, "click_tracking": true, "transactional": true, "inline_css": true}}"#),
+        &c,
+    )
+    .unwrap();
+    assert_eq!(
+        p.engagement,
+        Engagement {
+            open_tracking: false,
+            click_tracking: true,
+            inline_css: true,
+            list_unsubscribe: false
+        }
+    );
+}
+
+#[test]
+fn per_recipient_content_makes_copies_of_cc_and_extra_primaries() {
+    use Delivery::*;
+    use RcptType::*;
+    let c = config(&format!("{SECRET}{TRACKING}"));
+    let mut f = facts(
+        r#"{"cc": ["cc@example.com"], "bcc": ["b@example.com"], "archive": ["a@example.com"]}"#,
+    );
+    f.rcpts.push("to2@example.org".into());
+    let p = outcome(&f, &c).unwrap();
+    let s = |a: &str, t, d| (a.to_owned(), t, d);
+    assert_eq!(
+        summary(&p),
+        [
+            s("to@example.org", To, Original),
+            s("to2@example.org", To, Copy),
+            s("cc@example.com", Cc, Copy),
+            s("b@example.com", Bcc, Copy),
+            s("a@example.com", Archive, AddRecipient),
+        ]
+    );
+    assert_eq!(
+        p.deleted_recipients()
+            .map(|r| r.address.as_str())
+            .collect::<Vec<_>>(),
+        ["to2@example.org"]
+    );
+    // Transactional mail without tracking: every copy is the same again.
+    let f = facts(r#"{"cc": ["cc@example.com"], "options": {"transactional": true}}"#);
+    assert_eq!(
+        summary(&outcome(&f, &c).unwrap())[1],
+        s("cc@example.com", Cc, AddRecipient)
+    );
+}

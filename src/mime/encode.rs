@@ -48,7 +48,8 @@ pub fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
             if literal {
                 out.push(b);
             } else {
-                out.extend_from_slice(format!("={b:02X}").as_bytes());
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
             }
             line_len += width;
         }

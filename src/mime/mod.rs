@@ -58,10 +58,112 @@ fn is_attachment(part: &mail_parser::MessagePart<'_>) -> bool {
         .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"))
 }
 
-/// Rewrite the message's `text/html` parts (never `text/x-amp-html`, never attachments,
-/// at any depth) for `opts`; `None` when nothing changed. The result is the new body;
-/// the headers stay as they are (a single-part HTML message keeps its Content-Type and
-/// Content-Transfer-Encoding, since the part is re-encoded in both).
+/// A message parsed once, ready to be rewritten for each recipient: parsing and
+/// decoding are the same for every copy, only the links differ.
+pub struct Prepared {
+    raw: Vec<u8>,
+    body_start: usize,
+    parts: Vec<HtmlPart>,
+}
+
+/// A `text/html` part to rewrite: its decoded text, how to encode it back, where it is.
+struct HtmlPart {
+    html: String,
+    charset: Option<String>,
+    cte: String,
+    start: usize,
+    end: usize,
+}
+
+impl Prepared {
+    /// Parse `headers` + `body`; find the `text/html` parts (never `text/x-amp-html`,
+    /// never attachments, at any depth).
+    pub fn new(headers: &[HeaderField], body: &[u8]) -> Result<Prepared, MimeError> {
+        let (raw, body_start) = whole_message(headers, body);
+        let message = MessageParser::default()
+            .parse(&raw)
+            .ok_or(MimeError::Unparseable)?;
+        let mut parts = Vec::new();
+        for part in &message.parts {
+            let PartType::Html(html) = &part.body else {
+                continue;
+            };
+            if !is_type(part, "text", "html") && part.content_type().is_some()
+                || is_attachment(part)
+            {
+                continue;
+            }
+            let (start, end) = (part.offset_body as usize, part.offset_end as usize);
+            if start < body_start || end > raw.len() || start > end {
+                return Err(MimeError::Unparseable);
+            }
+            parts.push(HtmlPart {
+                html: html.to_string(),
+                charset: part
+                    .content_type()
+                    .and_then(|ct| ct.attribute("charset"))
+                    .map(str::to_owned),
+                cte: part
+                    .content_transfer_encoding()
+                    .unwrap_or("7bit")
+                    .trim()
+                    .to_ascii_lowercase(),
+                start,
+                end,
+            });
+        }
+        parts.sort_by_key(|p| p.start);
+        drop(message);
+        Ok(Prepared {
+            raw,
+            body_start,
+            parts,
+        })
+    }
+
+    /// The body for one recipient, or `None` when nothing changes. Headers stay as they
+    /// are: each part is re-encoded in its own charset and transfer encoding.
+    pub fn rewrite(
+        &self,
+        opts: &BodyOptions,
+        links: &dyn LinkMaker,
+    ) -> Result<Option<Vec<u8>>, MimeError> {
+        if self.parts.is_empty() || !(opts.open_tracking || opts.click_tracking || opts.inline_css)
+        {
+            return Ok(None);
+        }
+        let raw = &self.raw;
+        let mut out = Vec::with_capacity(raw.len() - self.body_start + 8192);
+        let mut pos = self.body_start;
+        for part in &self.parts {
+            if part.start < pos {
+                return Err(MimeError::Unparseable);
+            }
+            let rewritten = html::rewrite_html(&part.html, opts, links)?;
+            let bytes = encode::to_charset(&rewritten, part.charset.as_deref());
+            let mut encoded = match part.cte.as_str() {
+                "base64" => encode::base64_lines(&bytes),
+                "quoted-printable" => encode::quoted_printable(&bytes),
+                _ => encode::crlf_short_lines(&bytes),
+            };
+            // Keep the line break(s) that separated the old body from what follows.
+            let old = &raw[part.start..part.end];
+            let tail = &old[old.trim_ascii_end().len()..];
+            while encoded.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                encoded.pop();
+            }
+            encoded.extend(tail.iter().filter(|b| **b == b'\r' || **b == b'\n'));
+            out.extend_from_slice(&raw[pos..part.start]);
+            out.extend_from_slice(&encoded);
+            pos = part.end;
+        }
+        out.extend_from_slice(&raw[pos..]);
+        Ok(Some(out))
+    }
+}
+
+/// Rewrite the message's `text/html` parts for one recipient: [`Prepared::new`] then
+/// [`Prepared::rewrite`].
 pub fn rewrite(
     headers: &[HeaderField],
     body: &[u8],
@@ -71,62 +173,7 @@ pub fn rewrite(
     if !(opts.open_tracking || opts.click_tracking || opts.inline_css) {
         return Ok(None);
     }
-    let (raw, body_start) = whole_message(headers, body);
-    let message = MessageParser::default()
-        .parse(&raw)
-        .ok_or(MimeError::Unparseable)?;
-    // (start, end, replacement) of each rewritten part body, in order.
-    let mut splices: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-    for part in &message.parts {
-        let PartType::Html(html) = &part.body else {
-            continue;
-        };
-        if !is_type(part, "text", "html") && part.content_type().is_some() || is_attachment(part) {
-            continue;
-        }
-        let rewritten = html::rewrite_html(html, opts, links)?;
-        let charset = part.content_type().and_then(|ct| ct.attribute("charset"));
-        let bytes = encode::to_charset(&rewritten, charset);
-        let cte = part
-            .content_transfer_encoding()
-            .unwrap_or("7bit")
-            .trim()
-            .to_ascii_lowercase();
-        let mut encoded = match cte.as_str() {
-            "base64" => encode::base64_lines(&bytes),
-            "quoted-printable" => encode::quoted_printable(&bytes),
-            _ => encode::crlf_short_lines(&bytes),
-        };
-        let (start, end) = (part.offset_body as usize, part.offset_end as usize);
-        if start < body_start || end > raw.len() || start > end {
-            return Err(MimeError::Unparseable);
-        }
-        // Keep the line break(s) that separated the old body from what follows.
-        let old = &raw[start..end];
-        let trailing = old.len() - old.trim_ascii_end().len();
-        let tail = &old[old.len() - trailing..];
-        while encoded.last().is_some_and(|b| b.is_ascii_whitespace()) {
-            encoded.pop();
-        }
-        encoded.extend(tail.iter().filter(|b| **b == b'\r' || **b == b'\n'));
-        splices.push((start, end, encoded));
-    }
-    if splices.is_empty() {
-        return Ok(None);
-    }
-    splices.sort_by_key(|s| s.0);
-    let mut out = Vec::with_capacity(body.len() + 4096);
-    let mut pos = body_start;
-    for (start, end, bytes) in splices {
-        if start < pos {
-            return Err(MimeError::Unparseable);
-        }
-        out.extend_from_slice(&raw[pos..start]);
-        out.extend_from_slice(&bytes);
-        pos = end;
-    }
-    out.extend_from_slice(&raw[pos..]);
-    Ok(Some(out))
+    Prepared::new(headers, body)?.rewrite(opts, links)
 }
 
 /// SPEC section 3: a `text/x-amp-html` part must be a child of a `multipart/alternative`

@@ -24,6 +24,7 @@ out=$(mktemp)
     echo
     # The MTA runs in a network namespace that has only loopback.
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench postfix' 2>/dev/null
+    cat bench/notes.md
 } | tee "$out"
 mv "$out" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -291,3 +291,17 @@ fn malformed_mime_never_panics() {
         let _ = check_amp(&h, &b);
     }
 }
+
+#[test]
+fn base_href_does_not_make_relative_links_tracked() {
+    let headers = vec![HeaderField::new("Content-Type", "text/html")];
+    let html = b"<html><head><base href=\"https://base.example/\"></head><body><a href=\"page\">rel</a><a href=\"https://abs.example/\">abs</a></body></html>\r\n";
+    let links = Recorder::default();
+    let out = String::from_utf8(rewrite(&headers, html, &CLICK, &links).unwrap().unwrap()).unwrap();
+    assert_eq!(*links.0.borrow(), ["https://abs.example/"]);
+    assert!(
+        out.contains("<a href=\"page\">rel</a>")
+            && out.contains("<base href=\"https://base.example/\">"),
+        "{out}"
+    );
+}

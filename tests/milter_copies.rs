@@ -3,8 +3,8 @@
 //! to end through Postfix).
 
 use indymilter_test::{Actions, EomAction, Status, TestConnection};
-use msys_milter::config::{Config, SocketSpec};
-use msys_milter::milter::BoundSocket;
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,20 +24,6 @@ fn fake_sendmail(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
-}
-
-async fn start(toml: &str) -> std::net::SocketAddr {
-    let mut config = Config::parse(toml, Path::new("test.toml")).unwrap();
-    config.socket = SocketSpec::Inet("127.0.0.1:0".into());
-    let socket = BoundSocket::bind(&config.socket).await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let (listener, _guard) = socket.into_parts();
-    tokio::spawn(msys_milter::run(
-        listener,
-        config,
-        std::future::pending::<()>(),
-    ));
-    addr
 }
 
 async fn connect(addr: std::net::SocketAddr) -> TestConnection {
@@ -79,7 +65,7 @@ async fn send(
 async fn bcc_copies_are_handed_over_before_the_original_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let sendmail = fake_sendmail(dir.path());
-    let addr = start(&format!(
+    let addr = support::start_in_process(&format!(
         "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsendmail = \"{}\"\n",
         sendmail.display()
     ))
@@ -156,7 +142,7 @@ async fn a_failed_hand_over_tempfails_the_whole_message() {
     let dir = tempfile::tempdir().unwrap();
     let sendmail = fake_sendmail(dir.path());
     std::fs::write(dir.path().join("exit"), "75").unwrap();
-    let addr = start(&format!(
+    let addr = support::start_in_process(&format!(
         "[reinject]\nsendmail = \"{}\"\n",
         sendmail.display()
     ))
@@ -185,7 +171,7 @@ async fn a_hand_over_that_hangs_times_out_into_a_tempfail() {
     std::fs::write(&script, "#!/bin/sh\ncat > /dev/null\nsleep 30\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let addr = start(&format!(
+    let addr = support::start_in_process(&format!(
         "[reinject]\nsendmail = \"{}\"\ntimeout = 1\n",
         script.display()
     ))
@@ -202,7 +188,7 @@ async fn a_hand_over_that_hangs_times_out_into_a_tempfail() {
 async fn the_body_is_skipped_when_no_copy_needs_it_and_bounded_when_one_does() {
     let dir = tempfile::tempdir().unwrap();
     let sendmail = fake_sendmail(dir.path());
-    let addr = start(&format!(
+    let addr = support::start_in_process(&format!(
         "max_message_size = 10\n[reinject]\nsendmail = \"{}\"\n",
         sendmail.display()
     ))

@@ -2,26 +2,16 @@
 //! tracked links for the first primary recipient, adds its List-Unsubscribe headers,
 //! and refuses a misplaced AMPHTML part.
 
+mod support;
+
 use indymilter_test::{Actions, EomAction, Status, TestConnection};
-use msys_milter::config::{Config, SocketSpec};
-use msys_milter::milter::BoundSocket;
-use std::path::Path;
 use std::time::Duration;
 
 const CONFIG: &str =
     "[tracking]\nbase_url = \"https://track.example.com\"\nsecrets = [\"inprocess-secret-0123\"]\n";
 
 async fn connect(toml: &str) -> TestConnection {
-    let mut config = Config::parse(toml, Path::new("test.toml")).unwrap();
-    config.socket = SocketSpec::Inet("127.0.0.1:0".into());
-    let socket = BoundSocket::bind(&config.socket).await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let (listener, _guard) = socket.into_parts();
-    tokio::spawn(msys_milter::run(
-        listener,
-        config,
-        std::future::pending::<()>(),
-    ));
+    let addr = support::start_in_process(toml).await;
     TestConnection::configure()
         .read_timeout(Duration::from_secs(20))
         .available_actions(Actions::all())

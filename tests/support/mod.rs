@@ -156,3 +156,22 @@ pub fn example_path(name: &str) -> std::path::PathBuf {
         .join("postfix-example")
         .join(name)
 }
+
+/// The milter in this process on a free loopback port (for indymilter-test), with
+/// configuration `toml`; it runs until the test ends.
+pub async fn start_in_process(toml: &str) -> std::net::SocketAddr {
+    use msys_milter::config::{Config, SocketSpec};
+    let mut config = Config::parse(toml, Path::new("test.toml")).unwrap();
+    config.socket = SocketSpec::Inet("127.0.0.1:0".into());
+    let socket = msys_milter::milter::BoundSocket::bind(&config.socket)
+        .await
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let (listener, _guard) = socket.into_parts();
+    tokio::spawn(msys_milter::run(
+        listener,
+        config,
+        std::future::pending::<()>(),
+    ));
+    addr
+}

@@ -18,6 +18,8 @@ install_packages() {
     [ -x /usr/sbin/postfix ] || missing+=(postfix)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v unshare >/dev/null || missing+=(util-linux)
+    # The tests signal the daemon with kill(1).
+    [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
     [ ${#missing[@]} -eq 0 ] && return
     need_root
     echo "scripts/test.sh: installing ${missing[*]}"

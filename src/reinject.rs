@@ -299,23 +299,13 @@ fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::recipients::is_valid_mailbox;
+    use crate::api::recipients::{VALID_MAILBOXES, is_valid_mailbox};
 
     /// Every address the header validation accepts must be one the SMTP client sends to,
     /// or a copy would tempfail for ever.
     #[test]
     fn the_smtp_client_takes_every_valid_mailbox() {
-        for addr in [
-            "a@b.c",
-            "first.last+tag@example.com",
-            "\"john doe\"@example.com",
-            "user@[127.0.0.1]",
-            "user@[IPv6:::1]",
-            "jöran@bücher.de",
-            "x@localhost",
-            "o'brien@example.com",
-            "a!#$%&'*+-/=?^_`{|}~@example.com",
-        ] {
+        for addr in VALID_MAILBOXES {
             assert!(is_valid_mailbox(addr), "{addr}");
             assert!(addr.parse::<Address>().is_ok(), "lettre refuses {addr}");
         }

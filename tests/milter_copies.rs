@@ -2,7 +2,7 @@
 //! to a stand-in sendmail(1) that records what it was given (the SMTP path is covered end
 //! to end through Postfix).
 
-use indymilter_test::{Actions, EomAction, Status, TestConnection};
+use indymilter_test::{EomAction, Status, TestConnection};
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -27,12 +27,7 @@ fn fake_sendmail(dir: &Path) -> PathBuf {
 }
 
 async fn connect(addr: std::net::SocketAddr) -> TestConnection {
-    TestConnection::configure()
-        .read_timeout(Duration::from_secs(20))
-        .available_actions(Actions::all())
-        .open_tcp(addr)
-        .await
-        .unwrap()
+    support::connect_in_process(addr).await
 }
 
 const API: &str = "{\"cc\": [\"cc@example.com\"], \"bcc\": [{\"email\": \"b1@example.com\", \"name\": \"Bee One\"}, \"b2@example.com\", \"CC@example.com\"], \"archive\": [\"arch@example.com\"]}";

@@ -4,20 +4,14 @@
 
 mod support;
 
-use indymilter_test::{Actions, EomAction, Status, TestConnection};
-use std::time::Duration;
+use indymilter_test::{EomAction, Status, TestConnection};
 
 const CONFIG: &str =
     "[tracking]\nbase_url = \"https://track.example.com\"\nsecrets = [\"inprocess-secret-0123\"]\n";
 
 async fn connect(toml: &str) -> TestConnection {
     let addr = support::start_in_process(toml).await;
-    TestConnection::configure()
-        .read_timeout(Duration::from_secs(20))
-        .available_actions(Actions::all())
-        .open_tcp(addr)
-        .await
-        .unwrap()
+    support::connect_in_process(addr).await
 }
 
 async fn send(

@@ -175,3 +175,13 @@ pub async fn start_in_process(toml: &str) -> std::net::SocketAddr {
     ));
     addr
 }
+
+/// An MTA-side milter connection (indymilter-test) offering every action.
+pub async fn connect_in_process(addr: std::net::SocketAddr) -> indymilter_test::TestConnection {
+    indymilter_test::TestConnection::configure()
+        .read_timeout(std::time::Duration::from_secs(20))
+        .available_actions(indymilter_test::Actions::all())
+        .open_tcp(addr)
+        .await
+        .unwrap()
+}

@@ -2,9 +2,11 @@
 //! redirects, RFC 8058 one-click unsubscribe, and a health check. Only signed tokens are
 //! honoured: anything else answers 404 and never redirects (no open redirect).
 
+use crate::tracking::is_web_url;
 use crate::tracking::machine::is_machine;
 use crate::tracking::token::{self, Keys, Kind, TokenData};
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -88,9 +90,15 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The token's content when it is ours, of `kind`, and not expired.
-fn check(state: &HttpState, token: &str, kind: Kind) -> Option<TokenData> {
-    token::verify(&state.keys, token, now())
+/// The token's content when it is ours, of `kind`, and not expired. A path that is not
+/// even a string (bad percent-encoding) is just another unknown token: 404, like the rest.
+fn check(
+    state: &HttpState,
+    token: Result<Path<String>, PathRejection>,
+    kind: Kind,
+) -> Option<TokenData> {
+    let Path(token) = token.ok()?;
+    token::verify(&state.keys, &token, now())
         .ok()
         .filter(|d| d.kind == kind)
 }
@@ -126,10 +134,10 @@ const NO_CACHE: [(header::HeaderName, &str); 3] = [
 
 async fn open(
     State(state): State<Arc<HttpState>>,
-    Path(token): Path<String>,
+    token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(data) = check(&state, &token, Kind::Open) else {
+    let Some(data) = check(&state, token, Kind::Open) else {
         return not_found();
     };
     record(&state, "open", data, &headers);
@@ -144,20 +152,19 @@ async fn open(
 
 async fn click(
     State(state): State<Arc<HttpState>>,
-    Path(token): Path<String>,
+    token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(data) = check(&state, &token, Kind::Click) else {
+    let Some(data) = check(&state, token, Kind::Click) else {
         return not_found();
     };
-    // Signed by us, but redirect only to web URLs that fit in a header.
-    let target = data.url.clone();
-    let Ok(location) = HeaderValue::from_str(&target) else {
-        return not_found();
-    };
-    if !(target.starts_with("https://") || target.starts_with("http://")) {
+    // Signed by us, but redirect only to web URLs (never `javascript:` or `data:`).
+    if !is_web_url(&data.url) {
         return not_found();
     }
+    let Ok(location) = HeaderValue::from_str(&location(&data.url)) else {
+        return not_found();
+    };
     record(&state, "click", data, &headers);
     (
         StatusCode::FOUND,
@@ -169,12 +176,64 @@ async fn click(
         .into_response()
 }
 
+/// `url` fit for a `Location` header: what a browser would have sent for the link, with
+/// spaces, controls and non-ASCII characters percent-encoded (as UTF-8) and the rest,
+/// existing `%XX` escapes included, as it is.
+fn location(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    for b in url.trim().bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Does a POST body say `List-Unsubscribe=One-Click`? RFC 8058 lets the mailbox provider
+/// send it as `application/x-www-form-urlencoded` or as `multipart/form-data`.
+fn is_one_click(content_type: Option<&str>, body: &str) -> bool {
+    let multipart = content_type.and_then(|ct| {
+        let (mime, params) = ct.split_once(';')?;
+        if !mime.trim().eq_ignore_ascii_case("multipart/form-data") {
+            return None;
+        }
+        params.split(';').find_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("boundary")
+                .then(|| value.trim().trim_matches('"').to_owned())
+        })
+    });
+    match multipart {
+        Some(boundary) if !boundary.is_empty() => body
+            .split(&format!("--{boundary}"))
+            .filter_map(|part| {
+                let part = part.strip_prefix("\r\n").unwrap_or(part);
+                part.split_once("\r\n\r\n")
+                    .or_else(|| part.split_once("\n\n"))
+            })
+            .any(|(head, value)| {
+                let head = head.to_ascii_lowercase();
+                (head.contains("name=\"list-unsubscribe\"")
+                    || head.contains("name=list-unsubscribe"))
+                    && value.trim() == "One-Click"
+            }),
+        _ => body.split('&').any(|field| {
+            field.trim().split_once('=').is_some_and(|(name, value)| {
+                name == "List-Unsubscribe" && value.replace("%2D", "-") == "One-Click"
+            })
+        }),
+    }
+}
+
 /// A confirmation page: link scanners follow every GET, so a GET never unsubscribes.
 async fn unsubscribe_page(
     State(state): State<Arc<HttpState>>,
-    Path(token): Path<String>,
+    token: Result<Path<String>, PathRejection>,
 ) -> Response {
-    if check(&state, &token, Kind::Unsubscribe).is_none() {
+    if check(&state, token, Kind::Unsubscribe).is_none() {
         return not_found();
     }
     let page = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribe</title>\
@@ -189,17 +248,17 @@ async fn unsubscribe_page(
 /// the same).
 async fn unsubscribe(
     State(state): State<Arc<HttpState>>,
-    Path(token): Path<String>,
+    token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let Some(data) = check(&state, &token, Kind::Unsubscribe) else {
+    let Some(data) = check(&state, token, Kind::Unsubscribe) else {
         return not_found();
     };
-    if !body
-        .split('&')
-        .any(|p| p.trim() == "List-Unsubscribe=One-Click")
-    {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !is_one_click(content_type, &body) {
         return (
             StatusCode::BAD_REQUEST,
             "expected List-Unsubscribe=One-Click\n",
@@ -213,4 +272,44 @@ async fn unsubscribe(
          <body><p>You are unsubscribed.</p></body></html>\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_are_header_safe() {
+        assert_eq!(
+            location("https://a.example/caf\u{e9} x?q=%20&r=\"1\""),
+            "https://a.example/caf%C3%A9%20x?q=%20&r=\"1\""
+        );
+        assert!(HeaderValue::from_str(&location("https://a.example/\u{7f}\0\n")).is_ok());
+    }
+
+    #[test]
+    fn one_click_bodies() {
+        let form = Some("application/x-www-form-urlencoded");
+        assert!(is_one_click(form, "List-Unsubscribe=One-Click"));
+        assert!(is_one_click(None, "a=b&List-Unsubscribe=One-Click\r\n"));
+        assert!(!is_one_click(form, "List-Unsubscribe=Other"));
+        assert!(!is_one_click(form, ""));
+        let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n";
+        assert!(is_one_click(
+            Some("multipart/form-data; boundary=XyZ"),
+            multipart
+        ));
+        assert!(is_one_click(
+            Some("Multipart/Form-Data; boundary=\"XyZ\""),
+            multipart
+        ));
+        assert!(!is_one_click(
+            Some("multipart/form-data; boundary=XyZ"),
+            &multipart.replace("One-Click", "No")
+        ));
+        assert!(!is_one_click(
+            Some("multipart/form-data; boundary="),
+            multipart
+        ));
+    }
 }

@@ -6,14 +6,25 @@ use base64::Engine as _;
 /// Longest line SMTP carries, without its CRLF.
 pub const MAX_LINE: usize = 998;
 
-/// `text` in `charset`; characters the charset lacks become HTML character references
+/// `text` in `encoding`; characters it lacks become HTML character references
 /// (encoding_rs's HTML mode), which is right for the HTML parts we rewrite.
-pub fn to_charset(text: &str, charset: Option<&str>) -> Vec<u8> {
-    let encoding = charset
-        .and_then(|c| encoding_rs::Encoding::for_label(c.trim().as_bytes()))
-        .unwrap_or(encoding_rs::UTF_8);
+pub fn to_charset(text: &str, encoding: &'static encoding_rs::Encoding) -> Vec<u8> {
     let (bytes, _, _) = encoding.encode(text);
     bytes.into_owned()
+}
+
+/// `html` with every non-ASCII character as a character reference (`&#xE9;`), for a 7bit
+/// part.
+pub fn ascii_html(html: &str) -> String {
+    let mut out = String::with_capacity(html.len() + 16);
+    for c in html.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("&#x{:X};", u32::from(c)));
+        }
+    }
+    out
 }
 
 /// Base64 with CRLF line breaks every 76 characters.
@@ -62,9 +73,22 @@ pub fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// CRLF line ends, and no line over [`MAX_LINE`] octets: a longer line of a 7bit/8bit
-/// HTML part is broken at a space or after a `>` (white space to HTML), outside quoted
-/// attribute values where possible.
-pub fn crlf_short_lines(bytes: &[u8]) -> Vec<u8> {
+/// HTML part is broken at a space or after a `>` outside quoted attribute values (white
+/// space to HTML). `None` when some line has no such place: the part then needs
+/// quoted-printable, or [`fold_lines`].
+pub fn crlf_short_lines(bytes: &[u8]) -> Option<Vec<u8>> {
+    fold(bytes, true)
+}
+
+/// Like [`crlf_short_lines`], but where no safe place exists a line is broken inside a
+/// quoted attribute value (browsers drop line breaks from URLs, so `href` and `src`
+/// survive), else at any character boundary. For a top-level part, whose
+/// Content-Transfer-Encoding header is not the body's to change.
+pub fn fold_lines(bytes: &[u8]) -> Vec<u8> {
+    fold(bytes, false).unwrap_or_default()
+}
+
+fn fold(bytes: &[u8], strict: bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len() + 64);
     for (n, raw_line) in bytes.split(|&b| b == b'\n').enumerate() {
         if n > 0 {
@@ -72,27 +96,29 @@ pub fn crlf_short_lines(bytes: &[u8]) -> Vec<u8> {
         }
         let mut line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
         while line.len() > MAX_LINE {
-            let cut = break_point(line, MAX_LINE);
+            let cut = break_point(line, MAX_LINE, strict)?;
             out.extend_from_slice(&line[..cut]);
             out.extend_from_slice(b"\r\n");
             line = &line[cut..];
         }
         out.extend_from_slice(line);
     }
-    out
+    Some(out)
 }
 
-/// Where to break `line` (longer than `max`) within its first `max` bytes: after a
-/// space or `>` outside quotes, else after any space or `>`, else at a UTF-8 character
-/// boundary.
-fn break_point(line: &[u8], max: usize) -> usize {
+/// Where to break `line` (longer than `max`) within its first `max` bytes: after a space
+/// or `>` outside quotes; unless `strict`, else after any space or `>`, else inside a
+/// quoted value, else at a UTF-8 character boundary.
+fn break_point(line: &[u8], max: usize, strict: bool) -> Option<usize> {
     let mut quote: Option<u8> = None;
     let mut outside = None;
     let mut anywhere = None;
+    let mut in_quotes = None;
     for (i, &b) in line[..max].iter().enumerate() {
         match (quote, b) {
             (None, b'"' | b'\'') => quote = Some(b),
             (Some(q), b) if b == q => quote = None,
+            (Some(_), _) if b & 0xC0 != 0x80 && i > 0 => in_quotes = Some(i),
             _ => {}
         }
         if b == b' ' || b == b'>' {
@@ -102,12 +128,15 @@ fn break_point(line: &[u8], max: usize) -> usize {
             }
         }
     }
-    outside.or(anywhere).unwrap_or_else(|| {
+    if strict || outside.is_some() {
+        return outside;
+    }
+    anywhere.or(in_quotes).or_else(|| {
         let mut cut = max;
         while cut > 1 && (line[cut] & 0xC0) == 0x80 {
             cut -= 1;
         }
-        cut
+        Some(cut)
     })
 }
 
@@ -132,9 +161,9 @@ mod tests {
         let html = format!(
             "<p>{}</p><a href=\"https://x.example/{}\">y</a>",
             "word ".repeat(300),
-            "a".repeat(1200)
+            "a".repeat(900)
         );
-        let out = crlf_short_lines(html.as_bytes());
+        let out = crlf_short_lines(html.as_bytes()).unwrap();
         for line in out.split(|&b| b == b'\n') {
             assert!(line.len() <= MAX_LINE + 1);
         }
@@ -142,9 +171,36 @@ mod tests {
     }
 
     #[test]
+    fn unsafe_lines_need_qp_or_a_cut_in_the_url() {
+        let html = format!("<a href=\"https://x.example/{}\">y</a>", "a".repeat(1200));
+        assert_eq!(crlf_short_lines(html.as_bytes()), None);
+        let out = fold_lines(html.as_bytes());
+        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+        assert!(lines.iter().all(|l| l.len() <= MAX_LINE + 1));
+        // After the tag name's space, then inside the URL, where browsers drop it.
+        assert!(
+            lines.len() == 3
+                && lines[0] == b"<a \r"
+                && lines[1].starts_with(b"href=\"https://x.example/aaa")
+        );
+        assert_eq!(String::from_utf8(out).unwrap().replace("\r\n", ""), html);
+        // Text without any break point is cut at a character boundary.
+        let text = "é".repeat(1000);
+        let out = fold_lines(text.as_bytes());
+        assert_eq!(String::from_utf8(out).unwrap().replace("\r\n", ""), text);
+    }
+
+    #[test]
+    fn ascii_only() {
+        assert_eq!(ascii_html("a é €"), "a &#xE9; &#x20AC;");
+    }
+
+    #[test]
     fn charsets() {
-        assert_eq!(to_charset("René Ω", Some("iso-8859-1")), b"Ren\xe9 &#937;");
-        assert_eq!(to_charset("René", None), "René".as_bytes());
-        assert_eq!(to_charset("€", Some("windows-1252")), b"\x80");
+        use encoding_rs::{ISO_2022_JP, UTF_8, WINDOWS_1252};
+        assert_eq!(to_charset("René Ω", WINDOWS_1252), b"Ren\xe9 &#937;");
+        assert_eq!(to_charset("René", UTF_8), "René".as_bytes());
+        assert_eq!(to_charset("€", WINDOWS_1252), b"\x80");
+        assert_eq!(to_charset("あ", ISO_2022_JP), b"\x1b$B$\"\x1b(B");
     }
 }

@@ -1,5 +1,6 @@
 //! HTML rewriting with lol_html: tracked links, the open pixel, inlined CSS.
 
+use crate::tracking::is_web_url;
 use lol_html::html_content::ContentType;
 use lol_html::{RewriteStrSettings, element, rewrite_str};
 use std::cell::{Cell, RefCell};
@@ -81,9 +82,12 @@ fn decode_entities(value: &str) -> String {
     out
 }
 
-fn is_web_url(url: &str) -> bool {
-    let lower = url.trim_start().get(..8).unwrap_or("").to_ascii_lowercase();
-    lower.starts_with("http://") || lower.starts_with("https://")
+/// The target a browser follows for an `href` value: entities decoded, and tabs and line
+/// breaks removed (the URL standard strips them anywhere in the input).
+fn link_target(href: &str) -> String {
+    let mut target = decode_entities(href.trim());
+    target.retain(|c| !matches!(c, '\t' | '\r' | '\n'));
+    target
 }
 
 /// Rewrite one HTML document. Only absolute http(s) links of `<a>` and `<area>` are
@@ -125,8 +129,9 @@ pub fn rewrite_html(
             let Some(href) = el.get_attribute("href") else {
                 return Ok(());
             };
-            let target = decode_entities(href.trim());
-            if is_web_url(&target) {
+            let target = link_target(&href);
+            // A URL too long for a token stays untracked rather than being cut.
+            if is_web_url(&target) && target.len() <= crate::tracking::token::MAX_URL_LEN {
                 let tracked = links.click(index.get(), &target);
                 index.set(index.get().saturating_add(1));
                 el.set_attribute("href", &tracked)?;
@@ -159,10 +164,14 @@ pub fn rewrite_html(
 }
 
 /// Move `<style>` rules of the document into `style` attributes (css-inline). Remote
-/// stylesheets are never fetched.
+/// stylesheets are never fetched. Rules that cannot live in an attribute (`@media`,
+/// `:hover`) stay in their `<style>` element, so responsive layouts keep working; the
+/// inlined ones are removed from it.
 fn inline_css(html: &str) -> Result<String, HtmlError> {
     css_inline::CSSInliner::options()
         .load_remote_stylesheets(false)
+        .keep_style_tags(true)
+        .remove_inlined_selectors(true)
         .build()
         .inline(html)
         .map_err(|e| HtmlError::InlineCss(e.to_string()))
@@ -171,6 +180,33 @@ fn inline_css(html: &str) -> Result<String, HtmlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn web_urls_and_targets() {
+        for yes in [
+            "https://a.example/",
+            "HTTP://A.EXAMPLE",
+            "  Https://x",
+            "http://",
+        ] {
+            assert!(is_web_url(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "http:",
+            "https:/x",
+            "mailto:a@b",
+            "/rel",
+            "javascript:x",
+            "é",
+        ] {
+            assert!(!is_web_url(no), "{no}");
+        }
+        assert_eq!(
+            link_target(" https://a.example/x\n?a=1&amp;b=\t2 "),
+            "https://a.example/x?a=1&b=2"
+        );
+    }
 
     #[test]
     fn entities() {

@@ -69,15 +69,69 @@ pub struct Prepared {
 /// A `text/html` part to rewrite: its decoded text, how to encode it back, where it is.
 struct HtmlPart {
     html: String,
-    charset: Option<String>,
-    cte: String,
+    encoding: &'static encoding_rs::Encoding,
+    cte: Cte,
+    /// The decoded text was pure ASCII (a 7bit part must stay so).
+    ascii: bool,
+    /// Where the part's own header starts, when it lies in the body (a part of a
+    /// multipart, whose Content-Transfer-Encoding the body may change).
+    header_start: Option<usize>,
     start: usize,
     end: usize,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cte {
+    SevenBit,
+    EightBit,
+    QuotedPrintable,
+    Base64,
+}
+
+impl Cte {
+    fn parse(value: Option<&str>) -> Option<Cte> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("" | "7bit") => Some(Cte::SevenBit),
+            Some("8bit" | "binary") => Some(Cte::EightBit),
+            Some("quoted-printable") => Some(Cte::QuotedPrintable),
+            Some("base64") => Some(Cte::Base64),
+            // x-uuencode and friends: not ours to rewrite.
+            Some(_) => None,
+        }
+    }
+}
+
+/// Decode a part's body the way it will be encoded back: the transfer encoding, then the
+/// charset with encoding_rs (mail-parser lacks the multi-byte charsets in this build, and
+/// decoding and encoding must agree). `None` leaves the part byte for byte: an unknown or
+/// write-only charset (UTF-16, UTF-7), bytes invalid in the charset, a broken encoding.
+fn decode_part(
+    raw: &[u8],
+    cte: Cte,
+    charset: Option<&str>,
+) -> Option<(String, &'static encoding_rs::Encoding)> {
+    use mail_parser::decoders::{base64::base64_decode, quoted_printable::quoted_printable_decode};
+    let bytes = match cte {
+        Cte::SevenBit | Cte::EightBit => std::borrow::Cow::Borrowed(raw),
+        Cte::QuotedPrintable => quoted_printable_decode(raw)?.into(),
+        Cte::Base64 => base64_decode(raw)?.into(),
+    };
+    let encoding = match charset {
+        Some(label) => encoding_rs::Encoding::for_label(label.trim().as_bytes())?,
+        // No charset (RFC 2045 says US-ASCII): UTF-8 when it is, else a byte-for-byte one.
+        None if std::str::from_utf8(&bytes).is_ok() => encoding_rs::UTF_8,
+        None => encoding_rs::WINDOWS_1252,
+    };
+    if encoding.output_encoding() != encoding {
+        return None;
+    }
+    let text = encoding.decode_without_bom_handling_and_without_replacement(&bytes)?;
+    Some((text.into_owned(), encoding))
+}
+
 impl Prepared {
     /// Parse `headers` + `body`; find the `text/html` parts (never `text/x-amp-html`,
-    /// never attachments, at any depth).
+    /// never attachments, at any depth) that can be decoded and encoded back faithfully.
     pub fn new(headers: &[HeaderField], body: &[u8]) -> Result<Prepared, MimeError> {
         let (raw, body_start) = whole_message(headers, body);
         let message = MessageParser::default()
@@ -85,9 +139,9 @@ impl Prepared {
             .ok_or(MimeError::Unparseable)?;
         let mut parts = Vec::new();
         for part in &message.parts {
-            let PartType::Html(html) = &part.body else {
+            if !matches!(part.body, PartType::Html(_)) {
                 continue;
-            };
+            }
             if !is_type(part, "text", "html") && part.content_type().is_some()
                 || is_attachment(part)
             {
@@ -97,17 +151,22 @@ impl Prepared {
             if start < body_start || end > raw.len() || start > end {
                 return Err(MimeError::Unparseable);
             }
+            let Some(cte) = Cte::parse(part.content_transfer_encoding()) else {
+                continue;
+            };
+            let charset = part.content_type().and_then(|ct| ct.attribute("charset"));
+            let Some((html, encoding)) = decode_part(&raw[start..end], cte, charset) else {
+                continue;
+            };
+            let header_start = part.offset_header as usize;
             parts.push(HtmlPart {
-                html: html.to_string(),
-                charset: part
-                    .content_type()
-                    .and_then(|ct| ct.attribute("charset"))
-                    .map(str::to_owned),
-                cte: part
-                    .content_transfer_encoding()
-                    .unwrap_or("7bit")
-                    .trim()
-                    .to_ascii_lowercase(),
+                ascii: html.is_ascii(),
+                html,
+                encoding,
+                cte,
+                header_start: (body_start..=start)
+                    .contains(&header_start)
+                    .then_some(header_start),
                 start,
                 end,
             });
@@ -121,8 +180,10 @@ impl Prepared {
         })
     }
 
-    /// The body for one recipient, or `None` when nothing changes. Headers stay as they
-    /// are: each part is re-encoded in its own charset and transfer encoding.
+    /// The body for one recipient, or `None` when nothing changes. Each part is
+    /// re-encoded in its own charset and transfer encoding, with one exception: a 7bit or
+    /// 8bit part of a multipart whose lines cannot be folded safely under 998 octets
+    /// becomes quoted-printable, and its Content-Transfer-Encoding header says so.
     pub fn rewrite(
         &self,
         opts: &BodyOptions,
@@ -136,15 +197,35 @@ impl Prepared {
         let mut out = Vec::with_capacity(raw.len() - self.body_start + 8192);
         let mut pos = self.body_start;
         for part in &self.parts {
-            if part.start < pos {
+            if part.start < pos || part.header_start.is_some_and(|h| h < pos) {
                 return Err(MimeError::Unparseable);
             }
-            let rewritten = html::rewrite_html(&part.html, opts, links)?;
-            let bytes = encode::to_charset(&rewritten, part.charset.as_deref());
-            let mut encoded = match part.cte.as_str() {
-                "base64" => encode::base64_lines(&bytes),
-                "quoted-printable" => encode::quoted_printable(&bytes),
-                _ => encode::crlf_short_lines(&bytes),
+            let mut rewritten = html::rewrite_html(&part.html, opts, links)?;
+            if part.cte == Cte::SevenBit && part.ascii && !rewritten.is_ascii() {
+                // CSS inlining may turn `&eacute;` into a raw `é`; a 7bit part stays ASCII.
+                rewritten = encode::ascii_html(&rewritten);
+            }
+            let bytes = encode::to_charset(&rewritten, part.encoding);
+            let mut header = None;
+            let mut encoded = match part.cte {
+                Cte::Base64 => encode::base64_lines(&bytes),
+                Cte::QuotedPrintable => encode::quoted_printable(&bytes),
+                Cte::SevenBit | Cte::EightBit => match encode::crlf_short_lines(&bytes) {
+                    Some(lines) => lines,
+                    None => {
+                        let new_header = part
+                            .header_start
+                            .and_then(|h| Some((h, set_qp_header(&raw[h..part.start])?)));
+                        match new_header {
+                            Some(new_header) => {
+                                header = Some(new_header);
+                                encode::quoted_printable(&bytes)
+                            }
+                            // The top-level header is the milter's, not ours to change.
+                            None => encode::fold_lines(&bytes),
+                        }
+                    }
+                },
             };
             // Keep the line break(s) that separated the old body from what follows.
             let old = &raw[part.start..part.end];
@@ -153,13 +234,44 @@ impl Prepared {
                 encoded.pop();
             }
             encoded.extend(tail.iter().filter(|b| **b == b'\r' || **b == b'\n'));
-            out.extend_from_slice(&raw[pos..part.start]);
+            match header {
+                Some((h, new_header)) => {
+                    out.extend_from_slice(&raw[pos..h]);
+                    out.extend_from_slice(&new_header);
+                }
+                None => out.extend_from_slice(&raw[pos..part.start]),
+            }
             out.extend_from_slice(&encoded);
             pos = part.end;
         }
         out.extend_from_slice(&raw[pos..]);
         Ok(Some(out))
     }
+}
+
+/// A part's header block (up to and including the empty line) with its
+/// Content-Transfer-Encoding field, folded lines included, replaced by quoted-printable;
+/// `None` when the block has no empty line to end it.
+fn set_qp_header(block: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(block.len() + 48);
+    let mut skipping = false;
+    for line in block.split_inclusive(|&b| b == b'\n') {
+        if line.trim_ascii_end().is_empty() {
+            out.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n");
+            out.extend_from_slice(line);
+            return Some(out);
+        }
+        if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            skipping = line.split(|&b| b == b':').next().is_some_and(|name| {
+                name.trim_ascii()
+                    .eq_ignore_ascii_case(b"content-transfer-encoding")
+            });
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    None
 }
 
 /// Rewrite the message's `text/html` parts for one recipient: [`Prepared::new`] then
@@ -205,4 +317,39 @@ pub fn check_amp(headers: &[HeaderField], body: &[u8]) -> Result<(), AmpError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qp_header() {
+        assert_eq!(
+            set_qp_header(b"Content-Type: text/html\r\nContent-Transfer-Encoding:\r\n  7bit\r\nX-A: b\r\n\r\n").unwrap(),
+            b"Content-Type: text/html\r\nX-A: b\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        );
+        assert_eq!(
+            set_qp_header(b"\r\n").unwrap(),
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        );
+        assert_eq!(set_qp_header(b"Content-Type: text/html\r\n"), None);
+    }
+
+    #[test]
+    fn decoding_agrees_with_encoding() {
+        let (text, enc) = decode_part(b"\x82\xa0", Cte::EightBit, Some("Shift_JIS")).unwrap();
+        assert_eq!((text.as_str(), enc), ("\u{3042}", encoding_rs::SHIFT_JIS));
+        assert_eq!(decode_part(b"abc", Cte::SevenBit, Some("utf-16")), None);
+        assert_eq!(decode_part(b"abc", Cte::SevenBit, Some("x-unknown")), None);
+        assert_eq!(decode_part(b"\xff", Cte::EightBit, Some("utf-8")), None);
+        assert_eq!(decode_part(b"=ZZ", Cte::QuotedPrintable, None), None);
+        let (text, enc) = decode_part(b"caf\xe9", Cte::EightBit, None).unwrap();
+        assert_eq!(
+            (text.as_str(), enc),
+            ("caf\u{e9}", encoding_rs::WINDOWS_1252)
+        );
+        assert_eq!(Cte::parse(Some(" Base64 ")), Some(Cte::Base64));
+        assert_eq!(Cte::parse(Some("x-uuencode")), None);
+    }
 }

@@ -31,10 +31,14 @@ const MACHINE_AGENTS: &[&str] = &[
     "crawler",
 ];
 
-/// Apple Mail Privacy Protection prefetches with exactly this generic Safari string (no
-/// Version/ or Safari/ part), so it is compared whole, not as a fragment.
-const APPLE_MPP_AGENT: &str =
-    "mozilla/5.0 (macintosh; intel mac os x 10_15) applewebkit/605.1.15 (khtml, like gecko)";
+/// Apple Mail Privacy Protection prefetches with a bare WebKit string (macOS version
+/// 10_15 or 10_15_7, no `Version/` or `Safari/` part, nothing after the KHTML comment),
+/// so it is matched by its shape, not as a fragment. Apple Mail itself sends the same
+/// string, but with MPP on (the default) its images come through the proxy anyway.
+fn is_apple_mpp(agent: &str) -> bool {
+    agent.starts_with("mozilla/5.0 (macintosh; intel mac os x 10_15")
+        && agent.ends_with(") applewebkit/605.1.15 (khtml, like gecko)")
+}
 
 /// Is a request with this User-Agent a machine rather than a person?
 pub fn is_machine(user_agent: Option<&str>) -> bool {
@@ -42,7 +46,7 @@ pub fn is_machine(user_agent: Option<&str>) -> bool {
         None | Some("") => true,
         Some(agent) => {
             let agent = agent.to_ascii_lowercase();
-            agent == APPLE_MPP_AGENT || MACHINE_AGENTS.iter().any(|m| agent.contains(m))
+            is_apple_mpp(&agent) || MACHINE_AGENTS.iter().any(|m| agent.contains(m))
         }
     }
 }
@@ -63,6 +67,7 @@ mod tests {
         for machine in [
             "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
             "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
             "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html",
             "Mozilla/5.0 (compatible; Proofpoint URL Defense)",
             "Barracuda Sentinel (EE)",

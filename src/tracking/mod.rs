@@ -6,6 +6,15 @@ pub mod token;
 
 pub use token::{Keys, Kind, TokenData};
 
+/// An absolute `http:` or `https:` URL (the scheme in any case): the only links tracked,
+/// and the only targets the endpoint redirects to.
+pub fn is_web_url(url: &str) -> bool {
+    let head = url.trim_start().as_bytes();
+    let head = &head[..head.len().min(8)];
+    head.len() >= 7 && head[..7].eq_ignore_ascii_case(b"http://")
+        || head.len() == 8 && head.eq_ignore_ascii_case(b"https://")
+}
+
 /// Makes the tracking and unsubscribe URLs of one recipient's message.
 #[derive(Clone, Debug)]
 pub struct Links<'a> {

@@ -16,6 +16,11 @@ const MAC_LEN: usize = 16;
 const FIXED: usize = 1 + 1 + 4 + 2 + 8 + 1;
 /// Tokens longer than this are refused before any work (URLs are at most 2 KB here).
 const MAX_TOKEN_CHARS: usize = 4096;
+/// The longest target URL a token carries; longer links are left untracked, since a
+/// cut URL would redirect somewhere else.
+pub const MAX_URL_LEN: usize = 2048;
+/// The longest recipient a token carries (an address has at most 254 octets).
+pub const MAX_RECIPIENT_LEN: usize = 255;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -96,10 +101,10 @@ impl std::fmt::Debug for Keys {
 }
 
 /// Sign `data` with the first key. Recipients and URLs longer than the format holds are
-/// cut (255 and 2048 bytes; callers do not track such links).
+/// cut ([`MAX_RECIPIENT_LEN`], [`MAX_URL_LEN`]); callers do not track such links.
 pub fn sign(keys: &Keys, data: &TokenData) -> String {
-    let rcpt = truncate(&data.recipient, 255);
-    let url = truncate(&data.url, 2048);
+    let rcpt = truncate(&data.recipient, MAX_RECIPIENT_LEN);
+    let url = truncate(&data.url, MAX_URL_LEN);
     let mut payload = Vec::with_capacity(FIXED + rcpt.len() + url.len() + MAC_LEN);
     payload.push(VERSION);
     payload.push(data.kind.byte());

@@ -2,16 +2,23 @@
 //! redirects, RFC 8058 one-click unsubscribe, and a health check. Only signed tokens are
 //! honoured: anything else answers 404 and never redirects (no open redirect).
 
+use crate::events::{self, EventType, Stamp, Transmission, Visitor};
+use crate::ids::IdGenerator;
+use crate::store::{Commit, Store, SuppressionEntry, SuppressionType};
+use crate::suppression::{SOURCE_LIST_UNSUBSCRIBE, SOURCE_UNSUBSCRIBE_LINK};
 use crate::tracking::is_web_url;
 use crate::tracking::machine::is_machine;
 use crate::tracking::token::{self, Keys, Kind, TokenData};
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// A transparent 1x1 GIF: the smallest well-formed one (43 bytes).
@@ -21,47 +28,135 @@ pub const PIXEL: [u8; 43] = [
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-/// What happened, for the event log (and the events store, once it exists).
+/// What happened at the endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackingEvent {
-    /// `open`, `click` or `list_unsubscribe` (SparkPost's event types).
-    pub kind: &'static str,
+    /// `Open`, `InitialOpen`, `Click`, `ListUnsubscribe` (one-click POST) or
+    /// `LinkUnsubscribe` (a followed unsubscribe link: recorded as a click and an
+    /// unsubscribe).
+    pub kind: EventType,
     pub transmission_id: u64,
     pub recipient: String,
     pub link_index: u16,
     pub url: String,
-    pub user_agent: Option<String>,
-    /// A privacy proxy or link scanner, not a person.
-    pub machine_open: bool,
+    pub visitor: Visitor,
 }
 
-/// Where events go.
+pub type RecordFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Where events go. `record` completes once the event is durable (the one-click
+/// unsubscribe answers 200 only then).
 pub trait EventSink: Send + Sync {
-    fn record(&self, event: TrackingEvent);
+    fn record(&self, event: TrackingEvent) -> RecordFuture<'_>;
 }
 
-/// Records events as structured log lines.
-pub struct LogSink;
+/// Commits events to the store, joined with the transmission's facts; unsubscribes add
+/// a non-transactional suppression entry in the same commit.
+pub struct StoreSink {
+    pub store: Arc<dyn Store>,
+    pub ids: Arc<IdGenerator>,
+}
 
-impl EventSink for LogSink {
-    fn record(&self, e: TrackingEvent) {
+impl StoreSink {
+    async fn commit(&self, e: TrackingEvent) -> Result<(), String> {
+        let tid = e.transmission_id.to_string();
+        let t = match self.store.transmission(&tid).await {
+            Ok(Some(t)) => t,
+            Ok(None) => Transmission {
+                transmission_id: tid.clone(),
+                ..Transmission::default()
+            },
+            Err(e) => return Err(e.to_string()),
+        };
+        let now = now();
+        let stamp = || -> Result<Stamp, String> {
+            Ok(Stamp {
+                event_id: self.ids.next().map_err(|e| e.to_string())?,
+                timestamp: now,
+            })
+        };
+        let mut commit = Commit::default();
+        let target = Some(e.url.as_str()).filter(|u| !u.is_empty());
+        match e.kind {
+            EventType::LinkUnsubscribe => {
+                commit.events.push(events::track(
+                    EventType::Click,
+                    stamp()?,
+                    &t,
+                    &e.recipient,
+                    &e.visitor,
+                    target,
+                ));
+                commit.events.push(events::unsubscribe(
+                    e.kind,
+                    stamp()?,
+                    &t,
+                    &e.recipient,
+                    Some(&e.visitor),
+                ));
+            }
+            EventType::ListUnsubscribe => {
+                commit.events.push(events::unsubscribe(
+                    e.kind,
+                    stamp()?,
+                    &t,
+                    &e.recipient,
+                    None,
+                ));
+            }
+            kind => commit.events.push(events::track(
+                kind,
+                stamp()?,
+                &t,
+                &e.recipient,
+                &e.visitor,
+                target,
+            )),
+        }
+        let source = match e.kind {
+            EventType::ListUnsubscribe => Some(SOURCE_LIST_UNSUBSCRIBE),
+            EventType::LinkUnsubscribe => Some(SOURCE_UNSUBSCRIBE_LINK),
+            _ => None,
+        };
+        if let Some(source) = source {
+            commit.suppress.push(SuppressionEntry::new(
+                &e.recipient,
+                t.subaccount_id,
+                SuppressionType::NonTransactional,
+                source,
+                &format!("transmission {tid}"),
+                now,
+            ));
+        }
+        let kinds: Vec<&'static str> = commit.events.iter().map(|e| e.kind.as_str()).collect();
+        self.store.commit(commit).await.map_err(|e| e.to_string())?;
+        crate::metrics::global().events(kinds);
+        Ok(())
+    }
+}
+
+impl EventSink for StoreSink {
+    fn record(&self, event: TrackingEvent) -> RecordFuture<'_> {
         tracing::info!(
-            event = e.kind,
-            transmission_id = e.transmission_id,
-            rcpt = %e.recipient,
-            link_index = e.link_index,
-            url = %e.url,
-            user_agent = e.user_agent.as_deref().unwrap_or(""),
-            machine_open = e.machine_open,
+            event = event.kind.as_str(),
+            transmission_id = event.transmission_id,
+            rcpt = %event.recipient,
+            link_index = event.link_index,
+            machine_open = event.visitor.machine,
             "tracking event"
         );
+        Box::pin(self.commit(event))
     }
 }
 
 /// What the handlers share.
 pub struct HttpState {
-    pub keys: Keys,
+    /// The link keys; `None` when no tracking is configured (only /metrics and
+    /// /healthz then).
+    pub keys: Option<Keys>,
     pub sink: Arc<dyn EventSink>,
+    /// For the backlog figures of /metrics.
+    pub store: Option<Arc<dyn Store>>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -70,6 +165,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/c/{token}", get(click))
         .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -79,9 +175,68 @@ pub async fn serve(
     state: Arc<HttpState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Who made a request: user agent, address (the first `X-Forwarded-For` entry when a
+/// proxy on this host passed it on, else the peer), and whether it is a machine.
+pub struct Requester(pub Visitor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Requester {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let user_agent = header("user-agent");
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = header("x-forwarded-for")
+            .and_then(|v| v.split(',').next().map(|f| f.trim().to_owned()))
+            .or_else(|| header("x-real-ip"))
+            .filter(|f| f.parse::<std::net::IpAddr>().is_ok());
+        let ip_address = match peer {
+            Some(ip) if ip.is_loopback() => forwarded.or_else(|| Some(ip.to_string())),
+            Some(ip) => Some(ip.to_string()),
+            None => forwarded,
+        };
+        Ok(Requester(Visitor {
+            machine: is_machine(user_agent.as_deref()),
+            user_agent,
+            ip_address,
+        }))
+    }
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let m = crate::metrics::global();
+    if let Some(store) = &state.store
+        && let Ok(status) = store.sink_status().await
+    {
+        for s in status {
+            m.set_backlog(&s.sink, s.pending);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
 }
 
 fn now() -> u64 {
@@ -95,28 +250,39 @@ fn now() -> u64 {
 fn check(
     state: &HttpState,
     token: Result<Path<String>, PathRejection>,
-    kind: Kind,
+    kinds: &[Kind],
 ) -> Option<TokenData> {
     let Path(token) = token.ok()?;
-    token::verify(&state.keys, &token, now())
+    token::verify(state.keys.as_ref()?, &token, now())
         .ok()
-        .filter(|d| d.kind == kind)
+        .filter(|d| kinds.contains(&d.kind))
 }
 
-fn record(state: &HttpState, kind: &'static str, data: TokenData, headers: &HeaderMap) {
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    state.sink.record(TrackingEvent {
+/// Record an event; opens and clicks are answered whatever happens (a store problem
+/// must not break the reader's click), so a failure is only logged there.
+async fn record(
+    state: &HttpState,
+    kind: EventType,
+    data: TokenData,
+    visitor: Visitor,
+) -> Result<(), String> {
+    let event = TrackingEvent {
         kind,
         transmission_id: data.transmission_id,
         recipient: data.recipient,
         link_index: data.link_index,
         url: data.url,
-        machine_open: is_machine(user_agent.as_deref()),
-        user_agent,
-    });
+        visitor,
+    };
+    let result = state.sink.record(event).await;
+    if let Err(e) = &result {
+        tracing::error!(
+            event = kind.as_str(),
+            transmission_id = data.transmission_id,
+            "event not recorded: {e}"
+        );
+    }
+    result
 }
 
 fn not_found() -> Response {
@@ -135,12 +301,17 @@ const NO_CACHE: [(header::HeaderName, &str); 3] = [
 async fn open(
     State(state): State<Arc<HttpState>>,
     token: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    Requester(visitor): Requester,
 ) -> Response {
-    let Some(data) = check(&state, token, Kind::Open) else {
+    let Some(data) = check(&state, token, &[Kind::Open, Kind::InitialOpen]) else {
         return not_found();
     };
-    record(&state, "open", data, &headers);
+    let kind = if data.kind == Kind::InitialOpen {
+        EventType::InitialOpen
+    } else {
+        EventType::Open
+    };
+    let _ = record(&state, kind, data, visitor).await;
     let mut response = ([(header::CONTENT_TYPE, "image/gif")], PIXEL.as_slice()).into_response();
     for (name, value) in NO_CACHE {
         response
@@ -153,9 +324,9 @@ async fn open(
 async fn click(
     State(state): State<Arc<HttpState>>,
     token: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    Requester(visitor): Requester,
 ) -> Response {
-    let Some(data) = check(&state, token, Kind::Click) else {
+    let Some(data) = check(&state, token, &[Kind::Click, Kind::UnsubscribeClick]) else {
         return not_found();
     };
     // Signed by us, but redirect only to web URLs (never `javascript:` or `data:`).
@@ -165,7 +336,12 @@ async fn click(
     let Ok(location) = HeaderValue::from_str(&location(&data.url)) else {
         return not_found();
     };
-    record(&state, "click", data, &headers);
+    let kind = if data.kind == Kind::UnsubscribeClick {
+        EventType::LinkUnsubscribe
+    } else {
+        EventType::Click
+    };
+    let _ = record(&state, kind, data, visitor).await;
     (
         StatusCode::FOUND,
         [
@@ -233,7 +409,7 @@ async fn unsubscribe_page(
     State(state): State<Arc<HttpState>>,
     token: Result<Path<String>, PathRejection>,
 ) -> Response {
-    if check(&state, token, Kind::Unsubscribe).is_none() {
+    if check(&state, token, &[Kind::Unsubscribe]).is_none() {
         return not_found();
     }
     let page = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribe</title>\
@@ -250,9 +426,10 @@ async fn unsubscribe(
     State(state): State<Arc<HttpState>>,
     token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
+    Requester(visitor): Requester,
     body: String,
 ) -> Response {
-    let Some(data) = check(&state, token, Kind::Unsubscribe) else {
+    let Some(data) = check(&state, token, &[Kind::Unsubscribe]) else {
         return not_found();
     };
     let content_type = headers
@@ -265,7 +442,18 @@ async fn unsubscribe(
         )
             .into_response();
     }
-    record(&state, "list_unsubscribe", data, &headers);
+    // 200 only once the suppression entry is committed; else the provider retries.
+    if record(&state, EventType::ListUnsubscribe, data, visitor)
+        .await
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "60")],
+            "temporarily unavailable, try again later\n",
+        )
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\

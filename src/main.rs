@@ -4,11 +4,16 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use msys_milter::Daemon;
 use msys_milter::config::{Config, SocketSpec};
+use msys_milter::events::EventType;
+use msys_milter::events::sink::Sinks;
 use msys_milter::explain::explain;
+use msys_milter::ids::IdGenerator;
 use msys_milter::milter::BoundSocket;
+use msys_milter::store::{Store, SuppressionFilter, SuppressionType};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// SparkPost's X-MSYS-API SMTP-injection features for Postfix and Sendmail, as a milter.
 #[derive(Parser)]
@@ -44,6 +49,116 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// The suppression list (works while the daemon runs).
+    Suppression {
+        #[command(subcommand)]
+        action: SuppressionCmd,
+    },
+    /// Stored events.
+    Events {
+        #[command(subcommand)]
+        action: EventsCmd,
+    },
+    /// Webhook (and JSONL file) delivery.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksCmd,
+    },
+}
+
+/// Which entries a suppression verb works on.
+#[derive(clap::Args)]
+struct Scope {
+    /// `transactional` or `non_transactional`.
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_type)]
+    kind: Option<SuppressionType>,
+    /// A subaccount id; without it the main account.
+    #[arg(long, value_name = "ID")]
+    subaccount: Option<u64>,
+}
+
+fn parse_type(s: &str) -> Result<SuppressionType, String> {
+    SuppressionType::parse(s)
+        .ok_or_else(|| format!("`{s}`: use `transactional` or `non_transactional`"))
+}
+
+#[derive(Subcommand)]
+enum SuppressionCmd {
+    /// List entries (tab-separated).
+    List {
+        #[command(flatten)]
+        scope: Scope,
+        /// Every account, not only the main one (or --subaccount).
+        #[arg(long)]
+        all_accounts: bool,
+    },
+    /// Add recipients (`--type` is required).
+    Add {
+        #[arg(required = true, value_name = "RECIPIENT")]
+        recipients: Vec<String>,
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Remove a recipient (both types unless --type).
+    Remove {
+        recipient: String,
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Import SparkPost's CSV (`recipient,type,description`; `-` reads standard input).
+    Import {
+        file: PathBuf,
+        /// The type of rows that name none.
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Export as SparkPost's CSV on standard output.
+    Export {
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(long)]
+        all_accounts: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Print the last events as JSON lines (SparkPost batch items).
+    Tail {
+        /// Keep printing new events.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only this event type (e.g. `click`).
+        #[arg(long = "type", value_name = "TYPE", value_parser = parse_event_type)]
+        kind: Option<EventType>,
+        /// How many past events to print first.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        lines: usize,
+    },
+    /// Queue stored events again for delivery (failed batches included).
+    Replay {
+        /// From when: Unix seconds, `2026-12-01T14:00:00Z`, or an age like `2h`.
+        #[arg(long, value_name = "TIME")]
+        since: String,
+        /// Only this configured webhook URL (default: every sink).
+        #[arg(long, value_name = "URL")]
+        webhook: Option<String>,
+    },
+}
+
+fn parse_event_type(s: &str) -> Result<EventType, String> {
+    EventType::parse(s).ok_or_else(|| {
+        let names: Vec<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        format!("unknown event type `{s}`; known: {}", names.join(", "))
+    })
+}
+
+#[derive(Subcommand)]
+enum WebhooksCmd {
+    /// Per webhook: pending events, failing since, last error.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +181,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),
+        Some(admin) => run_admin(cli.config.as_deref(), admin),
     };
     result.unwrap_or_else(|e| {
         eprintln!("msys-milter: {e:#}");
@@ -78,6 +194,168 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         Some(path) => Ok(Config::read(path)?),
         None => Ok(Config::default()),
     }
+}
+
+/// The admin verbs, on the configured store.
+fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<ExitCode> {
+    use msys_milter::admin;
+    let config = load_config(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let store = msys_milter::open_store(&config)?;
+        let store: &dyn Store = store.as_ref();
+        let mut stdout = std::io::stdout().lock();
+        let filter = |scope: &Scope, all: bool| SuppressionFilter {
+            kind: scope.kind,
+            account: (!all || scope.subaccount.is_some()).then_some(scope.subaccount),
+            recipient: None,
+        };
+        match command {
+            Command::Suppression { action } => match action {
+                SuppressionCmd::List {
+                    scope,
+                    all_accounts,
+                } => {
+                    let n =
+                        admin::suppression_list(store, filter(&scope, all_accounts), &mut stdout)
+                            .await?;
+                    eprintln!("{n} entries");
+                }
+                SuppressionCmd::Add {
+                    recipients,
+                    scope,
+                    description,
+                } => {
+                    let kind = scope.kind.context(
+                        "say which list: --type transactional or --type non_transactional",
+                    )?;
+                    let n = admin::suppression_add(
+                        store,
+                        &recipients,
+                        kind,
+                        scope.subaccount,
+                        &description,
+                    )
+                    .await?;
+                    eprintln!("{n} added");
+                }
+                SuppressionCmd::Remove { recipient, scope } => {
+                    let mut f = filter(&scope, false);
+                    f.recipient = Some(recipient.clone());
+                    let n = store.suppression_remove(f).await?;
+                    if n == 0 {
+                        eprintln!("{recipient} was not on the list");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    eprintln!("{n} removed");
+                }
+                SuppressionCmd::Import { file, scope } => {
+                    let input: Box<dyn std::io::Read + Send> = if file.as_os_str() == "-" {
+                        Box::new(std::io::stdin())
+                    } else {
+                        Box::new(
+                            std::fs::File::open(&file)
+                                .with_context(|| format!("cannot open {}", file.display()))?,
+                        )
+                    };
+                    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                        let bar = indicatif::ProgressBar::new_spinner();
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "{spinner} {pos} entries imported ({per_sec})",
+                            )
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                        );
+                        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                        bar
+                    } else {
+                        indicatif::ProgressBar::hidden()
+                    };
+                    let started = std::time::Instant::now();
+                    let n = admin::suppression_import(
+                        store,
+                        std::io::BufReader::new(input),
+                        scope.kind,
+                        scope.subaccount,
+                        &bar,
+                    )
+                    .await
+                    .with_context(|| format!("{}", file.display()))?;
+                    bar.finish_and_clear();
+                    eprintln!(
+                        "{n} entries imported in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                SuppressionCmd::Export {
+                    scope,
+                    all_accounts,
+                } => {
+                    let n =
+                        admin::suppression_export(store, filter(&scope, all_accounts), &mut stdout)
+                            .await?;
+                    eprintln!("{n} entries exported");
+                }
+            },
+            Command::Events { action } => match action {
+                EventsCmd::Tail {
+                    follow,
+                    kind,
+                    lines,
+                } => {
+                    admin::events_tail(store, kind, lines, follow, &mut stdout).await?;
+                }
+                EventsCmd::Replay { since, webhook } => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let since = admin::parse_time(&since, now)
+                        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+                    let sinks: Vec<String> = match &webhook {
+                        Some(url) => {
+                            let hook = config
+                                .webhooks
+                                .iter()
+                                .find(|h| {
+                                    &h.url == url || h.sink_name() == format!("webhook:{url}")
+                                })
+                                .with_context(|| {
+                                    format!("no [[webhook]] with url `{url}` in the configuration")
+                                })?;
+                            vec![hook.sink_name()]
+                        }
+                        None => msys_milter::events::sink::configured(&config)?
+                            .into_iter()
+                            .map(|s| s.spec.name)
+                            .collect(),
+                    };
+                    anyhow::ensure!(
+                        !sinks.is_empty(),
+                        "no [[webhook]] or [events] jsonl configured: nothing to replay to"
+                    );
+                    let n = store.replay(since, &sinks).await?;
+                    eprintln!("{n} events queued again for {}", sinks.join(", "));
+                }
+            },
+            Command::Webhooks {
+                action: WebhooksCmd::Status,
+            } => {
+                store.set_sinks(
+                    msys_milter::events::sink::configured(&config)?
+                        .into_iter()
+                        .map(|s| s.spec)
+                        .collect(),
+                );
+                admin::webhooks_status(store, &mut stdout).await?;
+            }
+            Command::Explain { .. } | Command::CheckConfig { .. } => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_explain(
@@ -133,11 +411,19 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
             .with_context(|| "is another milter running? pick another socket with --socket")?;
         tracing::info!(socket = %config.socket, "msys-milter {} listening", env!("CARGO_PKG_VERSION"));
         let (listener, _socket_file) = socket.into_parts();
+        let store = msys_milter::open_store(&config)?;
+        let ids = Arc::new(IdGenerator::new(config.node_id.0));
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let http = start_http(&config, http_stopped).await?;
-        let daemon = std::sync::Arc::new(Daemon::new(config)?);
+        let http = start_http(&config, &store, &ids, http_stopped).await?;
+        let sinks = start_sinks(&config, &store, &ids)?;
+        let daemon = Arc::new(Daemon::with_store(config, Arc::clone(&store), Arc::clone(&ids))?);
+        tokio::spawn(prune_forever(Arc::clone(&store), Arc::clone(&daemon)));
         if let Some(path) = config_path {
-            tokio::spawn(reload_on_sighup(std::sync::Arc::clone(&daemon), path));
+            tokio::spawn(reload_on_sighup(
+                Arc::clone(&daemon),
+                path,
+                (Arc::clone(&store), Arc::clone(&ids), sinks),
+            ));
         }
         daemon.run(listener, shutdown_signal()).await?;
         let _ = stop_http.send(());
@@ -149,25 +435,46 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
     })
 }
 
-/// Start the tracking endpoint when `[tracking] base_url` is configured.
+/// Start the HTTP endpoint: tracking links when `[tracking] base_url` is configured,
+/// and always /metrics and /healthz. Without tracking, a port already in use is only
+/// a warning.
 async fn start_http(
     config: &Config,
+    store: &Arc<dyn Store>,
+    ids: &Arc<IdGenerator>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
-    let (Some(base_url), Some(keys)) = (
-        &config.tracking.base_url,
-        msys_milter::tracking::Keys::new(&config.tracking.secrets),
-    ) else {
-        return Ok(None);
-    };
+    let keys = config
+        .tracking
+        .base_url
+        .as_ref()
+        .and_then(|_| msys_milter::tracking::Keys::new(&config.tracking.secrets));
     let listen = &config.http.listen;
-    let listener = tokio::net::TcpListener::bind(listen.as_str())
-        .await
-        .with_context(|| format!("cannot listen on {listen} ([http] listen)"))?;
-    tracing::info!(listen = %listen, base_url = %base_url, "tracking endpoint listening");
-    let state = std::sync::Arc::new(msys_milter::http::HttpState {
+    let listener = match tokio::net::TcpListener::bind(listen.as_str()).await {
+        Ok(l) => l,
+        Err(e) if keys.is_none() => {
+            tracing::warn!(listen = %listen, "no /metrics endpoint: cannot listen on {listen} ([http] listen): {e}");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot listen on {listen} ([http] listen)"));
+        }
+    };
+    match &config.tracking.base_url {
+        Some(base_url) => {
+            tracing::info!(listen = %listen, base_url = %base_url, "tracking endpoint listening")
+        }
+        None => {
+            tracing::info!(listen = %listen, "metrics endpoint listening (no [tracking] base_url: no tracking links)")
+        }
+    }
+    let state = Arc::new(msys_milter::http::HttpState {
         keys,
-        sink: std::sync::Arc::new(msys_milter::http::LogSink),
+        sink: Arc::new(msys_milter::http::StoreSink {
+            store: Arc::clone(store),
+            ids: Arc::clone(ids),
+        }),
+        store: Some(Arc::clone(store)),
     });
     let shutdown = async {
         let _ = stopped.await;
@@ -177,11 +484,47 @@ async fn start_http(
     ))))
 }
 
+/// Forget delivered events after `[events] retention_days` and transmissions once their
+/// links have expired; hourly.
+async fn prune_forever(store: Arc<dyn Store>, daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let config = daemon.config();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let events_before = now.saturating_sub(u64::from(config.events.retention_days) * 86_400);
+        let transmissions_before =
+            now.saturating_sub((u64::from(config.tracking.link_expiry_days) + 1) * 86_400);
+        match store.prune(events_before, transmissions_before).await {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "store pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("store pruning failed: {e}"),
+        }
+    }
+}
+
+/// The configured webhooks and JSONL file as sinks, delivering from now on.
+fn start_sinks(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    ids: &Arc<IdGenerator>,
+) -> anyhow::Result<Sinks> {
+    let sinks = msys_milter::events::sink::configured(config)?;
+    for s in &sinks {
+        tracing::info!(sink = %s.spec.name, "event sink");
+    }
+    Ok(Sinks::start(store, ids, sinks))
+}
+
 /// Re-read the configuration file on SIGHUP; a bad file is logged and the running
-/// configuration stays.
+/// configuration stays. Sinks restart with the new list (a batch in flight is sent
+/// again under its id); the JSONL file is reopened at every batch anyway.
 async fn reload_on_sighup(
-    daemon: std::sync::Arc<Daemon>,
+    daemon: Arc<Daemon>,
     (path, socket): (PathBuf, Option<SocketSpec>),
+    (store, ids, mut sinks): (Arc<dyn Store>, Arc<IdGenerator>, Sinks),
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -193,6 +536,13 @@ async fn reload_on_sighup(
             Ok(mut config) => {
                 if let Some(socket) = &socket {
                     config.socket = socket.clone();
+                }
+                match start_sinks(&config, &store, &ids) {
+                    Ok(new) => {
+                        sinks.stop();
+                        sinks = new;
+                    }
+                    Err(e) => tracing::error!("SIGHUP: keeping the running sinks: {e:#}"),
                 }
                 daemon.reload(config);
                 tracing::info!(file = %path.display(), "configuration reloaded");

@@ -2,7 +2,8 @@
 //! a Location header, signed tokens whose target is no web URL, multipart one-click
 //! unsubscribe (RFC 8058 allows it), junk paths.
 
-use msys_milter::http::{EventSink, HttpState, TrackingEvent, serve};
+use msys_milter::events::EventType;
+use msys_milter::http::{EventSink, HttpState, RecordFuture, TrackingEvent, serve};
 use msys_milter::tracking::token::{TokenData, sign};
 use msys_milter::tracking::{Keys, Kind, Links};
 use std::io::{Read, Write};
@@ -12,8 +13,9 @@ use std::sync::{Arc, Mutex};
 struct Recorded(Mutex<Vec<TrackingEvent>>);
 
 impl EventSink for Recorded {
-    fn record(&self, event: TrackingEvent) {
+    fn record(&self, event: TrackingEvent) -> RecordFuture<'_> {
         self.0.lock().unwrap().push(event);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -33,8 +35,9 @@ impl Endpoint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(HttpState {
-            keys: keys.clone(),
+            keys: Some(keys.clone()),
             sink: events.clone(),
+            store: None,
         });
         tokio::spawn(serve(listener, state, std::future::pending()));
         Endpoint { port, events, keys }
@@ -218,7 +221,7 @@ async fn one_click_as_multipart_form_data() {
             events[0].transmission_id,
             events[0].recipient.as_str()
         ),
-        (1, "list_unsubscribe", 9, "who@example.net")
+        (1, EventType::ListUnsubscribe, 9, "who@example.net")
     );
 }
 
@@ -250,7 +253,7 @@ async fn machine_requests_are_flagged() {
         assert_eq!(status, 200);
         let last = e.events().pop().unwrap();
         assert_eq!(
-            (last.machine_open, last.user_agent.as_deref()),
+            (last.visitor.machine, last.visitor.user_agent.as_deref()),
             (machine, agent),
             "{agent:?}"
         );

@@ -1,7 +1,8 @@
 //! The tracking endpoint answering real HTTP requests on loopback: the pixel, redirects
 //! only to signed targets, one-click unsubscribe by POST and never by GET.
 
-use msys_milter::http::{EventSink, HttpState, PIXEL, TrackingEvent, serve};
+use msys_milter::events::EventType;
+use msys_milter::http::{EventSink, HttpState, PIXEL, RecordFuture, TrackingEvent, serve};
 use msys_milter::tracking::{Keys, Links};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,9 @@ use std::sync::{Arc, Mutex};
 struct Recorded(Mutex<Vec<TrackingEvent>>);
 
 impl EventSink for Recorded {
-    fn record(&self, event: TrackingEvent) {
+    fn record(&self, event: TrackingEvent) -> RecordFuture<'_> {
         self.0.lock().unwrap().push(event);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -28,8 +30,9 @@ impl Endpoint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(HttpState {
-            keys: keys.clone(),
+            keys: Some(keys.clone()),
             sink: events.clone(),
+            store: None,
         });
         tokio::spawn(serve(listener, state, std::future::pending()));
         Endpoint { port, events, keys }
@@ -105,9 +108,9 @@ async fn pixel_bytes_and_headers() {
             events[0].transmission_id,
             events[0].recipient.as_str()
         ),
-        ("open", 42, "to@example.org")
+        (EventType::Open, 42, "to@example.org")
     );
-    assert!(!events[0].machine_open);
+    assert!(!events[0].visitor.machine);
     // Gmail's image proxy is flagged.
     e.request(
         "GET",
@@ -116,7 +119,7 @@ async fn pixel_bytes_and_headers() {
         "",
     )
     .await;
-    assert!(e.events()[1].machine_open);
+    assert!(e.events()[1].visitor.machine);
 }
 
 #[tokio::test]
@@ -214,7 +217,7 @@ async fn one_click_unsubscribe_by_post_never_by_get() {
     let events = e.events();
     assert_eq!(
         (events.len(), events[0].kind, events[0].recipient.as_str()),
-        (1, "list_unsubscribe", "to@example.org")
+        (1, EventType::ListUnsubscribe, "to@example.org")
     );
     // An unsubscribe token is no click token, and a bad one is refused.
     assert_eq!(

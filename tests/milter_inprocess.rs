@@ -20,6 +20,9 @@ impl Milter {
     async fn start(toml: &str) -> Milter {
         let mut config = Config::parse(toml, Path::new("test.toml")).unwrap();
         config.socket = SocketSpec::Inet("127.0.0.1:0".into());
+        if config.store.path.is_none() {
+            config.store.path = Some(tempfile::tempdir().unwrap().keep().join("store.db"));
+        }
         let socket = BoundSocket::bind(&config.socket).await.unwrap();
         let addr = socket.local_addr().unwrap();
         let (listener, _guard) = socket.into_parts();

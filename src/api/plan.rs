@@ -207,6 +207,9 @@ pub struct Plan {
     /// The parsed header, when the message had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<SmtpApi>,
+    /// Recipients on the suppression list: delivered nothing (see `suppression.rs`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<PlannedRecipient>,
 }
 
 impl Plan {
@@ -217,11 +220,30 @@ impl Plan {
             .filter(|r| r.delivery == Delivery::AddRecipient)
     }
 
-    /// Envelope recipients moved out of the original into copies of their own.
+    /// Envelope recipients taken out of the original: moved into copies of their own,
+    /// or suppressed.
     pub fn deleted_recipients(&self) -> impl Iterator<Item = &PlannedRecipient> {
         self.recipients
             .iter()
-            .filter(|r| r.rcpt_type == RcptType::To && r.delivery == Delivery::Copy)
+            .filter(|r| r.delivery == Delivery::Copy)
+            .chain(&self.suppressed)
+            .filter(|r| r.rcpt_type == RcptType::To)
+    }
+
+    /// Does the original message itself still go to anyone? When every recipient left
+    /// gets a copy of its own, the original is discarded once the copies are handed over.
+    pub fn original_delivered(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| matches!(r.delivery, Delivery::Original | Delivery::AddRecipient))
+    }
+
+    /// Is the message transactional (`options.transactional`)?
+    pub fn transactional(&self) -> bool {
+        self.api
+            .as_ref()
+            .and_then(|a| a.options.transactional)
+            .unwrap_or(false)
     }
 }
 
@@ -338,6 +360,7 @@ pub fn plan_parsed(
         engagement,
         returning_copy: false,
         api,
+        suppressed: Vec::new(),
     })
 }
 
@@ -373,6 +396,7 @@ fn returning_copy(
         engagement: Engagement::default(),
         returning_copy: true,
         api: None,
+        suppressed: Vec::new(),
     })
 }
 

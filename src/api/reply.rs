@@ -105,6 +105,8 @@ pub enum Rejection {
     TooLarge,
     /// An AMPHTML part outside a multipart/alternative with an HTML or text sibling.
     AmpPlacement,
+    /// Every recipient is on the suppression list.
+    Suppressed,
 }
 
 impl Rejection {
@@ -178,6 +180,11 @@ impl Rejection {
                 "5.6.0",
                 "text/x-amp-html must be inside multipart/alternative",
             ),
+            Rejection::Suppressed => Reply::new(
+                "554",
+                "5.7.1",
+                "recipient address was suppressed due to customer policy",
+            ),
         }
     }
 }
@@ -185,6 +192,12 @@ impl Rejection {
 /// The tempfail reply for an internal failure; the detail goes to the log, not the client.
 pub fn internal_error() -> Reply {
     Reply::new("451", "4.3.0", "internal error, try again later")
+}
+
+/// The tempfail reply when the store cannot be read or written: the message stays with
+/// the MTA until what the milter tells about it can be committed.
+pub fn store_failed() -> Reply {
+    Reply::new("451", "4.3.0", "event store unavailable, try again later")
 }
 
 /// The tempfail reply when copies could not be handed to the MTA.

@@ -102,6 +102,104 @@ impl Default for Http {
     }
 }
 
+/// Where the durable state lives (events outbox, suppression list, transmissions).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// The SQLite file; default: `$STATE_DIRECTORY/msys-milter.db`, else
+    /// `/var/lib/msys-milter/msys-milter.db` when writable, else under the user's data
+    /// directory.
+    pub path: Option<PathBuf>,
+    /// `full` (fsync every commit, survives power loss; the default) or `normal`
+    /// (survives a crash or `kill -9` of the daemon, not a power loss).
+    pub durability: Durability,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// Event output besides webhooks.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// Append every event as one JSON line (a batch item) to this file.
+    pub jsonl: Option<PathBuf>,
+    /// Days delivered events stay in the store (`events tail`, `events replay`).
+    pub retention_days: u32,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            jsonl: None,
+            retention_days: 7,
+        }
+    }
+}
+
+/// A consumer of events in SparkPost's webhook format.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    /// Event types to send (SparkPost's names); default: all.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// HTTP basic auth, `user:password`.
+    #[serde(default)]
+    pub basic: Option<String>,
+    /// A bearer token.
+    #[serde(default)]
+    pub bearer: Option<String>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_batch_wait_ms")]
+    pub batch_wait_ms: u64,
+    /// Hours a failing batch is retried before it is kept as failed.
+    #[serde(default = "default_retry_hours")]
+    pub retry_hours: u64,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+fn default_batch_wait_ms() -> u64 {
+    1000
+}
+
+fn default_retry_hours() -> u64 {
+    72
+}
+
+impl Webhook {
+    /// The sink's name in the store and in `webhooks status`: its URL without
+    /// credentials.
+    pub fn sink_name(&self) -> String {
+        format!("webhook:{}", strip_userinfo(&self.url))
+    }
+}
+
+/// `https://user:pw@host/x` -> `https://host/x`.
+fn strip_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The JSONL file's sink name.
+pub const JSONL_SINK: &str = "jsonl";
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendingDomain {
@@ -141,6 +239,10 @@ pub struct Config {
     pub reinject: Reinject,
     pub tracking: Tracking,
     pub http: Http,
+    pub store: Store,
+    pub events: Events,
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<Webhook>,
     #[serde(rename = "sending_domain")]
     pub sending_domains: Vec<SendingDomain>,
     #[serde(rename = "ip_pool")]
@@ -160,6 +262,9 @@ impl Default for Config {
             reinject: Reinject::default(),
             tracking: Tracking::default(),
             http: Http::default(),
+            store: Store::default(),
+            events: Events::default(),
+            webhooks: Vec::new(),
             sending_domains: Vec::new(),
             ip_pools: Vec::new(),
             dkim_keys: Vec::new(),
@@ -301,6 +406,60 @@ impl Config {
             return Err(invalid(
                 "secret",
                 "secret must be at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+            ));
+        }
+        for hook in &self.webhooks {
+            if !(hook.url.starts_with("https://") || hook.url.starts_with("http://")) {
+                return Err(invalid(
+                    "url",
+                    format!("`{}` is not an http(s) URL", hook.url),
+                ));
+            }
+            if let Some(unknown) = hook
+                .events
+                .iter()
+                .flatten()
+                .find(|e| crate::events::EventType::parse(e).is_none())
+            {
+                let names: Vec<_> = crate::events::EventType::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect();
+                return Err(invalid(
+                    "events",
+                    format!(
+                        "unknown event type `{unknown}`; known: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            if hook.basic.is_some() && hook.bearer.is_some() {
+                return Err(invalid(
+                    "bearer",
+                    "set either `basic` or `bearer`, not both".into(),
+                ));
+            }
+            if hook.basic.as_ref().is_some_and(|b| !b.contains(':')) {
+                return Err(invalid("basic", "basic auth is `user:password`".into()));
+            }
+            if hook.batch_size == 0 || hook.batch_size > 10_000 {
+                return Err(invalid(
+                    "batch_size",
+                    "batch_size must be 1 to 10000".into(),
+                ));
+            }
+            if hook.retry_hours == 0 {
+                return Err(invalid(
+                    "retry_hours",
+                    "retry_hours must be at least 1".into(),
+                ));
+            }
+        }
+        let mut urls = std::collections::HashSet::new();
+        if let Some(hook) = self.webhooks.iter().find(|h| !urls.insert(h.sink_name())) {
+            return Err(invalid(
+                "url",
+                format!("webhook `{}` is configured twice", hook.url),
             ));
         }
         let mut seen = std::collections::HashSet::new();

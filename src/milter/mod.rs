@@ -4,7 +4,9 @@
 pub mod listener;
 pub mod session;
 
-use crate::api::reply::{Reply, copies_failed, internal_error};
+use crate::api::reply::{Reply, copies_failed, internal_error, store_failed};
+use crate::record::{self, Handed, queue_id_of_reply};
+use crate::suppression;
 use bytes::Bytes;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, MacroStage, NegotiateContext, ProtoOpts,
@@ -143,55 +145,147 @@ async fn handle_body(cx: &mut Context<Session>, chunk: Bytes, shared: Arc<Shared
 }
 
 async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
+    let started = std::time::Instant::now();
     let queue_id = queue_id(&cx.macros);
+    let (status, outcome) = end_of_message(cx, &shared, &queue_id).await;
+    crate::metrics::global().message(outcome, started.elapsed().as_secs_f64());
+    status
+}
+
+/// The message's fate, and the outcome's name for the metrics.
+async fn end_of_message(
+    cx: &mut EomContext<Session>,
+    shared: &Shared,
+    queue_id: &str,
+) -> (Status, &'static str) {
     let settings = shared.settings();
-    let Accepted { plan, mut rendered } = match session(&mut cx.data)
-        .end_of_message(&shared, &settings)
-    {
-        Ok(accepted) => accepted,
-        Err(rejection) => {
-            let reply = rejection.reply();
-            let outcome = if reply.is_temporary() {
-                "tempfail"
-            } else {
-                "reject"
-            };
-            tracing::info!(queue_id = %queue_id, outcome, reply = %reply, "{queue_id}: refused");
-            return refuse(cx, &queue_id, &reply);
-        }
+    let refused = |cx: &mut EomContext<Session>, reply: &Reply| {
+        let outcome = if reply.is_temporary() {
+            "tempfail"
+        } else {
+            "reject"
+        };
+        tracing::info!(queue_id = %queue_id, outcome, reply = %reply, "{queue_id}: refused");
+        (refuse(cx, queue_id, reply), outcome)
     };
-    let tid = &plan.transmission_id;
+    let mut planned = match session(&mut cx.data).end_of_message(shared, &settings) {
+        Ok(planned) => planned,
+        Err(rejection) => return refused(cx, &rejection.reply()),
+    };
+    let tid = planned.plan.transmission_id.clone();
+    if let Some((account, kind)) = suppression::scope(&planned.plan) {
+        let addresses = suppression::addresses(&planned.plan);
+        let hits = match shared.store.suppressed(account, kind, &addresses).await {
+            Ok(hits) => hits,
+            Err(e) => {
+                tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: suppression lookup: {e}");
+                return refused(cx, &store_failed());
+            }
+        };
+        crate::metrics::global().suppressed(hits.len());
+        if let Err(rejection) = suppression::apply(&mut planned.plan, &hits) {
+            // Nobody left: the suppressed recipients' events still tell why.
+            let handed = Handed {
+                queue_id: Some(queue_id.to_owned()),
+                ..Handed::default()
+            };
+            if let Err(reply) =
+                commit_events(shared, &planned.plan, &planned.facts, &handed, queue_id).await
+            {
+                return refused(cx, &reply);
+            }
+            return refused(cx, &rejection.reply());
+        }
+    }
+    let Accepted {
+        plan,
+        facts,
+        mut rendered,
+        original_size,
+    } = match planned.render(&settings.config) {
+        Ok(accepted) => accepted,
+        Err(rejection) => return refused(cx, &rejection.reply()),
+    };
     let copies = std::mem::take(&mut rendered.copies);
+    let mut handed = Handed {
+        queue_id: Some(queue_id.to_owned()),
+        original_size,
+        copies: Vec::new(),
+    };
     if !copies.is_empty() {
-        let kinds: Vec<_> = copies.iter().map(|c| (c.to.clone(), c.rcpt_type)).collect();
+        let kinds: Vec<_> = copies
+            .iter()
+            .map(|c| (c.to.clone(), c.rcpt_type, c.bytes.len()))
+            .collect();
         match settings.reinjector.hand_over_all(copies).await {
             Ok(replies) => {
-                for ((to, kind), reply) in kinds.iter().zip(&replies) {
+                crate::metrics::global().copies(replies.len());
+                for ((to, kind, size), reply) in kinds.iter().zip(&replies) {
                     tracing::info!(queue_id = %queue_id, transmission_id = %tid, rcpt_type = kind.as_str(), rcpt = %to, mta_reply = %reply, "{queue_id}: copy handed over");
+                    handed.copies.push((queue_id_of_reply(reply), *size));
                 }
             }
             Err(e) => {
                 tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: {e}");
-                return refuse(cx, &queue_id, &copies_failed());
+                return refused(cx, &copies_failed());
             }
         }
     }
-    match apply(&plan, &rendered, &cx.actions).await {
+    if let Err(e) = apply(&plan, &rendered, &cx.actions).await {
+        tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: milter action failed: {e}");
+        return refused(cx, &internal_error());
+    }
+    // The MTA applies the actions only once we accept: events first, then the answer.
+    if !plan.returning_copy
+        && let Err(reply) = commit_events(shared, &plan, &facts, &handed, queue_id).await
+    {
+        return refused(cx, &reply);
+    }
+    let (status, outcome) = if plan.original_delivered() || plan.returning_copy {
+        (Status::Continue, "accept")
+    } else {
+        // Every recipient got a copy of its own: the original goes to nobody.
+        (Status::Discard, "discard")
+    };
+    tracing::info!(
+        queue_id = %queue_id,
+        transmission_id = %tid,
+        outcome = if plan.returning_copy { "returning copy passed" } else { outcome },
+        added_rcpts = plan.added_recipients().count(),
+        copies = plan.copies.len(),
+        suppressed = plan.suppressed.len(),
+        mail_from = plan.mail_from.as_deref().unwrap_or("(unchanged)"),
+        "{queue_id}: accepted"
+    );
+    (status, outcome)
+}
+
+/// Commit what the milter tells about the message; a store failure is a tempfail.
+async fn commit_events(
+    shared: &Shared,
+    plan: &crate::api::Plan,
+    facts: &crate::api::MessageFacts,
+    handed: &Handed,
+    queue_id: &str,
+) -> Result<(), Reply> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let tid = &plan.transmission_id;
+    let commit = record::accepted(plan, facts, handed, now_ms, || shared.ids.next())
+        .map_err(|e| {
+            tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: no event id: {e}");
+            internal_error()
+        })?;
+    let kinds: Vec<&'static str> = commit.events.iter().map(|e| e.kind.as_str()).collect();
+    match shared.store.commit(commit).await {
         Ok(()) => {
-            tracing::info!(
-                queue_id = %queue_id,
-                transmission_id = %tid,
-                outcome = if plan.returning_copy { "returning copy passed" } else { "accept" },
-                added_rcpts = plan.added_recipients().count(),
-                copies = plan.copies.len(),
-                mail_from = plan.mail_from.as_deref().unwrap_or("(unchanged)"),
-                "{queue_id}: accepted"
-            );
-            Status::Continue
+            crate::metrics::global().events(kinds);
+            Ok(())
         }
         Err(e) => {
-            tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: milter action failed: {e}");
-            refuse(cx, &queue_id, &internal_error())
+            tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: events not committed: {e}");
+            Err(store_failed())
         }
     }
 }

@@ -9,13 +9,15 @@ use crate::config::Config;
 use crate::ids::IdGenerator;
 use crate::reinject::Reinjector;
 use crate::render::{Rendered, render};
+use crate::store::Store;
 use indymilter::{ActionError, ContextActions, EomActions, ProtoOpts};
 use std::io::Read as _;
 use std::sync::{Arc, RwLock};
 
 /// State shared by all sessions.
 pub struct Shared {
-    pub ids: IdGenerator,
+    pub ids: Arc<IdGenerator>,
+    pub store: Arc<dyn Store>,
     settings: RwLock<Arc<Settings>>,
     /// The marker secret made at start when none is configured; kept across reloads so
     /// copies in flight stay recognisable.
@@ -29,12 +31,17 @@ pub struct Settings {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> std::io::Result<Self> {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        ids: Arc<IdGenerator>,
+    ) -> std::io::Result<Self> {
         let mut key = [0u8; 32];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
         let generated_secret: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let shared = Self {
-            ids: IdGenerator::new(config.node_id.0),
+            ids,
+            store,
             settings: RwLock::new(Arc::new(Settings::new(config, &generated_secret))),
             generated_secret,
         };
@@ -110,10 +117,54 @@ pub enum BodyReply {
     Skip,
 }
 
+/// A message that passed the checks of the header: its plan, before suppression and
+/// rendering.
+pub struct Planned {
+    pub plan: Plan,
+    pub facts: MessageFacts,
+    body: Vec<u8>,
+    body_too_large: bool,
+}
+
 /// An accepted message: the plan, and the bytes of its copies and new body.
 pub struct Accepted {
     pub plan: Plan,
+    pub facts: MessageFacts,
     pub rendered: Rendered,
+    /// Size of the original as it leaves (headers and body), when the body was read.
+    pub original_size: Option<usize>,
+}
+
+impl Planned {
+    /// Render the original's changes and every copy.
+    pub fn render(self, config: &Config) -> Result<Accepted, Rejection> {
+        let Planned {
+            plan,
+            facts,
+            body,
+            body_too_large,
+        } = self;
+        let body_work = !plan.copies.is_empty() || plan.engagement.rewrites_body();
+        if body_too_large && body_work {
+            return Err(Rejection::TooLarge);
+        }
+        // A body kept only for the AMPHTML check but too large for it passes unchecked.
+        let rendered = render(&plan, &facts, &body, config, facts.received_at)?;
+        let original_size = (!body_too_large && !body.is_empty()).then(|| {
+            let headers: usize = facts
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len() + 4)
+                .sum();
+            headers + rendered.original_body.as_ref().map_or(body.len(), Vec::len)
+        });
+        Ok(Accepted {
+            plan,
+            facts,
+            rendered,
+            original_size,
+        })
+    }
 }
 
 impl Session {
@@ -186,13 +237,13 @@ impl Session {
         }
     }
 
-    /// Decide the message's fate: the plan and its copies, or the rejection whose reply
-    /// the MTA gives. The session is reset for the next message.
+    /// The message's plan, or the rejection whose reply the MTA gives. The session is
+    /// reset for the next message.
     pub fn end_of_message(
         &mut self,
         shared: &Shared,
         settings: &Settings,
-    ) -> Result<Accepted, Rejection> {
+    ) -> Result<Planned, Rejection> {
         let this = self.reset();
         let config = &settings.config;
         let parsed = this
@@ -203,13 +254,12 @@ impl Session {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let plan = plan_parsed(&facts, parsed, config, || shared.ids.next())?;
-        let body_work = !plan.copies.is_empty() || plan.engagement.rewrites_body();
-        if this.body_state == Body::TooLarge && body_work {
-            return Err(Rejection::TooLarge);
-        }
-        // A body kept only for the AMPHTML check but too large for it passes unchecked.
-        let rendered = render(&plan, &facts, &this.body, config, facts.received_at)?;
-        Ok(Accepted { plan, rendered })
+        Ok(Planned {
+            plan,
+            facts,
+            body: this.body,
+            body_too_large: this.body_state == Body::TooLarge,
+        })
     }
 
     pub fn abort(&mut self) {

@@ -10,8 +10,18 @@ use std::rc::Rc;
 pub trait LinkMaker {
     /// The tracked URL of the `index`th tracked link, leading to `target`.
     fn click(&self, index: u16, target: &str) -> String;
-    /// The open pixel's URL.
+    /// The open pixel's URL (placed before `</body>`).
     fn open(&self) -> String;
+    /// The URL of the pixel at the top of the body (`initial_open`, which fires even
+    /// when a client clips a long message); empty: no such pixel.
+    fn initial_open(&self) -> String {
+        String::new()
+    }
+    /// The tracked URL of a link marked `data-msys-unsubscribe="1"`: it redirects like
+    /// any tracked link and also unsubscribes the recipient.
+    fn unsubscribe_click(&self, index: u16, target: &str) -> String {
+        self.click(index, target)
+    }
 }
 
 impl LinkMaker for crate::tracking::Links<'_> {
@@ -21,6 +31,19 @@ impl LinkMaker for crate::tracking::Links<'_> {
     fn open(&self) -> String {
         crate::tracking::Links::open(self)
     }
+    fn initial_open(&self) -> String {
+        crate::tracking::Links::initial_open(self)
+    }
+    fn unsubscribe_click(&self, index: u16, target: &str) -> String {
+        crate::tracking::Links::unsubscribe_click(self, index, target)
+    }
+}
+
+/// A 1x1 tracking image.
+fn pixel_img(url: &str) -> String {
+    format!(
+        "<img src=\"{url}\" width=\"1\" height=\"1\" alt=\"\" border=\"0\" style=\"height:1px !important;width:1px !important;border-width:0 !important;margin:0 !important;padding:0 !important\" />"
+    )
 }
 
 /// What to do to an HTML part.
@@ -110,11 +133,14 @@ pub fn rewrite_html(
     let index = Cell::new(0u16);
     let pixel_placed = Rc::new(Cell::new(false));
     let pixel = RefCell::new(String::new());
+    let initial_pixel = RefCell::new(String::new());
+    let initial_placed = Cell::new(false);
     if opts.open_tracking {
-        *pixel.borrow_mut() = format!(
-            "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" border=\"0\" style=\"height:1px !important;width:1px !important;border-width:0 !important;margin:0 !important;padding:0 !important\" />",
-            links.open()
-        );
+        *pixel.borrow_mut() = pixel_img(&links.open());
+        let initial = links.initial_open();
+        if !initial.is_empty() {
+            *initial_pixel.borrow_mut() = pixel_img(&initial);
+        }
     }
     let mut settings = RewriteStrSettings::new();
     if opts.click_tracking {
@@ -130,9 +156,16 @@ pub fn rewrite_html(
                 return Ok(());
             };
             let target = link_target(&href);
+            let unsubscribe = el
+                .get_attribute("data-msys-unsubscribe")
+                .is_some_and(|v| v.trim() == "1");
             // A URL too long for a token stays untracked rather than being cut.
             if is_web_url(&target) && target.len() <= crate::tracking::token::MAX_URL_LEN {
-                let tracked = links.click(index.get(), &target);
+                let tracked = if unsubscribe {
+                    links.unsubscribe_click(index.get(), &target)
+                } else {
+                    links.click(index.get(), &target)
+                };
                 index.set(index.get().saturating_add(1));
                 el.set_attribute("href", &tracked)?;
             }
@@ -141,6 +174,9 @@ pub fn rewrite_html(
     }
     if opts.open_tracking {
         settings = settings.append_element_content_handler(element!("body", |el| {
+            if !initial_pixel.borrow().is_empty() && !initial_placed.replace(true) {
+                el.prepend(&initial_pixel.borrow(), ContentType::Html);
+            }
             if let Some(handlers) = el.end_tag_handlers() {
                 let pixel = pixel.borrow().clone();
                 let placed = Rc::clone(&pixel_placed);
@@ -159,6 +195,10 @@ pub fn rewrite_html(
     let mut out = rewrite_str(&html, settings).map_err(|e| HtmlError::Rewrite(e.to_string()))?;
     if opts.open_tracking && !pixel_placed.get() {
         out.push_str(&pixel.borrow());
+    }
+    if opts.open_tracking && !initial_placed.get() {
+        // No <body> element: the first pixel goes first.
+        out.insert_str(0, &initial_pixel.borrow());
     }
     Ok(out)
 }

@@ -39,8 +39,8 @@ impl Links<'_> {
             },
         );
         let path = match kind {
-            Kind::Open => "o",
-            Kind::Click => "c",
+            Kind::Open | Kind::InitialOpen => "o",
+            Kind::Click | Kind::UnsubscribeClick => "c",
             Kind::Unsubscribe => "u",
         };
         format!("{}/{path}/{token}", self.base_url.trim_end_matches('/'))
@@ -54,6 +54,16 @@ impl Links<'_> {
     /// The tracked URL of the `index`th link, redirecting to `target`.
     pub fn click(&self, index: u16, target: &str) -> String {
         self.url(Kind::Click, index, target)
+    }
+
+    /// The URL of the pixel at the top of the body.
+    pub fn initial_open(&self) -> String {
+        self.url(Kind::InitialOpen, 0, "")
+    }
+
+    /// The tracked URL of an unsubscribe link, redirecting to `target`.
+    pub fn unsubscribe_click(&self, index: u16, target: &str) -> String {
+        self.url(Kind::UnsubscribeClick, index, target)
     }
 
     /// The one-click unsubscribe URL (RFC 8058).

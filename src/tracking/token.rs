@@ -28,7 +28,12 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Open,
+    /// The pixel at the top of the body.
+    InitialOpen,
     Click,
+    /// A link marked `data-msys-unsubscribe="1"`: a click that also unsubscribes.
+    UnsubscribeClick,
+    /// The List-Unsubscribe URL (RFC 8058 one-click).
     Unsubscribe,
 }
 
@@ -36,7 +41,9 @@ impl Kind {
     fn byte(self) -> u8 {
         match self {
             Kind::Open => b'o',
+            Kind::InitialOpen => b'i',
             Kind::Click => b'c',
+            Kind::UnsubscribeClick => b'l',
             Kind::Unsubscribe => b'u',
         }
     }
@@ -44,7 +51,9 @@ impl Kind {
     fn from_byte(b: u8) -> Option<Kind> {
         match b {
             b'o' => Some(Kind::Open),
+            b'i' => Some(Kind::InitialOpen),
             b'c' => Some(Kind::Click),
+            b'l' => Some(Kind::UnsubscribeClick),
             b'u' => Some(Kind::Unsubscribe),
             _ => None,
         }

@@ -19,6 +19,9 @@ pub struct Milter {
     config: tempfile::NamedTempFile,
     log: std::path::PathBuf,
     env: Vec<(String, String)>,
+    /// The daemon's state directory (`$STATE_DIRECTORY`): its own store, kept across
+    /// restarts.
+    pub state: tempfile::TempDir,
 }
 
 impl Milter {
@@ -56,6 +59,7 @@ impl Milter {
             config,
             log,
             env,
+            state: tempfile::tempdir().unwrap(),
         };
         milter.spawn();
         milter
@@ -68,6 +72,7 @@ impl Milter {
             .open(&self.log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_msys-milter"))
+            .env("STATE_DIRECTORY", self.state.path())
             .envs(self.env.iter().cloned())
             .arg("--config")
             .arg(self.config.path())
@@ -163,6 +168,9 @@ pub async fn start_in_process(toml: &str) -> std::net::SocketAddr {
     use msys_milter::config::{Config, SocketSpec};
     let mut config = Config::parse(toml, Path::new("test.toml")).unwrap();
     config.socket = SocketSpec::Inet("127.0.0.1:0".into());
+    if config.store.path.is_none() {
+        config.store.path = Some(tempfile::tempdir().unwrap().keep().join("store.db"));
+    }
     let socket = msys_milter::milter::BoundSocket::bind(&config.socket)
         .await
         .unwrap();

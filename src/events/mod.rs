@@ -1,0 +1,464 @@
+//! Events in SparkPost's webhook format (pure): what happened to a message, built from
+//! the facts of its transmission, serialised exactly as SparkPost's consumers parse it.
+//! Every scalar is a JSON string; `timestamp` is Unix seconds; `rcpt_meta` an object
+//! and `rcpt_tags` an array, also when empty.
+
+pub mod sink;
+pub mod webhook;
+
+use serde_json::{Map, Value};
+
+/// SparkPost's event types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Injection,
+    Delivery,
+    Bounce,
+    Delay,
+    OutOfBand,
+    SpamComplaint,
+    PolicyRejection,
+    Open,
+    InitialOpen,
+    Click,
+    ListUnsubscribe,
+    LinkUnsubscribe,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 12] = [
+        EventType::Injection,
+        EventType::Delivery,
+        EventType::Bounce,
+        EventType::Delay,
+        EventType::OutOfBand,
+        EventType::SpamComplaint,
+        EventType::PolicyRejection,
+        EventType::Open,
+        EventType::InitialOpen,
+        EventType::Click,
+        EventType::ListUnsubscribe,
+        EventType::LinkUnsubscribe,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Injection => "injection",
+            EventType::Delivery => "delivery",
+            EventType::Bounce => "bounce",
+            EventType::Delay => "delay",
+            EventType::OutOfBand => "out_of_band",
+            EventType::SpamComplaint => "spam_complaint",
+            EventType::PolicyRejection => "policy_rejection",
+            EventType::Open => "open",
+            EventType::InitialOpen => "initial_open",
+            EventType::Click => "click",
+            EventType::ListUnsubscribe => "list_unsubscribe",
+            EventType::LinkUnsubscribe => "link_unsubscribe",
+        }
+    }
+
+    /// The batch item's category key (`{"msys": {"<category>": {...}}}`).
+    pub fn category(self) -> &'static str {
+        match self {
+            EventType::Open | EventType::InitialOpen | EventType::Click => "track_event",
+            EventType::ListUnsubscribe | EventType::LinkUnsubscribe => "unsubscribe_event",
+            _ => "message_event",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SparkPost's documented limit of `rcpt_meta` on open and click events.
+pub const TRACK_META_LIMIT: usize = 1000;
+
+/// The reply SparkPost gives (and reports) for a suppressed recipient.
+pub const SUPPRESSED_REASON: &str =
+    "554 5.7.1 recipient address was suppressed due to customer policy";
+
+/// One event, ready to store and deliver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event_id: u64,
+    pub kind: EventType,
+    pub timestamp: u64,
+    pub transmission_id: String,
+    /// The event's fields in SparkPost's names, `type`, `event_id` and `timestamp`
+    /// included, in the order they are written.
+    pub fields: Map<String, Value>,
+}
+
+impl Event {
+    /// The batch item: `{"msys": {"<category>": {...}}}`.
+    pub fn to_item(&self) -> Value {
+        let mut category = Map::new();
+        category.insert(
+            self.kind.category().to_owned(),
+            Value::Object(self.fields.clone()),
+        );
+        let mut msys = Map::new();
+        msys.insert("msys".to_owned(), Value::Object(category));
+        Value::Object(msys)
+    }
+
+    pub fn to_json(&self) -> String {
+        self.to_item().to_string()
+    }
+
+    pub fn rcpt_to(&self) -> Option<&str> {
+        self.fields.get("rcpt_to").and_then(Value::as_str)
+    }
+}
+
+/// What every event of one transmission shares (stored at injection, so events from the
+/// HTTP endpoint can join it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transmission {
+    pub transmission_id: String,
+    pub campaign_id: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: Map<String, Value>,
+    pub subaccount_id: Option<u64>,
+    /// The From: header's address.
+    pub friendly_from: Option<String>,
+    /// The envelope sender as delivered (the bounce address).
+    pub msg_from: String,
+    pub subject: Option<String>,
+    pub ip_pool: Option<String>,
+    /// Unix milliseconds of the injection.
+    pub injection_ms: u64,
+    pub transactional: bool,
+    pub sandbox: bool,
+}
+
+impl Transmission {
+    /// The stored form: the shared fields as a JSON object.
+    pub fn to_json(&self) -> String {
+        let mut m = Map::new();
+        m.insert("transmission_id".into(), s(&self.transmission_id));
+        put_opt(&mut m, "campaign_id", self.campaign_id.as_deref());
+        m.insert(
+            "rcpt_tags".into(),
+            Value::Array(self.tags.iter().map(s).collect()),
+        );
+        m.insert("rcpt_meta".into(), Value::Object(self.metadata.clone()));
+        if let Some(id) = self.subaccount_id {
+            m.insert("subaccount_id".into(), s(id.to_string()));
+        }
+        put_opt(&mut m, "friendly_from", self.friendly_from.as_deref());
+        m.insert("msg_from".into(), s(&self.msg_from));
+        put_opt(&mut m, "subject", self.subject.as_deref());
+        put_opt(&mut m, "ip_pool", self.ip_pool.as_deref());
+        m.insert("injection_ms".into(), s(self.injection_ms.to_string()));
+        m.insert("transactional".into(), flag(self.transactional));
+        m.insert("sandbox".into(), Value::Bool(self.sandbox));
+        Value::Object(m).to_string()
+    }
+
+    /// Read the stored form back; `None` when it is not ours.
+    pub fn from_json(text: &str) -> Option<Transmission> {
+        let Value::Object(m) = serde_json::from_str::<Value>(text).ok()? else {
+            return None;
+        };
+        let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+        Some(Transmission {
+            transmission_id: text("transmission_id")?,
+            campaign_id: text("campaign_id"),
+            tags: m
+                .get("rcpt_tags")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            metadata: m
+                .get("rcpt_meta")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            subaccount_id: text("subaccount_id").and_then(|v| v.parse().ok()),
+            friendly_from: text("friendly_from"),
+            msg_from: text("msg_from").unwrap_or_default(),
+            subject: text("subject"),
+            ip_pool: text("ip_pool"),
+            injection_ms: text("injection_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default(),
+            transactional: text("transactional").as_deref() == Some("1"),
+            sandbox: m.get("sandbox").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+}
+
+/// One recipient of one delivered message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recipient {
+    /// As given (RCPT TO or the header's list).
+    pub raw: String,
+    /// `cc`, `bcc`, `archive`; `None` for a primary recipient.
+    pub rcpt_type: Option<&'static str>,
+    /// The delivered message's own id (the original and each copy differ).
+    pub message_id: String,
+    /// The MTA's queue id of the delivered message, when known.
+    pub queue_id: Option<String>,
+    /// Size in bytes of the delivered message, when known.
+    pub msg_size: Option<usize>,
+}
+
+/// An event's id and time, from outside (the id generator and the clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub event_id: u64,
+    pub timestamp: u64,
+}
+
+fn s(v: impl AsRef<str>) -> Value {
+    Value::String(v.as_ref().to_owned())
+}
+
+fn flag(b: bool) -> Value {
+    s(if b { "1" } else { "0" })
+}
+
+fn put_opt(m: &mut Map<String, Value>, key: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        m.insert(key.into(), s(v));
+    }
+}
+
+/// `2026-12-01T14:25:07.000Z` from Unix milliseconds.
+pub fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, mo, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Howard Hinnant's days-to-civil conversion (proleptic Gregorian calendar).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `rcpt_meta` cut to at most `limit` bytes of JSON: whole keys, in order, as many as
+/// fit, so consumers still get an object.
+pub fn truncate_meta(meta: &Map<String, Value>, limit: usize) -> Map<String, Value> {
+    if Value::Object(meta.clone()).to_string().len() <= limit {
+        return meta.clone();
+    }
+    let mut out = Map::new();
+    let mut size = 2; // `{}`
+    for (k, v) in meta {
+        let entry = serde_json::to_string(k).unwrap_or_default().len()
+            + 1
+            + v.to_string().len()
+            + usize::from(!out.is_empty());
+        if size + entry > limit {
+            break;
+        }
+        size += entry;
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+/// The domain of an address, lower-cased.
+fn routing_domain(rcpt: &str) -> Option<String> {
+    rcpt.rsplit_once('@').map(|(_, d)| d.to_lowercase())
+}
+
+/// The fields every event of a recipient starts with.
+fn base(
+    kind: EventType,
+    stamp: Stamp,
+    t: &Transmission,
+    rcpt: &str,
+    meta_limit: Option<usize>,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), s(kind.as_str()));
+    m.insert("event_id".into(), s(stamp.event_id.to_string()));
+    m.insert("timestamp".into(), s(stamp.timestamp.to_string()));
+    m.insert("transmission_id".into(), s(&t.transmission_id));
+    m.insert("rcpt_to".into(), s(rcpt.to_lowercase()));
+    put_opt(&mut m, "campaign_id", t.campaign_id.as_deref());
+    m.insert(
+        "rcpt_tags".into(),
+        Value::Array(t.tags.iter().map(s).collect()),
+    );
+    let meta = match meta_limit {
+        Some(limit) => truncate_meta(&t.metadata, limit),
+        None => t.metadata.clone(),
+    };
+    m.insert("rcpt_meta".into(), Value::Object(meta));
+    if let Some(id) = t.subaccount_id {
+        m.insert("subaccount_id".into(), s(id.to_string()));
+    }
+    put_opt(&mut m, "friendly_from", t.friendly_from.as_deref());
+    if !t.msg_from.is_empty() {
+        m.insert("msg_from".into(), s(&t.msg_from));
+    }
+    put_opt(&mut m, "subject", t.subject.as_deref());
+    put_opt(&mut m, "ip_pool", t.ip_pool.as_deref());
+    put_opt(&mut m, "routing_domain", routing_domain(rcpt).as_deref());
+    if t.injection_ms > 0 {
+        m.insert("injection_time".into(), s(iso8601(t.injection_ms)));
+    }
+    m.insert("transactional".into(), flag(t.transactional));
+    if t.sandbox {
+        m.insert("sandbox".into(), s("true"));
+    }
+    m
+}
+
+fn event(kind: EventType, stamp: Stamp, t: &Transmission, fields: Map<String, Value>) -> Event {
+    Event {
+        event_id: stamp.event_id,
+        kind,
+        timestamp: stamp.timestamp,
+        transmission_id: t.transmission_id.clone(),
+        fields,
+    }
+}
+
+/// The fields of one delivered message to one recipient.
+fn message_fields(m: &mut Map<String, Value>, r: &Recipient) {
+    m.insert("raw_rcpt_to".into(), s(&r.raw));
+    put_opt(m, "rcpt_type", r.rcpt_type);
+    m.insert("message_id".into(), s(&r.message_id));
+    put_opt(m, "queue_id", r.queue_id.as_deref());
+}
+
+/// `injection`: the message was accepted for this recipient.
+pub fn injection(stamp: Stamp, t: &Transmission, r: &Recipient) -> Event {
+    let mut m = base(EventType::Injection, stamp, t, &r.raw, None);
+    message_fields(&mut m, r);
+    if let Some(size) = r.msg_size {
+        m.insert("msg_size".into(), s(size.to_string()));
+    }
+    m.insert("recv_method".into(), s("esmtp"));
+    event(EventType::Injection, stamp, t, m)
+}
+
+/// `bounce` for a recipient on the suppression list (after its `injection`), as
+/// SparkPost reports it: bounce class 25, error code 554.
+pub fn suppressed(stamp: Stamp, t: &Transmission, r: &Recipient) -> Event {
+    let mut m = base(EventType::Bounce, stamp, t, &r.raw, None);
+    message_fields(&mut m, r);
+    m.insert("bounce_class".into(), s("25"));
+    m.insert("error_code".into(), s("554"));
+    m.insert("reason".into(), s(SUPPRESSED_REASON));
+    m.insert("raw_reason".into(), s(SUPPRESSED_REASON));
+    m.insert("num_retries".into(), s("0"));
+    event(EventType::Bounce, stamp, t, m)
+}
+
+/// What a request to the HTTP endpoint tells about who made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Visitor {
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+    /// A privacy proxy or link scanner rather than a person.
+    pub machine: bool,
+}
+
+/// `open`, `initial_open` or `click` (`target` for clicks).
+pub fn track(
+    kind: EventType,
+    stamp: Stamp,
+    t: &Transmission,
+    rcpt: &str,
+    visitor: &Visitor,
+    target: Option<&str>,
+) -> Event {
+    let mut m = base(kind, stamp, t, rcpt, Some(TRACK_META_LIMIT));
+    put_opt(&mut m, "user_agent", visitor.user_agent.as_deref());
+    put_opt(&mut m, "ip_address", visitor.ip_address.as_deref());
+    put_opt(&mut m, "target_link_url", target);
+    m.insert("machine_open".into(), s(visitor.machine.to_string()));
+    event(kind, stamp, t, m)
+}
+
+/// `list_unsubscribe` (one-click or mailto:) or `link_unsubscribe`.
+pub fn unsubscribe(
+    kind: EventType,
+    stamp: Stamp,
+    t: &Transmission,
+    rcpt: &str,
+    visitor: Option<&Visitor>,
+) -> Event {
+    let mut m = base(kind, stamp, t, rcpt, None);
+    m.insert("mailfrom".into(), s(rcpt));
+    if kind == EventType::LinkUnsubscribe
+        && let Some(ua) = visitor.and_then(|v| v.user_agent.as_deref())
+    {
+        m.insert("user_agent".into(), s(ua));
+    }
+    event(kind, stamp, t, m)
+}
+
+/// A batch as POSTed: a JSON array of items, from their stored JSON texts.
+pub fn batch_body<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push(']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_796_135_107_000), "2026-12-01T14:25:07.000Z");
+        assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    #[test]
+    fn meta_truncation_keeps_whole_keys() {
+        let mut meta = Map::new();
+        for i in 0..100 {
+            meta.insert(format!("key{i:02}"), Value::String("x".repeat(20)));
+        }
+        let cut = truncate_meta(&meta, TRACK_META_LIMIT);
+        let text = Value::Object(cut.clone()).to_string();
+        assert!(text.len() <= TRACK_META_LIMIT, "{}", text.len());
+        assert!(cut.len() > 20 && cut.len() < 100);
+        assert_eq!(cut.keys().next().map(String::as_str), Some("key00"));
+        let small: Map<String, Value> = serde_json::from_str(r#"{"a":1}"#).unwrap();
+        assert_eq!(truncate_meta(&small, TRACK_META_LIMIT), small);
+    }
+}

@@ -1,0 +1,205 @@
+//! Delivering each sink's queue: one task per sink, one batch in flight at a time (so
+//! order is kept), retried with exponential back-off and jitter until acknowledged or
+//! the retry period is over; then the batch is kept as failed, never dropped. A dead
+//! sink only holds back itself: mail never waits for a sink.
+
+use super::webhook::Target;
+use crate::ids::IdGenerator;
+use crate::store::{SinkSpec, Store};
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// Longest wait between two attempts (SparkPost's cap).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// How often a sink looks for events committed by another process (the CLI's replay).
+const POLL: Duration = Duration::from_secs(1);
+
+/// One sink and how it batches.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub spec: SinkSpec,
+    pub target: Target,
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+    /// How long a batch is retried before it is kept as failed.
+    pub retry_for: Duration,
+}
+
+/// The sinks a configuration asks for: every `[[webhook]]`, and `[events] jsonl`.
+pub fn configured(config: &crate::Config) -> Result<Vec<SinkConfig>, reqwest::Error> {
+    use super::webhook::Auth;
+    let mut out = Vec::new();
+    for hook in &config.webhooks {
+        let auth = match (&hook.basic, &hook.bearer) {
+            (Some(b), _) => Auth::Basic(b.clone()),
+            (None, Some(t)) => Auth::Bearer(t.clone()),
+            (None, None) => Auth::None,
+        };
+        out.push(SinkConfig {
+            spec: SinkSpec {
+                name: hook.sink_name(),
+                types: hook.events.as_ref().map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|n| super::EventType::parse(n))
+                        .collect()
+                }),
+            },
+            target: Target::webhook(&hook.url, auth)?,
+            batch_size: hook.batch_size,
+            batch_wait: Duration::from_millis(hook.batch_wait_ms),
+            retry_for: Duration::from_secs(hook.retry_hours * 3600),
+        });
+    }
+    if let Some(path) = &config.events.jsonl {
+        out.push(SinkConfig {
+            spec: SinkSpec {
+                name: crate::config::JSONL_SINK.to_owned(),
+                types: None,
+            },
+            target: Target::Jsonl(path.clone()),
+            batch_size: 1000,
+            batch_wait: Duration::from_millis(200),
+            retry_for: Duration::from_secs(72 * 3600),
+        });
+    }
+    Ok(out)
+}
+
+/// The running sink tasks; dropping it stops them (a batch in flight is retried later
+/// under the same id).
+pub struct Sinks {
+    tasks: JoinSet<()>,
+}
+
+impl Sinks {
+    /// Register the sinks with the store and start delivering.
+    pub fn start(store: &Arc<dyn Store>, ids: &Arc<IdGenerator>, sinks: Vec<SinkConfig>) -> Sinks {
+        store.set_sinks(sinks.iter().map(|s| s.spec.clone()).collect());
+        let mut tasks = JoinSet::new();
+        for sink in sinks {
+            tasks.spawn(run(Arc::clone(store), Arc::clone(ids), sink));
+        }
+        Sinks { tasks }
+    }
+
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+impl Drop for Sinks {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A random number (the standard library's per-instance hasher keys are random).
+fn random() -> u64 {
+    std::hash::RandomState::new().build_hasher().finish()
+}
+
+/// Wait before attempt `attempts + 1`: 1 s doubling up to [`MAX_BACKOFF`], a random
+/// part in [half, full] so many hosts do not retry in step.
+pub fn backoff(attempts: u32) -> Duration {
+    let full = Duration::from_secs(1u64 << attempts.min(10)).min(MAX_BACKOFF);
+    let half = full / 2;
+    let spread = u64::try_from(half.as_millis()).unwrap_or(0).max(1);
+    half + Duration::from_millis(random() % (spread + 1))
+}
+
+async fn run(store: Arc<dyn Store>, ids: Arc<IdGenerator>, sink: SinkConfig) {
+    let name = sink.spec.name.as_str();
+    let committed = store.committed();
+    loop {
+        let new_id = match ids.next() {
+            Ok(id) => id.to_string(),
+            Err(e) => {
+                tracing::error!(sink = name, "no batch id: {e}");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        let batch = match store
+            .next_batch(name, sink.batch_size, &new_id, now())
+            .await
+        {
+            Ok(Some(batch)) => batch,
+            Ok(None) => {
+                // Nothing pending: wait for a commit, then let a batch fill up.
+                let notified = committed.notified();
+                let _ = tokio::time::timeout(POLL, notified).await;
+                tokio::time::sleep(sink.batch_wait).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(sink = name, "cannot read the queue: {e}");
+                tokio::time::sleep(POLL * 5).await;
+                continue;
+            }
+        };
+        if let Some(at) = batch.next_attempt {
+            let wait = at.saturating_sub(now());
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+        let started = std::time::Instant::now();
+        match sink.target.deliver(&batch.batch_id, &batch.items).await {
+            Ok(()) => {
+                tracing::debug!(sink = name, batch_id = %batch.batch_id, events = batch.items.len(), ms = started.elapsed().as_millis() as u64, "batch delivered");
+                crate::metrics::global().sink_delivered(name, batch.items.len());
+                if let Err(e) = store.batch_delivered(name, &batch.batch_id).await {
+                    // It will be sent again under the same id: consumers dedupe.
+                    tracing::error!(sink = name, batch_id = %batch.batch_id, "delivered, but cannot record it: {e}");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            Err(error) => {
+                let now = now();
+                let since = batch.failing_since.unwrap_or(now);
+                let give_up = now.saturating_sub(since) >= sink.retry_for.as_secs();
+                let wait = backoff(batch.attempts);
+                crate::metrics::global().sink_failed(name);
+                if give_up {
+                    tracing::error!(sink = name, batch_id = %batch.batch_id, events = batch.items.len(), "giving up after {} attempts (kept as failed; `msys-milter events replay` sends it again): {error}", batch.attempts + 1);
+                } else {
+                    tracing::warn!(sink = name, batch_id = %batch.batch_id, attempt = batch.attempts + 1, retry_in_s = wait.as_secs(), "batch not delivered: {error}");
+                }
+                let next = now + wait.as_secs().max(1);
+                if let Err(e) = store
+                    .batch_failed(name, &batch.batch_id, &error, now, next, give_up)
+                    .await
+                {
+                    tracing::error!(sink = name, "cannot record the failure: {e}");
+                }
+                if !give_up {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        for attempts in 0..40 {
+            let d = backoff(attempts);
+            let full = Duration::from_secs(1u64 << attempts.min(10)).min(MAX_BACKOFF);
+            assert!(d >= full / 2 && d <= full, "{attempts}: {d:?}");
+        }
+        assert!(backoff(30) <= MAX_BACKOFF);
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(8)).collect();
+        assert!(spread.len() > 1, "jitter");
+    }
+}

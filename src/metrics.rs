@@ -1,0 +1,149 @@
+//! Prometheus metrics (prometheus-client), served at `GET /metrics`: messages by
+//! outcome, copies, events written, suppression hits, and each sink's deliveries,
+//! failures and backlog.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+
+type Labels = Vec<(String, String)>;
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    messages: Family<Labels, Counter>,
+    copies: Counter,
+    events: Family<Labels, Counter>,
+    suppressed: Counter,
+    sink_events: Family<Labels, Counter>,
+    sink_failures: Family<Labels, Counter>,
+    sink_backlog: Family<Labels, Gauge>,
+    eom_seconds: Histogram,
+}
+
+fn label(name: &str, value: &str) -> Labels {
+    vec![(name.to_owned(), value.to_owned())]
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("msys_milter");
+        let messages = Family::<Labels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages by outcome (accept, discard, reject, tempfail)",
+            messages.clone(),
+        );
+        let copies = Counter::default();
+        registry.register(
+            "copies",
+            "Personalised copies handed back to the MTA",
+            copies.clone(),
+        );
+        let events = Family::<Labels, Counter>::default();
+        registry.register(
+            "events_written",
+            "Events committed, by type",
+            events.clone(),
+        );
+        let suppressed = Counter::default();
+        registry.register(
+            "suppression_hits",
+            "Recipients not delivered because they are on the suppression list",
+            suppressed.clone(),
+        );
+        let sink_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "sink_events_delivered",
+            "Events acknowledged by a webhook or written to the JSONL file",
+            sink_events.clone(),
+        );
+        let sink_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "sink_failures",
+            "Failed batch deliveries (each is retried)",
+            sink_failures.clone(),
+        );
+        let sink_backlog = Family::<Labels, Gauge>::default();
+        registry.register(
+            "sink_backlog",
+            "Events waiting for a sink (at the last scrape)",
+            sink_backlog.clone(),
+        );
+        let eom_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
+        ]);
+        registry.register(
+            "end_of_message_seconds",
+            "Time from end of message to the milter's answer",
+            eom_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            messages,
+            copies,
+            events,
+            suppressed,
+            sink_events,
+            sink_failures,
+            sink_backlog,
+            eom_seconds,
+        }
+    }
+
+    pub fn message(&self, outcome: &str, seconds: f64) {
+        self.messages
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+        self.eom_seconds.observe(seconds);
+    }
+
+    pub fn copies(&self, n: usize) {
+        self.copies.inc_by(n as u64);
+    }
+
+    pub fn events<'a>(&self, kinds: impl IntoIterator<Item = &'a str>) {
+        for kind in kinds {
+            self.events.get_or_create(&label("type", kind)).inc();
+        }
+    }
+
+    pub fn suppressed(&self, n: usize) {
+        self.suppressed.inc_by(n as u64);
+    }
+
+    pub fn sink_delivered(&self, sink: &str, n: usize) {
+        self.sink_events
+            .get_or_create(&label("sink", sink))
+            .inc_by(n as u64);
+    }
+
+    pub fn sink_failed(&self, sink: &str) {
+        self.sink_failures.get_or_create(&label("sink", sink)).inc();
+    }
+
+    pub fn set_backlog(&self, sink: &str, pending: u64) {
+        self.sink_backlog
+            .get_or_create(&label("sink", sink))
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}

@@ -1,0 +1,159 @@
+//! What the milter records for a message it accepts (pure): the transmission's shared
+//! facts, an `injection` event for every recipient it goes to, and `injection` plus a
+//! class-25 `bounce` for every suppressed one. Ids and the clock come from outside.
+
+use crate::api::plan::{Delivery, MessageFacts, Plan};
+use crate::api::recipients::RcptType;
+use crate::events::{self, Recipient, Stamp, Transmission};
+use crate::ids::IdError;
+use crate::store::Commit;
+
+/// How the message and its copies left the milter.
+#[derive(Clone, Debug, Default)]
+pub struct Handed {
+    /// The MTA's queue id of the original.
+    pub queue_id: Option<String>,
+    /// Size of the original as delivered, when known.
+    pub original_size: Option<usize>,
+    /// Per copy, in the plan's order: its queue id (from the MTA's reply) and size.
+    pub copies: Vec<(Option<String>, usize)>,
+}
+
+/// The queue id in an MTA's reply to a message (`250 2.0.0 Ok: queued as 4Xk2Lq0Zz`).
+pub fn queue_id_of_reply(reply: &str) -> Option<String> {
+    let (_, tail) = reply.split_once("queued as ")?;
+    let id: String = tail
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// The From: address and the decoded Subject (RFC 2047) of the message.
+fn from_and_subject(facts: &MessageFacts) -> (Option<String>, Option<String>) {
+    let mut head = Vec::new();
+    for h in facts
+        .headers
+        .iter()
+        .filter(|h| h.is("From") || h.is("Subject"))
+    {
+        head.extend_from_slice(h.name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(&h.value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let Some(message) = mail_parser::MessageParser::default().parse_headers(&head) else {
+        return (None, None);
+    };
+    let from = message
+        .from()
+        .and_then(|f| f.first())
+        .and_then(|a| a.address())
+        .map(str::to_owned);
+    (from, message.subject().map(str::to_owned))
+}
+
+/// The shared facts of the plan's transmission.
+pub fn transmission(plan: &Plan, facts: &MessageFacts, now_ms: u64) -> Transmission {
+    let api = plan.api.as_ref();
+    let options = api.map(|a| &a.options);
+    let (friendly_from, subject) = from_and_subject(facts);
+    Transmission {
+        transmission_id: plan.transmission_id.clone(),
+        campaign_id: api.and_then(|a| a.campaign_id.clone()),
+        tags: api.map(|a| a.tags.clone()).unwrap_or_default(),
+        metadata: api.and_then(|a| a.metadata.clone()).unwrap_or_default(),
+        subaccount_id: plan.subaccount_id,
+        friendly_from,
+        msg_from: plan
+            .mail_from
+            .clone()
+            .unwrap_or_else(|| facts.mail_from.clone()),
+        subject,
+        ip_pool: options.and_then(|o| o.ip_pool.clone()),
+        injection_ms: now_ms,
+        transactional: plan.transactional(),
+        sandbox: options.and_then(|o| o.sandbox).unwrap_or(false),
+    }
+}
+
+fn rcpt_type(kind: RcptType) -> Option<&'static str> {
+    (kind != RcptType::To).then(|| kind.as_str())
+}
+
+/// Everything to commit before the message is accepted.
+pub fn accepted(
+    plan: &Plan,
+    facts: &MessageFacts,
+    handed: &Handed,
+    now_ms: u64,
+    mut next_id: impl FnMut() -> Result<u64, IdError>,
+) -> Result<Commit, IdError> {
+    let t = transmission(plan, facts, now_ms);
+    let timestamp = now_ms / 1000;
+    let mut stamp = || -> Result<Stamp, IdError> {
+        Ok(Stamp {
+            event_id: next_id()?,
+            timestamp,
+        })
+    };
+    let original_id = stamp()?.event_id.to_string();
+    let mut events = Vec::with_capacity(plan.recipients.len() + 2 * plan.suppressed.len());
+    let mut copies = handed.copies.iter();
+    for r in &plan.recipients {
+        let (message_id, queue_id, msg_size) = match r.delivery {
+            Delivery::Copy => {
+                let (queue_id, size) = copies.next().cloned().unwrap_or((None, 0));
+                (stamp()?.event_id.to_string(), queue_id, Some(size))
+            }
+            Delivery::Original | Delivery::AddRecipient => (
+                original_id.clone(),
+                handed.queue_id.clone(),
+                handed.original_size,
+            ),
+        };
+        let recipient = Recipient {
+            raw: r.address.clone(),
+            rcpt_type: rcpt_type(r.rcpt_type),
+            message_id,
+            queue_id,
+            msg_size,
+        };
+        events.push(events::injection(stamp()?, &t, &recipient));
+    }
+    for r in &plan.suppressed {
+        let recipient = Recipient {
+            raw: r.address.clone(),
+            rcpt_type: rcpt_type(r.rcpt_type),
+            message_id: original_id.clone(),
+            queue_id: handed.queue_id.clone(),
+            msg_size: None,
+        };
+        events.push(events::injection(stamp()?, &t, &recipient));
+        events.push(events::suppressed(stamp()?, &t, &recipient));
+    }
+    Ok(Commit {
+        events,
+        transmission: Some(t),
+        suppress: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_ids_from_replies() {
+        assert_eq!(
+            queue_id_of_reply("250 2.0.0 Ok: queued as 4Xk2Lq0Zz1z3").as_deref(),
+            Some("4Xk2Lq0Zz1z3")
+        );
+        assert_eq!(
+            queue_id_of_reply("250 2.0.0 Ok: queued as ABC123 (x)").as_deref(),
+            Some("ABC123")
+        );
+        assert_eq!(queue_id_of_reply("/usr/sbin/sendmail exited 0"), None);
+    }
+}

@@ -1,0 +1,292 @@
+//! The durable state behind one small async interface: the events outbox (one queue per
+//! sink, batches that keep their id across retries), the suppression list, and the facts
+//! of each transmission that later events join. Callers never see SQL and make every id
+//! themselves (`ids.rs`), so a server backend can implement [`Store`] unchanged.
+//! [`sqlite::SqliteStore`] is the embedded default.
+
+pub mod sqlite;
+
+use crate::events::{Event, EventType, Transmission};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+pub use sqlite::SqliteStore;
+
+/// Why the store could not do something; the milter answers 451 for any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("store {path}: cannot create its directory: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "store {path}: schema version {found} is newer than this msys-milter knows ({known}); upgrade msys-milter"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("the store's writer has stopped")]
+    Stopped,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+/// The two suppression lists of an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SuppressionType {
+    Transactional,
+    NonTransactional,
+}
+
+impl SuppressionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionType::Transactional => "transactional",
+            SuppressionType::NonTransactional => "non_transactional",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SuppressionType> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "transactional" => Some(SuppressionType::Transactional),
+            "non_transactional" => Some(SuppressionType::NonTransactional),
+            _ => None,
+        }
+    }
+
+    /// The list a message is checked against.
+    pub fn of_message(transactional: bool) -> SuppressionType {
+        if transactional {
+            SuppressionType::Transactional
+        } else {
+            SuppressionType::NonTransactional
+        }
+    }
+}
+
+/// Which account an entry belongs to: the main account or a subaccount.
+pub type Account = Option<u64>;
+
+/// One suppression list entry. `recipient` is kept lower-cased: lookups are
+/// case-insensitive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuppressionEntry {
+    pub recipient: String,
+    pub account: Account,
+    pub kind: SuppressionType,
+    /// SparkPost's values: "Manually Added", "List Unsubscribe", "Unsubscribe Link",
+    /// "Bounce Rule", "Spam Complaint".
+    pub source: String,
+    pub description: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub updated: u64,
+}
+
+impl SuppressionEntry {
+    pub fn new(
+        recipient: &str,
+        account: Account,
+        kind: SuppressionType,
+        source: &str,
+        description: &str,
+        now: u64,
+    ) -> Self {
+        SuppressionEntry {
+            recipient: recipient.trim().to_lowercase(),
+            account,
+            kind,
+            source: source.to_owned(),
+            description: description.to_owned(),
+            created: now,
+            updated: now,
+        }
+    }
+}
+
+/// What one commit writes, all or nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Commit {
+    pub events: Vec<Event>,
+    pub transmission: Option<Transmission>,
+    /// Added, or updated when present (then `created` stays).
+    pub suppress: Vec<SuppressionEntry>,
+}
+
+/// A consumer of events with a queue of its own: a webhook or the JSONL file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub name: String,
+    /// Event types it takes; `None`: all.
+    pub types: Option<Vec<EventType>>,
+}
+
+impl SinkSpec {
+    pub fn wants(&self, kind: EventType) -> bool {
+        self.types.as_ref().is_none_or(|t| t.contains(&kind))
+    }
+}
+
+/// Events handed to a sink together, under one id that stays the same on every retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub sink: String,
+    pub batch_id: String,
+    /// The items' stored JSON, in event order.
+    pub items: Vec<String>,
+    pub attempts: u32,
+    /// When the first delivery attempt failed (Unix seconds).
+    pub failing_since: Option<u64>,
+    /// When to try again after a failure (Unix seconds).
+    pub next_attempt: Option<u64>,
+}
+
+/// A sink's backlog, for `msys-milter webhooks status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkStatus {
+    pub sink: String,
+    /// Events not yet acknowledged (in no batch yet, or in a batch being retried).
+    pub pending: u64,
+    /// Batches given up on after the retry period; kept for replay.
+    pub failed_batches: u64,
+    pub failed_events: u64,
+    pub failing_since: Option<u64>,
+    pub last_error: Option<String>,
+    pub next_attempt: Option<u64>,
+}
+
+/// Which entries `suppression list` and `export` show.
+#[derive(Clone, Debug, Default)]
+pub struct SuppressionFilter {
+    pub kind: Option<SuppressionType>,
+    /// `None`: every account.
+    pub account: Option<Account>,
+    pub recipient: Option<String>,
+}
+
+/// The store, as the milter, the HTTP endpoint, the sinks and the CLI use it.
+pub trait Store: Send + Sync {
+    /// Write `commit` durably; complete only once it is committed.
+    fn commit(&self, commit: Commit) -> StoreFuture<'_, ()>;
+
+    /// Which of `recipients` (lower-cased) are on `account`'s `kind` list.
+    fn suppressed<'a>(
+        &'a self,
+        account: Account,
+        kind: SuppressionType,
+        recipients: &'a [String],
+    ) -> StoreFuture<'a, Vec<String>>;
+
+    /// The stored facts of a transmission.
+    fn transmission<'a>(
+        &'a self,
+        transmission_id: &'a str,
+    ) -> StoreFuture<'a, Option<Transmission>>;
+
+    /// The sinks that get every event committed from now on.
+    fn set_sinks(&self, sinks: Vec<SinkSpec>);
+
+    /// Woken after each commit that may have queued events for the sinks.
+    fn committed(&self) -> std::sync::Arc<tokio::sync::Notify>;
+
+    /// The sink's oldest unacknowledged batch; when there is none, a new one of at most
+    /// `max` events under `new_batch_id`. `None` when nothing is pending.
+    fn next_batch<'a>(
+        &'a self,
+        sink: &'a str,
+        max: usize,
+        new_batch_id: &'a str,
+        now: u64,
+    ) -> StoreFuture<'a, Option<Batch>>;
+
+    /// The consumer acknowledged the batch: its events leave the sink's queue.
+    fn batch_delivered<'a>(&'a self, sink: &'a str, batch_id: &'a str) -> StoreFuture<'a, ()>;
+
+    /// An attempt failed; retry at `next_attempt`, or give up (kept as failed).
+    fn batch_failed<'a>(
+        &'a self,
+        sink: &'a str,
+        batch_id: &'a str,
+        error: &'a str,
+        now: u64,
+        next_attempt: u64,
+        give_up: bool,
+    ) -> StoreFuture<'a, ()>;
+
+    fn sink_status(&self) -> StoreFuture<'_, Vec<SinkStatus>>;
+
+    /// Queue again for `sinks` the events created at or after `since` (Unix seconds),
+    /// failed ones included. The number of events queued.
+    fn replay<'a>(&'a self, since: u64, sinks: &'a [String]) -> StoreFuture<'a, u64>;
+
+    /// Events with an id above `after`, oldest first: (event id, type, item JSON).
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(u64, EventType, String)>>;
+
+    fn suppression_list(&self, filter: SuppressionFilter)
+    -> StoreFuture<'_, Vec<SuppressionEntry>>;
+
+    /// Remove matching entries; the number removed.
+    fn suppression_remove(&self, filter: SuppressionFilter) -> StoreFuture<'_, u64>;
+
+    /// Forget what no consumer needs any more: delivered events older than
+    /// `events_before`, transmissions older than `transmissions_before` (Unix seconds).
+    fn prune(&self, events_before: u64, transmissions_before: u64) -> StoreFuture<'_, u64>;
+}
+
+/// Where the store lives when `[store] path` is not set, and why: systemd's
+/// `$STATE_DIRECTORY`, else `/var/lib/msys-milter` when it is (or can be made)
+/// writable, else the user's data directory.
+pub fn default_path() -> (PathBuf, &'static str) {
+    const FILE: &str = "msys-milter.db";
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, separated by colons: the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return (PathBuf::from(first).join(FILE), "$STATE_DIRECTORY");
+    }
+    let system = PathBuf::from("/var/lib/msys-milter");
+    if writable_dir(&system) {
+        return (system.join(FILE), "/var/lib/msys-milter is writable");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    (
+        data.join("msys-milter").join(FILE),
+        "the user's data directory (/var/lib/msys-milter is not writable)",
+    )
+}
+
+fn writable_dir(dir: &std::path::Path) -> bool {
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}

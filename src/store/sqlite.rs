@@ -1,0 +1,789 @@
+//! The embedded store: SQLite (rusqlite, bundled) in WAL mode. One writer thread takes
+//! every write from a channel and commits whatever has queued up in one transaction
+//! (group commit: one fsync for many messages); each write runs in a savepoint, so one
+//! that fails does not take the others down. Reads use connections of their own.
+
+use super::{
+    Account, Batch, Commit, SinkSpec, SinkStatus, Store, StoreError, StoreFuture, StoreResult,
+    SuppressionEntry, SuppressionFilter, SuppressionType,
+};
+use crate::events::{EventType, Transmission};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// The schema, one entry per version; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE events (
+    event_id INTEGER PRIMARY KEY,
+    created INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    transmission_id TEXT,
+    item TEXT NOT NULL
+);
+CREATE INDEX events_created ON events (created);
+CREATE TABLE transmissions (
+    transmission_id TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,
+    facts TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX transmissions_created ON transmissions (created);
+CREATE TABLE suppression (
+    recipient TEXT NOT NULL,
+    account INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    PRIMARY KEY (recipient, account, type)
+) WITHOUT ROWID;
+CREATE TABLE outbox (
+    sink TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    batch_id TEXT,
+    PRIMARY KEY (sink, event_id)
+) WITHOUT ROWID;
+CREATE INDEX outbox_batch ON outbox (sink, batch_id);
+CREATE INDEX outbox_event ON outbox (event_id);
+CREATE TABLE batches (
+    sink TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_failure INTEGER,
+    next_attempt INTEGER,
+    last_error TEXT,
+    PRIMARY KEY (sink, batch_id)
+) WITHOUT ROWID;
+"];
+
+/// Writes queued at once beyond this wait for the next transaction.
+const MAX_GROUP: usize = 4096;
+/// Read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+/// How hard a commit is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync at every commit: survives a power loss (the default).
+    Full,
+    /// fsync at WAL checkpoints only: survives `kill -9` and crashes of the daemon, not
+    /// a power loss.
+    Normal,
+}
+
+/// One write: runs inside the group's transaction, then learns whether it committed.
+trait Job: Send {
+    fn run(&mut self, conn: &Connection, sinks: &[SinkSpec]) -> rusqlite::Result<()>;
+    fn finish(self: Box<Self>, result: StoreResult<()>);
+}
+
+struct FnJob<T, F> {
+    f: Option<F>,
+    value: Option<T>,
+    reply: tokio::sync::oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for FnJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection, sinks: &[SinkSpec]) -> rusqlite::Result<()> {
+        let f = self.f.take().ok_or(rusqlite::Error::InvalidQuery)?;
+        self.value = Some(f(conn, sinks)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, result: StoreResult<()>) {
+        let FnJob { value, reply, .. } = *self;
+        let _ = reply.send(result.and_then(|()| value.ok_or(StoreError::Stopped)));
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
+    readers: Mutex<Vec<Connection>>,
+    sinks: Arc<RwLock<Vec<SinkSpec>>>,
+    /// Woken after every commit that added events (sinks wait on it).
+    committed: Arc<tokio::sync::Notify>,
+}
+
+fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn account_key(account: Account) -> i64 {
+    account.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX))
+}
+
+fn account_of(key: i64) -> Account {
+    u64::try_from(key).ok().filter(|k| *k != 0)
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Open (or create) the store at `path` and run its migrations.
+    pub fn open(path: &Path, durability: Durability) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let mut conn = open(path, durability).map_err(err(path))?;
+        migrate(&mut conn, path)?;
+        let sinks = Arc::new(RwLock::new(Vec::new()));
+        let committed = Arc::new(tokio::sync::Notify::new());
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let writer_sinks = Arc::clone(&sinks);
+        let writer_path = path.to_owned();
+        let writer_committed = Arc::clone(&committed);
+        std::thread::Builder::new()
+            .name("msys-store-writer".into())
+            .spawn(move || writer(conn, rx, &writer_sinks, &writer_path, &writer_committed))
+            .map_err(|source| StoreError::Directory {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(Some(tx)),
+            readers: Mutex::new(Vec::new()),
+            sinks,
+            committed,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stop the writer once the writes queued so far are done.
+    pub fn close(&self) {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Box<dyn Job> = Box::new(FnJob {
+            f: Some(f),
+            value: None,
+            reply,
+        });
+        let sent = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|w| w.send(job).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Stopped);
+            }
+            answer.await.map_err(|_| StoreError::Stopped)?
+        })
+    }
+
+    /// Run `f` on a read connection, at once (reads take microseconds: no thread hop).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open(&self.path, Durability::Normal).map_err(err(&self.path))?,
+        };
+        let result = f(&conn).map_err(err(&self.path));
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn ready<T: Send + 'static>(result: StoreResult<T>) -> StoreFuture<'static, T> {
+        Box::pin(std::future::ready(result))
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err(path))?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found: version,
+            known,
+        });
+    }
+    for (n, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let tx = conn.transaction().map_err(err(path))?;
+        tx.execute_batch(sql).map_err(err(path))?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(n + 1).unwrap_or(i64::MAX),
+        )
+        .map_err(err(path))?;
+        tx.commit().map_err(err(path))?;
+        tracing::info!(store = %path.display(), version = n + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+/// The writer thread: one transaction per group of queued writes.
+fn writer(
+    conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    sinks: &RwLock<Vec<SinkSpec>>,
+    path: &Path,
+    committed: &tokio::sync::Notify,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let sinks = sinks.read().map(|s| s.clone()).unwrap_or_default();
+        let mut ok = Vec::with_capacity(group.len());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(store = %path.display(), "cannot begin a transaction: {e}");
+            for job in group {
+                job.finish(Err(err(path)(e.clone_for_report())));
+            }
+            continue;
+        }
+        for mut job in group {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            match job.run(&conn, &sinks) {
+                Ok(()) => {
+                    let _ = conn.execute_batch("RELEASE job");
+                    ok.push(job);
+                }
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    tracing::error!(store = %path.display(), "write failed: {e}");
+                    job.finish(Err(err(path)(e)));
+                }
+            }
+        }
+        let result = conn.execute_batch("COMMIT");
+        if result.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for job in ok {
+            job.finish(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(err(path)(e.clone_for_report())),
+            });
+        }
+        if result.is_ok() {
+            committed.notify_waiters();
+        }
+    }
+}
+
+/// rusqlite errors are not `Clone`; one failed commit is reported to every write in it.
+trait CloneForReport {
+    fn clone_for_report(&self) -> rusqlite::Error;
+}
+
+impl CloneForReport for rusqlite::Error {
+    fn clone_for_report(&self) -> rusqlite::Error {
+        match self {
+            rusqlite::Error::SqliteFailure(code, msg) => {
+                rusqlite::Error::SqliteFailure(*code, msg.clone())
+            }
+            other => rusqlite::Error::ToSqlConversionFailure(other.to_string().into()),
+        }
+    }
+}
+
+fn write_commit(conn: &Connection, sinks: &[SinkSpec], commit: &Commit) -> rusqlite::Result<()> {
+    let mut insert_event = conn.prepare_cached(
+        "INSERT OR IGNORE INTO events (event_id, created, type, transmission_id, item) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut queue =
+        conn.prepare_cached("INSERT OR IGNORE INTO outbox (sink, event_id) VALUES (?1, ?2)")?;
+    for e in &commit.events {
+        let id = int(e.event_id);
+        insert_event.execute(params![
+            id,
+            int(e.timestamp),
+            e.kind.as_str(),
+            e.transmission_id,
+            e.to_json()
+        ])?;
+        for sink in sinks.iter().filter(|s| s.wants(e.kind)) {
+            queue.execute(params![sink.name, id])?;
+        }
+    }
+    if let Some(t) = &commit.transmission {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO transmissions (transmission_id, created, facts) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![
+            t.transmission_id,
+            int(t.injection_ms / 1000),
+            t.to_json()
+        ])?;
+    }
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO suppression (recipient, account, type, source, description, created, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (recipient, account, type) DO UPDATE SET
+           source = excluded.source, description = excluded.description, updated = excluded.updated",
+    )?;
+    for s in &commit.suppress {
+        upsert.execute(params![
+            s.recipient.to_lowercase(),
+            account_key(s.account),
+            s.kind.as_str(),
+            s.source,
+            s.description,
+            int(s.created),
+            int(s.updated)
+        ])?;
+    }
+    Ok(())
+}
+
+fn load_batch(conn: &Connection, sink: &str, batch_id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.item FROM outbox o JOIN events e ON e.event_id = o.event_id
+         WHERE o.sink = ?1 AND o.batch_id = ?2 ORDER BY o.event_id",
+    )?;
+    stmt.query_map(params![sink, batch_id], |r| r.get(0))?
+        .collect()
+}
+
+fn next_batch(
+    conn: &Connection,
+    sink: &str,
+    max: usize,
+    new_batch_id: &str,
+    now: u64,
+) -> rusqlite::Result<Option<Batch>> {
+    let open: Option<(String, u32, Option<i64>, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT batch_id, attempts, first_failure, next_attempt FROM batches
+             WHERE sink = ?1 AND state = 'pending' ORDER BY created, batch_id LIMIT 1",
+        )?
+        .query_row(params![sink], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    if let Some((batch_id, attempts, first_failure, next_attempt)) = open {
+        let items = load_batch(conn, sink, &batch_id)?;
+        if !items.is_empty() {
+            return Ok(Some(Batch {
+                sink: sink.to_owned(),
+                batch_id,
+                items,
+                attempts,
+                failing_since: first_failure.and_then(|v| u64::try_from(v).ok()),
+                next_attempt: next_attempt.and_then(|v| u64::try_from(v).ok()),
+            }));
+        }
+        // Its events were pruned or replayed elsewhere: nothing left to send.
+        conn.execute(
+            "DELETE FROM batches WHERE sink = ?1 AND batch_id = ?2",
+            params![sink, batch_id],
+        )?;
+    }
+    let ids: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT event_id FROM outbox WHERE sink = ?1 AND batch_id IS NULL ORDER BY event_id LIMIT ?2",
+        )?
+        .query_map(params![sink, int(max as u64)], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let mut assign =
+        conn.prepare_cached("UPDATE outbox SET batch_id = ?1 WHERE sink = ?2 AND event_id = ?3")?;
+    for id in &ids {
+        assign.execute(params![new_batch_id, sink, id])?;
+    }
+    conn.execute(
+        "INSERT INTO batches (sink, batch_id, created, state) VALUES (?1, ?2, ?3, 'pending')",
+        params![sink, new_batch_id, int(now)],
+    )?;
+    Ok(Some(Batch {
+        sink: sink.to_owned(),
+        batch_id: new_batch_id.to_owned(),
+        items: load_batch(conn, sink, new_batch_id)?,
+        attempts: 0,
+        failing_since: None,
+        next_attempt: None,
+    }))
+}
+
+/// `WHERE` clause and values for a suppression filter.
+fn filter_sql(filter: &SuppressionFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    if let Some(kind) = filter.kind {
+        clauses.push("type = ?");
+        values.push(V::Text(kind.as_str().to_owned()));
+    }
+    if let Some(account) = filter.account {
+        clauses.push("account = ?");
+        values.push(V::Integer(account_key(account)));
+    }
+    if let Some(r) = &filter.recipient {
+        clauses.push("recipient = ?");
+        values.push(V::Text(r.trim().to_lowercase()));
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    (sql, values)
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+impl Store for SqliteStore {
+    fn commit(&self, commit: Commit) -> StoreFuture<'_, ()> {
+        self.write(move |conn, sinks| write_commit(conn, sinks, &commit))
+    }
+
+    fn suppressed<'a>(
+        &'a self,
+        account: Account,
+        kind: SuppressionType,
+        recipients: &'a [String],
+    ) -> StoreFuture<'a, Vec<String>> {
+        let result = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM suppression WHERE recipient = ?1 AND account = ?2 AND type = ?3",
+            )?;
+            let mut hits = Vec::new();
+            for r in recipients {
+                let r = r.to_lowercase();
+                if stmt.exists(params![r, account_key(account), kind.as_str()])? {
+                    hits.push(r);
+                }
+            }
+            Ok(hits)
+        });
+        Self::ready(result)
+    }
+
+    fn transmission<'a>(
+        &'a self,
+        transmission_id: &'a str,
+    ) -> StoreFuture<'a, Option<Transmission>> {
+        let result = self.read(|conn| {
+            conn.prepare_cached("SELECT facts FROM transmissions WHERE transmission_id = ?1")?
+                .query_row(params![transmission_id], |r| r.get::<_, String>(0))
+                .optional()
+        });
+        Self::ready(result.map(|facts| facts.as_deref().and_then(Transmission::from_json)))
+    }
+
+    fn set_sinks(&self, sinks: Vec<SinkSpec>) {
+        match self.sinks.write() {
+            Ok(mut s) => *s = sinks,
+            Err(p) => *p.into_inner() = sinks,
+        }
+    }
+
+    fn committed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.committed)
+    }
+
+    fn next_batch<'a>(
+        &'a self,
+        sink: &'a str,
+        max: usize,
+        new_batch_id: &'a str,
+        now: u64,
+    ) -> StoreFuture<'a, Option<Batch>> {
+        let (sink, new_batch_id) = (sink.to_owned(), new_batch_id.to_owned());
+        self.write(move |conn, _| next_batch(conn, &sink, max, &new_batch_id, now))
+    }
+
+    fn batch_delivered<'a>(&'a self, sink: &'a str, batch_id: &'a str) -> StoreFuture<'a, ()> {
+        let (sink, batch_id) = (sink.to_owned(), batch_id.to_owned());
+        self.write(move |conn, _| {
+            conn.execute(
+                "DELETE FROM outbox WHERE sink = ?1 AND batch_id = ?2",
+                params![sink, batch_id],
+            )?;
+            conn.execute(
+                "DELETE FROM batches WHERE sink = ?1 AND batch_id = ?2",
+                params![sink, batch_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn batch_failed<'a>(
+        &'a self,
+        sink: &'a str,
+        batch_id: &'a str,
+        error: &'a str,
+        now: u64,
+        next_attempt: u64,
+        give_up: bool,
+    ) -> StoreFuture<'a, ()> {
+        let (sink, batch_id, error) = (sink.to_owned(), batch_id.to_owned(), error.to_owned());
+        self.write(move |conn, _| {
+            conn.execute(
+                "UPDATE batches SET attempts = attempts + 1,
+                   first_failure = COALESCE(first_failure, ?3), last_error = ?4,
+                   next_attempt = ?5, state = ?6
+                 WHERE sink = ?1 AND batch_id = ?2",
+                params![
+                    sink,
+                    batch_id,
+                    int(now),
+                    error,
+                    int(next_attempt),
+                    if give_up { "failed" } else { "pending" }
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn sink_status(&self) -> StoreFuture<'_, Vec<SinkStatus>> {
+        let configured: Vec<String> = self
+            .sinks
+            .read()
+            .map(|s| s.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default();
+        let result = self.read(|conn| {
+            let mut out: Vec<SinkStatus> = configured
+                .into_iter()
+                .map(|sink| SinkStatus {
+                    sink,
+                    ..SinkStatus::default()
+                })
+                .collect();
+            let entry = |out: &mut Vec<SinkStatus>, sink: String| -> usize {
+                if let Some(i) = out.iter().position(|s| s.sink == sink) {
+                    return i;
+                }
+                out.push(SinkStatus {
+                    sink,
+                    ..SinkStatus::default()
+                });
+                out.len() - 1
+            };
+            let mut stmt = conn.prepare(
+                "SELECT o.sink, COALESCE(b.state, 'pending'), COUNT(*) FROM outbox o
+                 LEFT JOIN batches b ON b.sink = o.sink AND b.batch_id = o.batch_id
+                 GROUP BY o.sink, COALESCE(b.state, 'pending')",
+            )?;
+            let rows: Vec<(String, String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (sink, state, count) in rows {
+                let i = entry(&mut out, sink);
+                let count = u64::try_from(count).unwrap_or(0);
+                if state == "failed" {
+                    out[i].failed_events += count;
+                } else {
+                    out[i].pending += count;
+                }
+            }
+            let mut stmt = conn.prepare(
+                "SELECT sink, state, COUNT(*), MIN(first_failure), MAX(next_attempt),
+                   (SELECT last_error FROM batches b2 WHERE b2.sink = b.sink AND b2.state = b.state
+                    AND b2.last_error IS NOT NULL ORDER BY b2.first_failure DESC LIMIT 1)
+                 FROM batches b GROUP BY sink, state",
+            )?;
+            type Row = (
+                String,
+                String,
+                i64,
+                Option<i64>,
+                Option<i64>,
+                Option<String>,
+            );
+            let rows: Vec<Row> = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            for (sink, state, count, first_failure, next_attempt, last_error) in rows {
+                let i = entry(&mut out, sink);
+                if state == "failed" {
+                    out[i].failed_batches = u64::try_from(count).unwrap_or(0);
+                    if out[i].last_error.is_none() {
+                        out[i].last_error = last_error;
+                    }
+                } else if first_failure.is_some() {
+                    out[i].failing_since = opt_u64(first_failure);
+                    out[i].next_attempt = opt_u64(next_attempt);
+                    out[i].last_error = last_error;
+                }
+            }
+            Ok(out)
+        });
+        Self::ready(result)
+    }
+
+    fn replay<'a>(&'a self, since: u64, sinks: &'a [String]) -> StoreFuture<'a, u64> {
+        let sinks = sinks.to_vec();
+        self.write(move |conn, _| {
+            let mut total = 0u64;
+            for sink in &sinks {
+                let n = conn.execute(
+                    "INSERT INTO outbox (sink, event_id, batch_id)
+                     SELECT ?1, event_id, NULL FROM events WHERE created >= ?2
+                     ON CONFLICT (sink, event_id) DO UPDATE SET batch_id = NULL
+                     WHERE outbox.batch_id IN
+                       (SELECT batch_id FROM batches WHERE sink = ?1 AND state = 'failed')",
+                    params![sink, int(since)],
+                )?;
+                conn.execute(
+                    "DELETE FROM batches WHERE sink = ?1 AND state = 'failed' AND NOT EXISTS
+                       (SELECT 1 FROM outbox o WHERE o.sink = ?1 AND o.batch_id = batches.batch_id)",
+                    params![sink],
+                )?;
+                total += n as u64;
+            }
+            Ok(total)
+        })
+    }
+
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(u64, EventType, String)>> {
+        let result = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT event_id, type, item FROM events WHERE event_id > ?1 ORDER BY event_id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![int(after), int(limit as u64)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, kind, item) = row?;
+                if let Some(kind) = EventType::parse(&kind) {
+                    out.push((u64::try_from(id).unwrap_or(0), kind, item));
+                }
+            }
+            Ok(out)
+        });
+        Self::ready(result)
+    }
+
+    fn suppression_list(
+        &self,
+        filter: SuppressionFilter,
+    ) -> StoreFuture<'_, Vec<SuppressionEntry>> {
+        let result = self.read(|conn| {
+            let (clause, values) = filter_sql(&filter);
+            let mut stmt = conn.prepare(&format!(
+                "SELECT recipient, account, type, source, description, created, updated
+                 FROM suppression{clause} ORDER BY recipient, account, type"
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+                Ok(SuppressionEntry {
+                    recipient: r.get(0)?,
+                    account: account_of(r.get(1)?),
+                    kind: SuppressionType::parse(&r.get::<_, String>(2)?)
+                        .unwrap_or(SuppressionType::NonTransactional),
+                    source: r.get(3)?,
+                    description: r.get(4)?,
+                    created: opt_u64(r.get(5)?).unwrap_or(0),
+                    updated: opt_u64(r.get(6)?).unwrap_or(0),
+                })
+            })?;
+            rows.collect()
+        });
+        Self::ready(result)
+    }
+
+    fn suppression_remove(&self, filter: SuppressionFilter) -> StoreFuture<'_, u64> {
+        self.write(move |conn, _| {
+            let (clause, values) = filter_sql(&filter);
+            let n = conn.execute(
+                &format!("DELETE FROM suppression{clause}"),
+                rusqlite::params_from_iter(values),
+            )?;
+            Ok(n as u64)
+        })
+    }
+
+    fn prune(&self, events_before: u64, transmissions_before: u64) -> StoreFuture<'_, u64> {
+        self.write(move |conn, _| {
+            let events = conn.execute(
+                "DELETE FROM events WHERE created < ?1 AND NOT EXISTS
+                   (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
+                params![int(events_before)],
+            )?;
+            let transmissions = conn.execute(
+                "DELETE FROM transmissions WHERE created < ?1",
+                params![int(transmissions_before)],
+            )?;
+            Ok((events + transmissions) as u64)
+        })
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod postfix;
+pub mod webhook;
 
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
@@ -101,6 +102,16 @@ impl Milter {
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// Kill the daemon with SIGKILL (no chance to finish anything), then start it again
+    /// on the same port with the same configuration and state.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            let _ = child.wait();
+        }
+        self.spawn();
     }
 
     /// Start it again on the same port with the same configuration.

@@ -1,0 +1,149 @@
+//! A webhook consumer on loopback that records every POST (batch id, auth, body) and
+//! answers with the status the test sets: down (503) or up (200).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Post {
+    pub batch_id: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+    /// The status it was answered with.
+    pub status: u16,
+}
+
+impl Post {
+    /// The batch's items.
+    pub fn items(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str::<Vec<serde_json::Value>>(&self.body).unwrap()
+    }
+}
+
+pub struct Webhook {
+    pub port: u16,
+    status: Arc<AtomicU16>,
+    posts: Arc<Mutex<Vec<Post>>>,
+}
+
+impl Webhook {
+    pub fn start(status: u16) -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let status = Arc::new(AtomicU16::new(status));
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let (st, ps) = (status.clone(), posts.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (st, ps) = (st.clone(), ps.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &st, &ps);
+                });
+            }
+        });
+        Webhook {
+            port,
+            status,
+            posts,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+
+    /// The items of every acknowledged batch, in arrival order.
+    pub fn delivered(&self) -> Vec<serde_json::Value> {
+        self.posts()
+            .iter()
+            .filter(|p| p.status == 200)
+            .flat_map(Post::items)
+            .collect()
+    }
+
+    /// Wait until `done` holds for the delivered items (at most `secs` seconds).
+    pub fn wait_until(
+        &self,
+        secs: u64,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let items = self.delivered();
+            if done(&items) {
+                return items;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "webhook: condition not met in {secs} s; got {} items in {} posts",
+                items.len(),
+                self.posts().len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+fn serve(
+    stream: std::net::TcpStream,
+    status: &AtomicU16,
+    posts: &Mutex<Vec<Post>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end().to_owned();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let len: usize = get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        let code = status.load(Ordering::SeqCst);
+        posts.lock().unwrap().push(Post {
+            batch_id: get("x-messagesystems-batch-id").unwrap_or_default(),
+            authorization: get("authorization"),
+            content_type: get("content-type"),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status: code,
+        });
+        let reason = if code == 200 { "OK" } else { "Unavailable" };
+        write!(
+            out,
+            "HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+        )?;
+        out.flush()?;
+    }
+}

@@ -33,8 +33,11 @@ install_packages() {
 
 install_packages
 need_root
-# Build and fetch everything outside the namespace (it has no network).
+# Build and fetch everything outside the namespace (it has no network): crates, and
+# django-anymail (the real webhook consumer of the event tests) in a throwaway venv.
 cargo build --all-targets --locked
+bash tests/anymail/setup-venv.sh "$PWD/target/anymail-venv"
+export MSYS_TEST_ANYMAIL_PYTHON="$PWD/target/anymail-venv/bin/python"
 # Inside: only loopback. Postfix resolves its own host name at start-up; here it can't
 # leak a query off the machine.
 exec unshare --net -- sh -c 'ip link set lo up && exec cargo test --offline --locked "$@" -- --test-threads=4' sh "$@"

@@ -6,72 +6,9 @@
 mod support;
 
 use support::capture::Capture;
+use support::e2e::{E2e, http_get};
 use support::postfix::{Postfix, free_port};
 use support::{Milter, message, send};
-
-/// Capture server, Postfix with the milter, the milter with `toml` (its re-injection
-/// target set to this Postfix's listener).
-struct E2e {
-    capture: Capture,
-    postfix: Postfix,
-    milter: Milter,
-}
-
-impl E2e {
-    /// Copies go to the re-injection listener of postfix-example/master.cf.
-    fn start(toml: &str) -> E2e {
-        let capture = Capture::start();
-        let milter_port = free_port();
-        let postfix = Postfix::start(Some(milter_port), capture.port);
-        let milter = Milter::start_on(
-            milter_port,
-            &format!(
-                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n",
-                postfix.reinject_port
-            ),
-        );
-        E2e {
-            capture,
-            postfix,
-            milter,
-        }
-    }
-
-    /// Copies go through this Postfix's sendmail(1).
-    fn start_with_sendmail(toml: &str) -> E2e {
-        let capture = Capture::start();
-        let milter_port = free_port();
-        let postfix = Postfix::start(Some(milter_port), capture.port);
-        let conf = postfix.conf_dir().display().to_string();
-        let milter = Milter::start_with_env(
-            milter_port,
-            &format!("{toml}\n[reinject]\nsendmail = \"/usr/sbin/sendmail\"\ntimeout = 10\n"),
-            &[("MAIL_CONFIG", &conf)],
-        );
-        E2e {
-            capture,
-            postfix,
-            milter,
-        }
-    }
-
-    fn send(&self, from: &str, rcpts: &[&str], msg: &str) -> Result<String, String> {
-        send(self.postfix.smtp_port, from, rcpts, msg)
-    }
-
-    /// Wait for `count` deliveries and check no more came: one per address.
-    fn wait_for_exactly(&self, count: usize) {
-        let got = self.capture.wait_for_deliveries(count);
-        let total: usize = got.iter().map(|r| r.rcpts.len()).sum();
-        assert_eq!(total, count, "exactly one delivery per address: {got:#?}");
-    }
-
-    /// Nothing was delivered.
-    fn assert_nothing_delivered(&self) {
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        assert!(self.capture.all().is_empty(), "{:#?}", self.capture.all());
-    }
-}
 
 const BOUNCES: &str = "[envelope]\nbounce_domain = \"bounces.example.net\"\n";
 
@@ -444,24 +381,6 @@ fn smtputf8_bcc_addresses_are_passed_on() {
         "{}",
         copy.mail_params
     );
-}
-
-/// A raw HTTP GET on loopback: (status, the Location header).
-fn http_get(port: u16, path: &str) -> (u16, Option<String>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let location = response
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("location: ")
-                .or_else(|| l.strip_prefix("Location: "))
-        })
-        .map(str::to_owned);
-    (status, location)
 }
 
 #[test]

@@ -307,6 +307,7 @@ fn base(
     m.insert("timestamp".into(), s(stamp.timestamp.to_string()));
     m.insert("transmission_id".into(), s(&t.transmission_id));
     m.insert("rcpt_to".into(), s(rcpt.to_lowercase()));
+    m.insert("raw_rcpt_to".into(), s(rcpt));
     put_opt(&mut m, "campaign_id", t.campaign_id.as_deref());
     m.insert(
         "rcpt_tags".into(),
@@ -349,7 +350,6 @@ fn event(kind: EventType, stamp: Stamp, t: &Transmission, fields: Map<String, Va
 
 /// The fields of one delivered message to one recipient.
 fn message_fields(m: &mut Map<String, Value>, r: &Recipient) {
-    m.insert("raw_rcpt_to".into(), s(&r.raw));
     put_opt(m, "rcpt_type", r.rcpt_type);
     m.insert("message_id".into(), s(&r.message_id));
     put_opt(m, "queue_id", r.queue_id.as_deref());

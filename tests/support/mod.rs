@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 pub mod capture;
+pub mod e2e;
 pub mod postfix;
 pub mod webhook;
 

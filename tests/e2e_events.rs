@@ -1,0 +1,252 @@
+//! Events and suppression end to end: mail through the real Postfix, opens, clicks and a
+//! one-click unsubscribe through the real endpoint, and the events read by a real
+//! consumer: django-anymail's SparkPost tracking webhook (installed by
+//! `scripts/test.sh` into a throwaway virtualenv). Then the same campaign to the
+//! unsubscribed recipient is not delivered, while transactional mail and
+//! `skip_suppression` still are.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use support::e2e::{E2e, http_get};
+use support::message;
+use support::postfix::free_port;
+
+/// django-anymail's SparkPost tracking webhook, in a small Django app.
+struct Anymail {
+    child: Child,
+    port: u16,
+    out: tempfile::NamedTempFile,
+}
+
+const SECRET: &str = "hookuser:hookpass";
+
+impl Anymail {
+    fn start() -> Anymail {
+        let python = std::env::var("MSYS_TEST_ANYMAIL_PYTHON").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/anymail-venv/bin/python"
+            )
+            .to_owned()
+        });
+        assert!(
+            std::path::Path::new(&python).exists(),
+            "{python} is missing: run `bash scripts/test.sh`, which installs django-anymail \
+             (tests/anymail/setup-venv.sh target/anymail-venv)"
+        );
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/anymail/receiver.py"
+            ))
+            .arg("0")
+            .env("ANYMAIL_SECRET", SECRET)
+            .env("OUT_FILE", out.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("anymail receiver: {line:?}"))
+            .parse()
+            .unwrap();
+        Anymail { child, port, out }
+    }
+
+    /// What anymail's `tracking` signal produced so far.
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.out.path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Wait for an event of `event_type` for `recipient` (and `extra` to hold).
+    fn wait_for(&self, event_type: &str, recipient: &str, extra: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["event_type"] == event_type && e["recipient"] == recipient && extra(e))
+            {
+                return e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {event_type} for {recipient}; anymail got {:#?}",
+                self.events()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Anymail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_post(port: u16, path: &str, body: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn html_message(api: &str) -> String {
+    let html =
+        "<html><body><p>Hi</p><a href=\"https://shop.example.com/offer\">Offer</a></body></html>";
+    message(
+        &format!("MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\nX-MSYS-API: {api}\n"),
+        html,
+    )
+}
+
+#[test]
+fn anymail_reads_injections_opens_clicks_unsubscribes_and_suppression_bounces() {
+    let anymail = Anymail::start();
+    let http_port = free_port();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let e = E2e::start(&format!(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
+         [tracking]\nbase_url = \"{base}\"\nsecrets = [\"e2e-secret-0123456789\"]\nopen = true\nclick = true\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+         [[webhook]]\nurl = \"http://127.0.0.1:{}/anymail/sparkpost/tracking/\"\nbasic = \"{SECRET}\"\nbatch_wait_ms = 100\n",
+        anymail.port
+    ));
+    let campaign = r#"{"campaign_id": "spring", "metadata": {"user": "42"}, "tags": ["news"]}"#;
+    e.send(
+        "app@example.com",
+        &["alice@example.org"],
+        &html_message(campaign),
+    )
+    .unwrap();
+    e.wait_for_exactly(1);
+    let got = e.capture.message_for("alice@example.org");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&got.data)
+        .unwrap();
+    let html = parsed.body_html(0).unwrap().into_owned();
+    let urls: Vec<String> = html
+        .split('"')
+        .filter(|s| s.starts_with(&base))
+        .map(|s| s.strip_prefix(&base).unwrap().to_owned())
+        .collect();
+    let opens: Vec<&String> = urls.iter().filter(|u| u.starts_with("/o/")).collect();
+    assert_eq!(
+        opens.len(),
+        2,
+        "initial_open at the top, open before </body>: {html}"
+    );
+    assert!(html.find(opens[0].as_str()) < html.find("<p>Hi</p>"));
+    let click = urls.iter().find(|u| u.starts_with("/c/")).unwrap();
+    let unsubscribe = got.header("List-Unsubscribe")[0]
+        .trim_matches(['<', '>'])
+        .strip_prefix(&base)
+        .unwrap()
+        .to_owned();
+
+    for open in &opens {
+        assert_eq!(http_get(http_port, open).0, 200);
+    }
+    assert_eq!(
+        http_get(http_port, click),
+        (302, Some("https://shop.example.com/offer".into()))
+    );
+    assert_eq!(
+        http_post(http_port, &unsubscribe, "List-Unsubscribe=One-Click"),
+        200
+    );
+
+    let queued = anymail.wait_for("queued", "alice@example.org", |_| true);
+    assert_eq!(queued["metadata"]["user"], "42");
+    assert_eq!(queued["tags"], serde_json::json!(["spring"]));
+    let opened = anymail.wait_for("opened", "alice@example.org", |_| true);
+    assert!(opened["user_agent"].as_str().unwrap().contains("Firefox"));
+    assert_eq!(opened["metadata"]["user"], "42");
+    let clicked = anymail.wait_for("clicked", "alice@example.org", |_| true);
+    assert_eq!(clicked["click_url"], "https://shop.example.com/offer");
+    anymail.wait_for("unsubscribed", "alice@example.org", |_| true);
+    // Both pixels were recorded. anymail reports SparkPost's initial_open as "unknown"
+    // unless its SPARKPOST_TRACK_INITIAL_OPEN_AS_OPENED setting is on (by design: an
+    // initial_open and an open of the same view would count twice).
+    anymail.wait_for("unknown", "alice@example.org", |e| {
+        e["esp_event_type"] == "initial_open"
+    });
+
+    // The same campaign to the unsubscribed recipient: refused with SparkPost's reply,
+    // and anymail hears of the suppressed recipient as a blocked bounce.
+    let refused = e
+        .send(
+            "app@example.com",
+            &["alice@example.org"],
+            &html_message(campaign),
+        )
+        .unwrap_err();
+    assert!(
+        refused.contains("554")
+            && refused.contains("recipient address was suppressed due to customer policy"),
+        "{refused}"
+    );
+    let bounced = anymail.wait_for("bounced", "alice@example.org", |_| true);
+    assert_eq!(bounced["reject_reason"], "blocked");
+
+    // Another recipient in the same message still gets it; alice does not.
+    e.send(
+        "app@example.com",
+        &["alice@example.org", "bob@example.org"],
+        &html_message(campaign),
+    )
+    .unwrap();
+    // Transactional mail and skip_suppression are delivered to her.
+    e.send(
+        "app@example.com",
+        &["alice@example.org"],
+        &html_message(r#"{"options": {"transactional": true}}"#),
+    )
+    .unwrap();
+    e.send(
+        "app@example.com",
+        &["alice@example.org"],
+        &html_message(r#"{"options": {"skip_suppression": true}}"#),
+    )
+    .unwrap();
+    e.capture.wait_for_deliveries(4);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let all = e.capture.all();
+    let count = |who: &str| {
+        all.iter()
+            .filter(|r| r.rcpts.iter().any(|x| x == who))
+            .count()
+    };
+    assert_eq!(
+        (
+            all.len(),
+            count("alice@example.org"),
+            count("bob@example.org")
+        ),
+        (4, 3, 1),
+        "{all:#?}"
+    );
+    anymail.wait_for("queued", "bob@example.org", |_| true);
+}

@@ -29,6 +29,10 @@ pub struct Daemon {
 
 /// Open the configured store (`[store]`), or the default one.
 pub fn open_store(config: &Config) -> Result<Arc<dyn store::Store>, store::StoreError> {
+    if !config.store.enabled {
+        tracing::warn!("[store] enabled = false: no events are recorded and nobody is suppressed");
+        return Ok(Arc::new(store::NullStore::new()));
+    }
     let (path, why) = match &config.store.path {
         Some(path) => (path.clone(), "[store] path"),
         None => store::default_path(),

@@ -406,6 +406,7 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let socket = BoundSocket::bind(&config.socket)
             .await
             .with_context(|| "is another milter running? pick another socket with --socket")?;
@@ -425,7 +426,7 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
                 (Arc::clone(&store), Arc::clone(&ids), sinks),
             ));
         }
-        daemon.run(listener, shutdown_signal()).await?;
+        daemon.run(listener, shutdown).await?;
         let _ = stop_http.send(());
         if let Some(http) = http {
             let _ = http.await;
@@ -552,18 +553,22 @@ async fn reload_on_sighup(
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed at once, so a signal that
+/// comes while the daemon is still starting is not lost (nor fatal).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight messages"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight messages"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight messages"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing in-flight messages"),
+        }
     }
 }

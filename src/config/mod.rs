@@ -103,9 +103,11 @@ impl Default for Http {
 }
 
 /// Where the durable state lives (events outbox, suppression list, transmissions).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
+    /// `false`: no store: no events, no suppression (message shaping only).
+    pub enabled: bool,
     /// The SQLite file; default: `$STATE_DIRECTORY/msys-milter.db`, else
     /// `/var/lib/msys-milter/msys-milter.db` when writable, else under the user's data
     /// directory.
@@ -113,6 +115,16 @@ pub struct Store {
     /// `full` (fsync every commit, survives power loss; the default) or `normal`
     /// (survives a crash or `kill -9` of the daemon, not a power loss).
     pub durability: Durability,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            durability: Durability::Full,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

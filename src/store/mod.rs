@@ -247,6 +247,88 @@ pub trait Store: Send + Sync {
     fn prune(&self, events_before: u64, transmissions_before: u64) -> StoreFuture<'_, u64>;
 }
 
+/// No store at all (`[store] enabled = false`): nothing is recorded, nobody is
+/// suppressed, events are not kept. For hosts that want only the message shaping.
+pub struct NullStore(std::sync::Arc<tokio::sync::Notify>);
+
+impl NullStore {
+    pub fn new() -> NullStore {
+        NullStore(std::sync::Arc::default())
+    }
+}
+
+impl Default for NullStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn done<'a, T: Send + 'a>(value: T) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl Store for NullStore {
+    fn commit(&self, _: Commit) -> StoreFuture<'_, ()> {
+        done(())
+    }
+    fn suppressed<'a>(
+        &'a self,
+        _: Account,
+        _: SuppressionType,
+        _: &'a [String],
+    ) -> StoreFuture<'a, Vec<String>> {
+        done(Vec::new())
+    }
+    fn transmission<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<Transmission>> {
+        done(None)
+    }
+    fn set_sinks(&self, _: Vec<SinkSpec>) {}
+    fn committed(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.0)
+    }
+    fn next_batch<'a>(
+        &'a self,
+        _: &'a str,
+        _: usize,
+        _: &'a str,
+        _: u64,
+    ) -> StoreFuture<'a, Option<Batch>> {
+        done(None)
+    }
+    fn batch_delivered<'a>(&'a self, _: &'a str, _: &'a str) -> StoreFuture<'a, ()> {
+        done(())
+    }
+    fn batch_failed<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+        _: u64,
+        _: u64,
+        _: bool,
+    ) -> StoreFuture<'a, ()> {
+        done(())
+    }
+    fn sink_status(&self) -> StoreFuture<'_, Vec<SinkStatus>> {
+        done(Vec::new())
+    }
+    fn replay<'a>(&'a self, _: u64, _: &'a [String]) -> StoreFuture<'a, u64> {
+        done(0)
+    }
+    fn events_after(&self, _: u64, _: usize) -> StoreFuture<'_, Vec<(u64, EventType, String)>> {
+        done(Vec::new())
+    }
+    fn suppression_list(&self, _: SuppressionFilter) -> StoreFuture<'_, Vec<SuppressionEntry>> {
+        done(Vec::new())
+    }
+    fn suppression_remove(&self, _: SuppressionFilter) -> StoreFuture<'_, u64> {
+        done(0)
+    }
+    fn prune(&self, _: u64, _: u64) -> StoreFuture<'_, u64> {
+        done(0)
+    }
+}
+
 /// Where the store lives when `[store] path` is not set, and why: systemd's
 /// `$STATE_DIRECTORY`, else `/var/lib/msys-milter` when it is (or can be made)
 /// writable, else the user's data directory.

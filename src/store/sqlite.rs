@@ -301,15 +301,17 @@ fn writer(
             }
             continue;
         }
+        let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         for mut job in group {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = savepoint("SAVEPOINT job");
             match job.run(&conn, &sinks) {
                 Ok(()) => {
-                    let _ = conn.execute_batch("RELEASE job");
+                    let _ = savepoint("RELEASE job");
                     ok.push(job);
                 }
                 Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    let _ = savepoint("ROLLBACK TO job");
+                    let _ = savepoint("RELEASE job");
                     tracing::error!(store = %path.display(), "write failed: {e}");
                     job.finish(Err(err(path)(e)));
                 }
@@ -347,20 +349,25 @@ impl CloneForReport for rusqlite::Error {
     }
 }
 
-fn write_commit(conn: &Connection, sinks: &[SinkSpec], commit: &Commit) -> rusqlite::Result<()> {
+fn write_commit(
+    conn: &Connection,
+    sinks: &[SinkSpec],
+    commit: &Commit,
+    items: &[String],
+) -> rusqlite::Result<()> {
     let mut insert_event = conn.prepare_cached(
         "INSERT OR IGNORE INTO events (event_id, created, type, transmission_id, item) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     let mut queue =
         conn.prepare_cached("INSERT OR IGNORE INTO outbox (sink, event_id) VALUES (?1, ?2)")?;
-    for e in &commit.events {
+    for (e, item) in commit.events.iter().zip(items) {
         let id = int(e.event_id);
         insert_event.execute(params![
             id,
             int(e.timestamp),
             e.kind.as_str(),
             e.transmission_id,
-            e.to_json()
+            item
         ])?;
         for sink in sinks.iter().filter(|s| s.wants(e.kind)) {
             queue.execute(params![sink.name, id])?;
@@ -498,7 +505,9 @@ fn opt_u64(v: Option<i64>) -> Option<u64> {
 
 impl Store for SqliteStore {
     fn commit(&self, commit: Commit) -> StoreFuture<'_, ()> {
-        self.write(move |conn, sinks| write_commit(conn, sinks, &commit))
+        // Serialised here, on the caller's thread: the one writer thread only inserts.
+        let items: Vec<String> = commit.events.iter().map(|e| e.to_json()).collect();
+        self.write(move |conn, sinks| write_commit(conn, sinks, &commit, &items))
     }
 
     fn suppressed<'a>(

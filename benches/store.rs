@@ -1,0 +1,179 @@
+//! The store on its own: events committed per second (group commit, many writers at
+//! once, as many milter connections are), suppression lookups with 1,000,000 entries,
+//! and `msys-milter suppression import` of a 1,000,000-row CSV. Prints Markdown for
+//! BENCHMARKS.md.
+
+use msys_milter::events::{self, Recipient, Stamp, Transmission};
+use msys_milter::store::sqlite::Durability;
+use msys_milter::store::{Commit, SqliteStore, Store, SuppressionEntry, SuppressionType};
+use std::sync::Arc;
+use std::time::Instant;
+
+const ENTRIES: usize = 1_000_000;
+
+/// One accepted message's commit: its transmission and three injection events.
+fn message_commit(n: u64) -> Commit {
+    let t = Transmission {
+        transmission_id: n.to_string(),
+        campaign_id: Some("bench".into()),
+        msg_from: "bounces+1@bounces.example.net".into(),
+        injection_ms: 1_796_135_107_000,
+        ..Transmission::default()
+    };
+    let events = (0..3)
+        .map(|i| {
+            events::injection(
+                Stamp {
+                    event_id: n * 4 + i,
+                    timestamp: 1_796_135_107,
+                },
+                &t,
+                &Recipient {
+                    raw: format!("r{i}-{n}@example.org"),
+                    rcpt_type: None,
+                    message_id: n.to_string(),
+                    queue_id: Some("4QUEUE".into()),
+                    msg_size: Some(3000),
+                },
+            )
+        })
+        .collect();
+    Commit {
+        events,
+        transmission: Some(t),
+        suppress: Vec::new(),
+    }
+}
+
+async fn events_per_second(durability: Durability, writers: usize, messages: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("b.db"), durability).unwrap());
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for m in 0..messages / writers {
+                let n = (w * messages + m) as u64 + 1;
+                store.commit(message_commit(n)).await.unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    (messages * 3) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("### The store (SQLite, WAL, group commit)\n");
+    println!(
+        "Each commit is one accepted message: its transmission and 3 injection events, as the milter writes them before answering. `full` fsyncs every transaction (the default); `normal` survives `kill -9` but not a power loss.\n"
+    );
+    println!("| durability | concurrent writers | events committed/s |");
+    println!("|---|---|---|");
+    for durability in [Durability::Full, Durability::Normal] {
+        for writers in [1, 32, 256] {
+            let messages = if writers == 1 { 2_000 } else { 30_000 };
+            let rate = events_per_second(durability, writers, messages).await;
+            println!("| {durability:?} | {writers} | {rate:.0} |");
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = SqliteStore::open(&path, Durability::Full).unwrap();
+    let start = Instant::now();
+    for chunk in 0..ENTRIES / 20_000 {
+        let suppress = (0..20_000)
+            .map(|i| {
+                SuppressionEntry::new(
+                    &format!("user{}@example{}.org", chunk * 20_000 + i, i % 100),
+                    None,
+                    SuppressionType::NonTransactional,
+                    "Manually Added",
+                    "",
+                    1,
+                )
+            })
+            .collect();
+        store
+            .commit(Commit {
+                suppress,
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+    }
+    let fill = start.elapsed().as_secs_f64();
+    // Lookups as the milter makes them: 3 recipients a message, half of them hits.
+    let mut samples = Vec::with_capacity(100_000);
+    for n in 0..100_000usize {
+        let rcpts = [
+            format!(
+                "user{}@example{}.org",
+                (n * 7919) % ENTRIES,
+                ((n * 7919) % ENTRIES) % 20_000 % 100
+            ),
+            format!("nobody{n}@example.net"),
+            format!(
+                "User{}@Example{}.org",
+                (n * 104_729) % ENTRIES,
+                ((n * 104_729) % ENTRIES) % 20_000 % 100
+            ),
+        ];
+        let t = Instant::now();
+        let hits = store
+            .suppressed(None, SuppressionType::NonTransactional, &rcpts)
+            .await
+            .unwrap();
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(hits.len(), 2, "{rcpts:?}");
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    println!("\n### Suppression lookups with {ENTRIES} entries\n");
+    println!(
+        "One lookup = the 3 recipients of a message (2 on the list, 1 not, mixed case), as at end of message; 100,000 lookups.\n"
+    );
+    println!("| p50 | p99 | p99.9 | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {:.1} us | {:.1} us | {:.1} us | {:.0} us |",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        percentile(&samples, 0.999),
+        samples[samples.len() - 1]
+    );
+    println!("\nFilling the list through the store API: {ENTRIES} entries in {fill:.1} s.");
+    drop(store);
+
+    // The admin verb, as an operator runs it: a 1,000,000-row CSV into a fresh store.
+    let csv = dir.path().join("list.csv");
+    let mut text = String::from("recipient,type,description\n");
+    for i in 0..ENTRIES {
+        text.push_str(&format!(
+            "person{i}@example.org,non_transactional,imported\n"
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_msys-milter"))
+        .env("STATE_DIRECTORY", state.path())
+        .args(["suppression", "import"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "`msys-milter suppression import` of a {ENTRIES}-row CSV: {secs:.1} s (target <= 30 s)."
+    );
+}

@@ -137,6 +137,23 @@ fn throughput() {
         msys_port,
         "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
     );
+    // The state layer side by side: the store off, and on with a webhook consumer.
+    let off_port = free_port();
+    let with_store_off = Postfix::start(Some(off_port), sink_port);
+    let store_off = Milter::start_on(
+        off_port,
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\nenabled = false\n",
+    );
+    let hook = support::webhook::Webhook::start(200);
+    let hooked_port = free_port();
+    let with_webhook = Postfix::start(Some(hooked_port), sink_port);
+    let hooked = Milter::start_on(
+        hooked_port,
+        &format!(
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n[[webhook]]\nurl = \"{}\"\n",
+            hook.url()
+        ),
+    );
     let tracking_port = free_port();
     let with_tracking = Postfix::start(Some(tracking_port), sink_port);
     let _tracking = Milter::start_on(
@@ -151,8 +168,17 @@ fn throughput() {
     );
 
     let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut off_ticks, mut on_ticks) = (0, 0);
     // A warm-up round each, not counted.
-    for p in [&plain, &with_null, &with_msys, &with_tracking] {
+    for p in [
+        &plain,
+        &with_null,
+        &with_msys,
+        &with_tracking,
+        &with_store_off,
+        &with_webhook,
+    ] {
         round(p, &message, count / 10, 20);
     }
     for _ in 0..rounds {
@@ -160,8 +186,16 @@ fn throughput() {
         b.push(round(&with_null, &message, count, 20));
         c.push(round(&with_msys, &message, count, 20));
         d.push(round(&with_tracking, &message, count, 20));
+        let t = cpu_ticks(store_off.pid());
+        off.push(round(&with_store_off, &message, count, 20));
+        off_ticks += cpu_ticks(store_off.pid()) - t;
+        let t = cpu_ticks(hooked.pid());
+        on.push(round(&with_webhook, &message, count, 20));
+        on_ticks += cpu_ticks(hooked.pid()) - t;
     }
     let (a, b, c, d) = (median(a), median(b), median(c), median(d));
+    let (off, on) = (median(off), median(on));
+    let per_msg = |ticks: u64| ticks as f64 * 10_000.0 / (count * rounds) as f64;
     println!("### Through Postfix: smtp-source -> Postfix -> smtp-sink\n");
     println!(
         "{count} messages a round (3 KB: a text part and an HTML part with 10 links; X-MSYS-API with 2 cc: msys-milter adds 2 recipients, a Cc: header and a bounce address), 20 sessions, median of {rounds} alternating rounds; msgs/s (messages submitted) from the first message sent until Postfix's queue is empty.\n"
@@ -179,6 +213,22 @@ fn throughput() {
         d / a,
         d / b
     );
+    println!(
+        "\nThe state layer, side by side in the same rounds (each message: 3 injection events committed before the answer; the webhook gets them in batches):\n"
+    );
+    println!("| msys-milter | msgs/s | vs store off | milter CPU per message |");
+    println!("|---|---|---|---|");
+    println!(
+        "| store off (`[store] enabled = false`) | {off:.0} | 1.00 | {:.0} us |",
+        per_msg(off_ticks)
+    );
+    println!(
+        "| store on, events to a webhook | {on:.0} | {:.2} | {:.0} us |",
+        on / off,
+        per_msg(on_ticks)
+    );
+    let delivered = hook.delivered().len();
+    println!("\nThe webhook acknowledged {delivered} events during the run.");
 }
 
 fn copies() {

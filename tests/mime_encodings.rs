@@ -107,17 +107,27 @@ fn real_tokens_lead_to_the_decoded_targets() {
             == format!("https://long.example/?q={}", "q".repeat(MAX_URL_LEN))),
         "a link too long for a token stays as it is"
     );
-    let pixel = out.split("<img src=\"").nth(1).unwrap();
-    let pixel = &pixel[..pixel.find('"').unwrap()];
-    let open = verify(
-        &keys,
-        pixel.strip_prefix("https://track.example.com/o/").unwrap(),
-        0,
-    )
-    .unwrap();
+    // The initial_open pixel at the top of the body, the open pixel at its end.
+    let pixels: Vec<_> = out
+        .split("<img src=\"")
+        .skip(1)
+        .map(|p| {
+            let url = &p[..p.find('"').unwrap()];
+            verify(
+                &keys,
+                url.strip_prefix("https://track.example.com/o/").unwrap(),
+                0,
+            )
+            .unwrap()
+        })
+        .map(|t| (t.kind, t.transmission_id, t.recipient))
+        .collect();
     assert_eq!(
-        (open.kind, open.transmission_id, open.recipient.as_str()),
-        (Kind::Open, 7, "r@example.org")
+        pixels,
+        [
+            (Kind::InitialOpen, 7, "r@example.org".to_owned()),
+            (Kind::Open, 7, "r@example.org".to_owned())
+        ]
     );
 }
 

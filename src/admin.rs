@@ -3,6 +3,7 @@
 //! lets both read and write).
 
 use crate::events::EventType;
+use crate::ids::unix_secs as now;
 use crate::store::{Account, Store, SuppressionEntry, SuppressionFilter, SuppressionType};
 use crate::suppression::{CsvError, SOURCE_MANUAL, read_csv, write_csv};
 use std::io::Write;
@@ -10,12 +11,6 @@ use std::time::Duration;
 
 /// Entries written per transaction by an import.
 const IMPORT_CHUNK: usize = 20_000;
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// `suppression list`: one entry a line, tab-separated, with a header.
 pub async fn suppression_list(
@@ -78,67 +73,54 @@ pub async fn suppression_add(
 }
 
 /// `suppression import FILE`: SparkPost's CSV, committed in chunks; progress on `bar`.
+/// The file is parsed on a blocking thread while the previous chunk is committed.
 pub async fn suppression_import(
     store: &dyn Store,
-    input: impl std::io::Read + Send,
+    input: impl std::io::Read + Send + 'static,
     kind: Option<SuppressionType>,
     account: Account,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<u64> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<SuppressionEntry>>(2);
     let now = now();
-    // Parsing runs beside the commits: one chunk is read while the previous is written.
-    let reader = std::thread::scope(|scope| -> anyhow::Result<u64> {
-        let parse = scope.spawn(move || {
-            let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
-            let result = read_csv(input, kind, account, now, |e| {
-                chunk.push(e);
-                if chunk.len() == IMPORT_CHUNK {
-                    tx.blocking_send(std::mem::take(&mut chunk))
-                        .map_err(|_| CsvError {
-                            line: 0,
-                            message: "import stopped".into(),
-                        })?;
-                }
-                Ok(())
-            });
-            if !chunk.is_empty() {
-                let _ = tx.blocking_send(chunk);
+    let parse = tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+        let result = read_csv(input, kind, account, now, |e| {
+            chunk.push(e);
+            if chunk.len() == IMPORT_CHUNK {
+                tx.blocking_send(std::mem::take(&mut chunk))
+                    .map_err(|_| CsvError {
+                        line: 0,
+                        message: "import stopped".into(),
+                    })?;
             }
-            result
+            Ok(())
         });
-        let handle = tokio::runtime::Handle::current();
-        let committed = tokio::task::block_in_place(|| {
-            handle.block_on(async {
-                let mut done = 0u64;
-                while let Some(chunk) = rx.recv().await {
-                    let n = chunk.len() as u64;
-                    store
-                        .commit(crate::store::Commit {
-                            suppress: chunk,
-                            ..Default::default()
-                        })
-                        .await?;
-                    done += n;
-                    bar.set_position(done);
-                }
-                anyhow::Ok(done)
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(chunk);
+        }
+        result
+    });
+    let mut committed = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        let n = chunk.len() as u64;
+        store
+            .commit(crate::store::Commit {
+                suppress: chunk,
+                ..Default::default()
             })
-        });
-        let parsed = parse
-            .join()
-            .map_err(|_| anyhow::anyhow!("the CSV reader failed"))?;
-        let committed = committed?;
-        let parsed = parsed.map_err(|e| {
-            anyhow::anyhow!("{e} (the {committed} entries before it were imported)")
-        })?;
-        anyhow::ensure!(
-            parsed == committed,
-            "imported {committed} of {parsed} entries"
-        );
-        Ok(committed)
-    })?;
-    Ok(reader)
+            .await?;
+        committed += n;
+        bar.set_position(committed);
+    }
+    let parsed = parse
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e} (the {committed} entries before it were imported)"))?;
+    anyhow::ensure!(
+        parsed == committed,
+        "imported {committed} of {parsed} entries"
+    );
+    Ok(committed)
 }
 
 /// `suppression export`: SparkPost's CSV on `out`.

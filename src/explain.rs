@@ -79,9 +79,7 @@ pub fn explain(
         },
         auth_authen: auth_user.map(str::to_owned),
         headers: headers.clone(),
-        received_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        received_at: crate::ids::unix_secs(),
     };
     let ids = IdGenerator::new(config.node_id.0);
     plan(&facts, config, || ids.next()).map_err(|rejection| rejection.reply())

@@ -3,7 +3,7 @@
 //! honoured: anything else answers 404 and never redirects (no open redirect).
 
 use crate::events::{self, EventType, Stamp, Transmission, Visitor};
-use crate::ids::IdGenerator;
+use crate::ids::{IdGenerator, unix_secs as now};
 use crate::store::{Commit, Store, SuppressionEntry, SuppressionType};
 use crate::suppression::{SOURCE_LIST_UNSUBSCRIBE, SOURCE_UNSUBSCRIBE_LINK};
 use crate::tracking::is_web_url;
@@ -237,12 +237,6 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         m.render(),
     )
         .into_response()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The token's content when it is ours, of `kind`, and not expired. A path that is not

@@ -81,6 +81,18 @@ impl IdGenerator {
     }
 }
 
+/// The wall clock in Unix seconds (0 before 1970).
+pub fn unix_secs() -> u64 {
+    unix_millis() / 1000
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970).
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Milliseconds as a `Duration` after the id epoch, for tests and tools.
 pub fn epoch() -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(EPOCH_MS)

@@ -310,9 +310,7 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
                     admin::events_tail(store, kind, lines, follow, &mut stdout).await?;
                 }
                 EventsCmd::Replay { since, webhook } => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
+                    let now = msys_milter::ids::unix_secs();
                     let since = admin::parse_time(&since, now)
                         .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
                     let sinks: Vec<String> = match &webhook {
@@ -492,9 +490,7 @@ async fn prune_forever(store: Arc<dyn Store>, daemon: Arc<Daemon>) {
     loop {
         tick.tick().await;
         let config = daemon.config();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = msys_milter::ids::unix_secs();
         let events_before = now.saturating_sub(u64::from(config.events.retention_days) * 86_400);
         let transmissions_before =
             now.saturating_sub((u64::from(config.tracking.link_expiry_days) + 1) * 86_400);

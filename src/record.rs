@@ -2,7 +2,7 @@
 //! facts, an `injection` event for every recipient it goes to, and `injection` plus a
 //! class-25 `bounce` for every suppressed one. Ids and the clock come from outside.
 
-use crate::api::plan::{Delivery, MessageFacts, Plan};
+use crate::api::plan::{Delivery, MessageFacts, Plan, from_header_address};
 use crate::api::recipients::RcptType;
 use crate::events::{self, Recipient, Stamp, Transmission};
 use crate::ids::IdError;
@@ -29,48 +29,32 @@ pub fn queue_id_of_reply(reply: &str) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-/// The From: address and the decoded Subject (RFC 2047) of the message.
-fn from_and_subject(facts: &MessageFacts) -> (Option<String>, Option<String>) {
-    let mut head = Vec::new();
-    for h in facts
-        .headers
-        .iter()
-        .filter(|h| h.is("From") || h.is("Subject"))
-    {
-        head.extend_from_slice(h.name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(&h.value);
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    let Some(message) = mail_parser::MessageParser::default().parse_headers(&head) else {
-        return (None, None);
-    };
-    let from = message
-        .from()
-        .and_then(|f| f.first())
-        .and_then(|a| a.address())
-        .map(str::to_owned);
-    (from, message.subject().map(str::to_owned))
+/// The decoded Subject (RFC 2047) of the message.
+fn subject(facts: &MessageFacts) -> Option<String> {
+    let value = facts.headers.iter().find(|h| h.is("Subject"))?;
+    let mut head = b"Subject: ".to_vec();
+    head.extend_from_slice(&value.value);
+    head.extend_from_slice(b"\r\n\r\n");
+    let message = mail_parser::MessageParser::default().parse_headers(&head)?;
+    message.subject().map(str::to_owned)
 }
 
 /// The shared facts of the plan's transmission.
 pub fn transmission(plan: &Plan, facts: &MessageFacts, now_ms: u64) -> Transmission {
     let api = plan.api.as_ref();
     let options = api.map(|a| &a.options);
-    let (friendly_from, subject) = from_and_subject(facts);
     Transmission {
         transmission_id: plan.transmission_id.clone(),
         campaign_id: api.and_then(|a| a.campaign_id.clone()),
         tags: api.map(|a| a.tags.clone()).unwrap_or_default(),
         metadata: api.and_then(|a| a.metadata.clone()).unwrap_or_default(),
         subaccount_id: plan.subaccount_id,
-        friendly_from,
+        friendly_from: facts.from_header().as_deref().and_then(from_header_address),
         msg_from: plan
             .mail_from
             .clone()
             .unwrap_or_else(|| facts.mail_from.clone()),
-        subject,
+        subject: subject(facts),
         ip_pool: options.and_then(|o| o.ip_pool.clone()),
         injection_ms: now_ms,
         transactional: plan.transactional(),

@@ -30,14 +30,12 @@ pub fn scope(plan: &Plan) -> Option<(Account, SuppressionType)> {
 
 /// Every address the plan delivers to, lower-cased, each once.
 pub fn addresses(plan: &Plan) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(plan.recipients.len());
-    for r in &plan.recipients {
-        let a = r.address.to_lowercase();
-        if !out.contains(&a) {
-            out.push(a);
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::with_capacity(plan.recipients.len());
+    plan.recipients
+        .iter()
+        .map(|r| r.address.to_lowercase())
+        .filter(|a| seen.insert(a.clone()))
+        .collect()
 }
 
 /// Take the `suppressed` addresses (lower-cased) out of the plan: they are neither

@@ -445,13 +445,17 @@ pub fn subaccount(auth_user: &str) -> Option<u64> {
     id.trim().parse().ok()
 }
 
-/// The domain of the first address of a `From:` header value.
-pub fn from_header_domain(value: &str) -> Option<String> {
+/// The first address of a `From:` header value.
+pub fn from_header_address(value: &str) -> Option<String> {
     let mut line = super::header::unfold(value.as_bytes());
     line.push(b'\n');
     let parsed = mail_parser::parsers::MessageStream::new(&line).parse_address();
-    let addr = parsed.as_address()?.first()?.address()?;
-    domain_of(addr)
+    parsed.as_address()?.first()?.address().map(str::to_owned)
+}
+
+/// The domain of the first address of a `From:` header value.
+pub fn from_header_domain(value: &str) -> Option<String> {
+    domain_of(&from_header_address(value)?)
 }
 
 /// The domain a message sends as: its From: header, else its MAIL FROM.

@@ -121,7 +121,8 @@ impl Event {
 
 /// What every event of one transmission shares (stored at injection, so events from the
 /// HTTP endpoint can join it).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Transmission {
     pub transmission_id: String,
     pub campaign_id: Option<String>,
@@ -141,64 +142,14 @@ pub struct Transmission {
 }
 
 impl Transmission {
-    /// The stored form: the shared fields as a JSON object.
+    /// The stored form.
     pub fn to_json(&self) -> String {
-        let mut m = Map::new();
-        m.insert("transmission_id".into(), s(&self.transmission_id));
-        put_opt(&mut m, "campaign_id", self.campaign_id.as_deref());
-        m.insert(
-            "rcpt_tags".into(),
-            Value::Array(self.tags.iter().map(s).collect()),
-        );
-        m.insert("rcpt_meta".into(), Value::Object(self.metadata.clone()));
-        if let Some(id) = self.subaccount_id {
-            m.insert("subaccount_id".into(), s(id.to_string()));
-        }
-        put_opt(&mut m, "friendly_from", self.friendly_from.as_deref());
-        m.insert("msg_from".into(), s(&self.msg_from));
-        put_opt(&mut m, "subject", self.subject.as_deref());
-        put_opt(&mut m, "ip_pool", self.ip_pool.as_deref());
-        m.insert("injection_ms".into(), s(self.injection_ms.to_string()));
-        m.insert("transactional".into(), flag(self.transactional));
-        m.insert("sandbox".into(), Value::Bool(self.sandbox));
-        Value::Object(m).to_string()
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Read the stored form back; `None` when it is not ours.
     pub fn from_json(text: &str) -> Option<Transmission> {
-        let Value::Object(m) = serde_json::from_str::<Value>(text).ok()? else {
-            return None;
-        };
-        let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
-        Some(Transmission {
-            transmission_id: text("transmission_id")?,
-            campaign_id: text("campaign_id"),
-            tags: m
-                .get("rcpt_tags")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            metadata: m
-                .get("rcpt_meta")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
-            subaccount_id: text("subaccount_id").and_then(|v| v.parse().ok()),
-            friendly_from: text("friendly_from"),
-            msg_from: text("msg_from").unwrap_or_default(),
-            subject: text("subject"),
-            ip_pool: text("ip_pool"),
-            injection_ms: text("injection_ms")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_default(),
-            transactional: text("transactional").as_deref() == Some("1"),
-            sandbox: m.get("sandbox").and_then(Value::as_bool).unwrap_or(false),
-        })
+        serde_json::from_str(text).ok()
     }
 }
 

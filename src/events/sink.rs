@@ -4,7 +4,7 @@
 //! sink only holds back itself: mail never waits for a sink.
 
 use super::webhook::Target;
-use crate::ids::IdGenerator;
+use crate::ids::{IdGenerator, unix_secs as now};
 use crate::store::{SinkSpec, Store};
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::Arc;
@@ -94,12 +94,6 @@ impl Drop for Sinks {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A random number (the standard library's per-instance hasher keys are random).

@@ -268,9 +268,7 @@ async fn commit_events(
     handed: &Handed,
     queue_id: &str,
 ) -> Result<(), Reply> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let now_ms = crate::ids::unix_millis();
     let tid = &plan.transmission_id;
     let commit = record::accepted(plan, facts, handed, now_ms, || shared.ids.next())
         .map_err(|e| {

@@ -250,9 +250,7 @@ impl Session {
             .parsed
             .unwrap_or_else(|| parse_api(&this.facts, config));
         let mut facts = this.facts;
-        facts.received_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        facts.received_at = crate::ids::unix_secs();
         let plan = plan_parsed(&facts, parsed, config, || shared.ids.next())?;
         Ok(Planned {
             plan,

@@ -446,18 +446,22 @@ fn next_batch(
             params![sink, batch_id],
         )?;
     }
-    let ids: Vec<i64> = conn
+    // The oldest events in no batch yet, with their items: one read for the new batch.
+    let rows: Vec<(i64, String)> = conn
         .prepare_cached(
-            "SELECT event_id FROM outbox WHERE sink = ?1 AND batch_id IS NULL ORDER BY event_id LIMIT ?2",
+            "SELECT o.event_id, e.item FROM outbox o JOIN events e ON e.event_id = o.event_id
+             WHERE o.sink = ?1 AND o.batch_id IS NULL ORDER BY o.event_id LIMIT ?2",
         )?
-        .query_map(params![sink, int(max as u64)], |r| r.get(0))?
+        .query_map(params![sink, int(max as u64)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
-    if ids.is_empty() {
+    if rows.is_empty() {
         return Ok(None);
     }
     let mut assign =
         conn.prepare_cached("UPDATE outbox SET batch_id = ?1 WHERE sink = ?2 AND event_id = ?3")?;
-    for id in &ids {
+    for (id, _) in &rows {
         assign.execute(params![new_batch_id, sink, id])?;
     }
     conn.execute(
@@ -467,7 +471,7 @@ fn next_batch(
     Ok(Some(Batch {
         sink: sink.to_owned(),
         batch_id: new_batch_id.to_owned(),
-        items: load_batch(conn, sink, new_batch_id)?,
+        items: rows.into_iter().map(|(_, item)| item).collect(),
         attempts: 0,
         failing_since: None,
         next_attempt: None,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod events;
 pub mod explain;
+pub mod feedback;
 pub mod http;
 pub mod ids;
 pub mod metrics;

@@ -415,6 +415,8 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = start_http(&config, &store, &ids, http_stopped).await?;
         let sinks = start_sinks(&config, &store, &ids)?;
+        let (stop_lmtp, lmtp_stopped) = tokio::sync::oneshot::channel::<()>();
+        let lmtp = start_lmtp(&config, &store, &ids, lmtp_stopped).await?;
         let daemon = Arc::new(Daemon::with_store(config, Arc::clone(&store), Arc::clone(&ids))?);
         tokio::spawn(prune_forever(Arc::clone(&store), Arc::clone(&daemon)));
         if let Some(path) = config_path {
@@ -426,6 +428,10 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         }
         daemon.run(listener, shutdown).await?;
         let _ = stop_http.send(());
+        let _ = stop_lmtp.send(());
+        if let Some(lmtp) = lmtp {
+            let _ = lmtp.await;
+        }
         if let Some(http) = http {
             let _ = http.await;
         }
@@ -481,6 +487,74 @@ async fn start_http(
     Ok(Some(tokio::spawn(msys_milter::http::serve(
         listener, state, shutdown,
     ))))
+}
+
+/// Start the LMTP listener for the bounce domains' mail when `[feedback] lmtp` is set.
+async fn start_lmtp(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    ids: &Arc<IdGenerator>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    use msys_milter::feedback::inbound::{Inbound, Keep, serve};
+    let Some(spec) = &config.feedback.lmtp else {
+        return Ok(None);
+    };
+    let socket = BoundSocket::bind(&spec.0)
+        .await
+        .with_context(|| "cannot start the LMTP listener ([feedback] lmtp)")?;
+    let hostname = host_name();
+    let our_mtas = if config.feedback.reporting_mta.is_empty() {
+        vec![hostname.clone()]
+    } else {
+        config.feedback.reporting_mta.clone()
+    };
+    let keep_dir = config.feedback.keep_dir.clone().unwrap_or_else(|| {
+        let store_path = config
+            .store
+            .path
+            .clone()
+            .unwrap_or_else(|| msys_milter::store::default_path().0);
+        store_path.parent().map_or_else(
+            || PathBuf::from("feedback-unread"),
+            |d| d.join("feedback-unread"),
+        )
+    });
+    if config.bounce_domains().next().is_none() {
+        tracing::warn!(
+            "[feedback] lmtp is set but no bounce domain is configured: every recipient will be refused"
+        );
+    }
+    tracing::info!(lmtp = %spec.0, reporting_mta = ?our_mtas, keep_dir = %keep_dir.display(), "feedback LMTP listener running");
+    let inbound = Arc::new(Inbound {
+        config: Arc::new(config.clone()),
+        store: Arc::clone(store),
+        ids: Arc::clone(ids),
+        our_mtas,
+        keep: Keep {
+            dir: keep_dir,
+            max: config.feedback.keep_max,
+        },
+    });
+    let stop = async {
+        let _ = stopped.await;
+    };
+    Ok(Some(tokio::spawn(serve(
+        socket,
+        inbound,
+        hostname,
+        config.max_message_size,
+        stop,
+    ))))
+}
+
+/// This machine's host name (what an MTA on it calls itself by default).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Forget delivered events after `[events] retention_days` and transmissions once their

@@ -412,3 +412,49 @@ async fn the_store_survives_reopening_and_group_commits_concurrent_writes() {
         .unwrap();
     assert_eq!(hits, ["r7@example.org"]);
 }
+
+/// Mail for the bounce domains is inbound feedback: passed untouched (no MAIL FROM
+/// rewrite, no suppression check, no events), never refused as an unconfigured sending
+/// domain. Mixed with an outside recipient it is ordinary outbound mail.
+#[tokio::test]
+async fn feedback_for_the_bounce_domains_passes_untouched() {
+    let store = sqlite();
+    let verp = "bounces+123@bounces.example.net";
+    suppress(
+        store.as_ref(),
+        verp,
+        None,
+        SuppressionType::NonTransactional,
+    )
+    .await;
+    let toml = "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
+                [[sending_domain]]\nname = \"shop.example\"\n";
+    let mut conn = start(toml, store.clone()).await;
+    let (actions, status) = send(
+        &mut conn,
+        &[&format!("<{verp}>")],
+        Some(r#"{"campaign_id": "x"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, Status::Continue);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(events(store.as_ref()).await.is_empty());
+
+    let mut conn = start(toml, store.clone()).await;
+    let (_, status) = send(
+        &mut conn,
+        &[&format!("<{verp}>"), "<user@example.org>"],
+        None,
+        None,
+    )
+    .await;
+    let Status::Reject {
+        message: Some(reply),
+    } = status
+    else {
+        panic!("{status:?}")
+    };
+    let reply = reply.to_string_lossy();
+    assert!(reply.contains("Unconfigured Sending Domain"), "{reply}");
+}

@@ -209,6 +209,52 @@ fn strip_userinfo(url: &str) -> String {
     }
 }
 
+/// The bounce domains' mail: DSNs, bounces and auto-replies come back through LMTP.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Feedback {
+    /// Where the LMTP listener runs: `127.0.0.1:2424`, `inet:HOST:PORT` or
+    /// `unix:/path`. Unset: no listener.
+    pub lmtp: Option<LmtpSocket>,
+    /// Host names our MTA writes as `Reporting-MTA` in its DSNs (its `myhostname`):
+    /// their bounces are in-band `bounce` events, others' `out_of_band`. Default: this
+    /// machine's host name.
+    pub reporting_mta: Vec<String>,
+    /// Messages that could not be read are kept here for inspection (default: the
+    /// `feedback-unread` directory beside the store).
+    pub keep_dir: Option<PathBuf>,
+    /// How many such messages are kept (the oldest go first).
+    pub keep_max: usize,
+}
+
+impl Default for Feedback {
+    fn default() -> Self {
+        Self {
+            lmtp: None,
+            reporting_mta: Vec::new(),
+            keep_dir: None,
+            keep_max: 1000,
+        }
+    }
+}
+
+/// The LMTP listener's socket: `HOST:PORT` is read as `inet:HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LmtpSocket(pub SocketSpec);
+
+impl TryFrom<String> for LmtpSocket {
+    type Error = String;
+    fn try_from(spec: String) -> Result<Self, String> {
+        let full = if spec.contains(':') && !spec.starts_with(['i', 'u', 'l']) {
+            format!("inet:{spec}")
+        } else {
+            spec
+        };
+        full.parse().map(LmtpSocket)
+    }
+}
+
 /// The JSONL file's sink name.
 pub const JSONL_SINK: &str = "jsonl";
 
@@ -253,6 +299,7 @@ pub struct Config {
     pub http: Http,
     pub store: Store,
     pub events: Events,
+    pub feedback: Feedback,
     #[serde(rename = "webhook")]
     pub webhooks: Vec<Webhook>,
     #[serde(rename = "sending_domain")]
@@ -276,6 +323,7 @@ impl Default for Config {
             http: Http::default(),
             store: Store::default(),
             events: Events::default(),
+            feedback: Feedback::default(),
             webhooks: Vec::new(),
             sending_domains: Vec::new(),
             ip_pools: Vec::new(),

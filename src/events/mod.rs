@@ -330,6 +330,45 @@ pub fn suppressed(stamp: Stamp, t: &Transmission, r: &Recipient) -> Event {
     event(EventType::Bounce, stamp, t, m)
 }
 
+/// What a returned message said about one recipient.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bounce {
+    pub bounce_class: u8,
+    /// The SMTP reply code (`550`), when the reply has one.
+    pub error_code: Option<u16>,
+    /// The reply as received.
+    pub raw_reason: String,
+}
+
+/// `bounce`, `out_of_band` or `delay` from a DSN or bounce message.
+pub fn bounce(kind: EventType, stamp: Stamp, t: &Transmission, rcpt: &str, b: &Bounce) -> Event {
+    let mut m = base(kind, stamp, t, rcpt, None);
+    m.insert("bounce_class".into(), s(b.bounce_class.to_string()));
+    if let Some(code) = b.error_code {
+        m.insert("error_code".into(), s(code.to_string()));
+    }
+    m.insert("reason".into(), s(redact_addresses(&b.raw_reason)));
+    m.insert("raw_reason".into(), s(&b.raw_reason));
+    m.insert("num_retries".into(), s("0"));
+    event(kind, stamp, t, m)
+}
+
+/// SparkPost's `reason`: the reply with every address written as `...@...`.
+pub fn redact_addresses(text: &str) -> String {
+    text.split_inclusive(|c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c))
+        .map(|word| {
+            let end = word
+                .find(|c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c))
+                .unwrap_or(word.len());
+            let (token, rest) = word.split_at(end);
+            match token.split_once('@') {
+                Some((l, d)) if !l.is_empty() && d.contains('.') => format!("...@...{rest}"),
+                _ => word.to_owned(),
+            }
+        })
+        .collect()
+}
+
 /// What a request to the HTTP endpoint tells about who made it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Visitor {

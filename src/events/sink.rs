@@ -153,6 +153,11 @@ async fn run(store: Arc<dyn Store>, ids: Arc<IdGenerator>, sink: SinkConfig) {
                     // It will be sent again under the same id: consumers dedupe.
                     tracing::error!(sink = name, batch_id = %batch.batch_id, "delivered, but cannot record it: {e}");
                     tokio::time::sleep(POLL).await;
+                } else if batch.items.len() < sink.batch_size {
+                    // The queue is drained: let the next batch fill up rather than send
+                    // a few events at a time (each batch costs the sink and the store
+                    // two transactions and a request, whatever its size).
+                    tokio::time::sleep(sink.batch_wait).await;
                 }
             }
             Err(error) => {

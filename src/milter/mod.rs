@@ -168,6 +168,11 @@ async fn end_of_message(
         tracing::info!(queue_id = %queue_id, outcome, reply = %reply, "{queue_id}: refused");
         (refuse(cx, queue_id, reply), outcome)
     };
+    if crate::feedback::is_inbound(session(&mut cx.data).rcpts(), &settings.config) {
+        // DSNs and complaints on their way to the LMTP listener: not ours to shape.
+        tracing::info!(queue_id = %queue_id, outcome = "inbound", "{queue_id}: feedback for the bounce domains, passed untouched");
+        return (Status::Continue, "inbound");
+    }
     let mut planned = match session(&mut cx.data).end_of_message(shared, &settings) {
         Ok(planned) => planned,
         Err(rejection) => return refused(cx, &rejection.reply()),

@@ -197,6 +197,11 @@ impl Session {
         self.facts.auth_authen = auth_authen.filter(|a| !a.is_empty()).map(str::to_owned);
     }
 
+    /// The envelope recipients so far.
+    pub fn rcpts(&self) -> &[String] {
+        &self.facts.rcpts
+    }
+
     pub fn rcpt(&mut self, rcpt: &str) {
         self.facts.rcpts.push(strip_brackets(rcpt).to_owned());
     }

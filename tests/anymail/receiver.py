@@ -81,6 +81,8 @@ def record_tracking(sender, event, esp_name, **kwargs):
         "user_agent": event.user_agent,
         "timestamp": event.timestamp.isoformat() if event.timestamp else None,
         "event_id": event.event_id,
+        # The SparkPost event as anymail received it, for checks of its raw fields.
+        "esp_event": event.esp_event,
     }
     data = json.dumps(line, default=str) + "\n"
     with _out_lock:

@@ -63,8 +63,23 @@ pub struct Capture {
     received: Arc<(Mutex<Vec<Received>>, Condvar)>,
 }
 
+/// Per-recipient RCPT replies: a recipient starting with the first string gets the
+/// second as its reply (and is not added).
+pub type Replies = Arc<Vec<(String, String)>>;
+
 impl Capture {
     pub fn start() -> Capture {
+        Capture::start_with_replies(&[])
+    }
+
+    /// A capture server that refuses some recipients: `(address prefix, reply)`.
+    pub fn start_with_replies(replies: &[(&str, &str)]) -> Capture {
+        let replies: Replies = Arc::new(
+            replies
+                .iter()
+                .map(|(a, r)| ((*a).to_owned(), (*r).to_owned()))
+                .collect(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
@@ -72,8 +87,9 @@ impl Capture {
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let shared = Arc::clone(&shared);
+                let replies = Arc::clone(&replies);
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &shared);
+                    let _ = serve(stream, &shared, &replies);
                 });
             }
         });
@@ -128,7 +144,11 @@ impl Capture {
     }
 }
 
-fn serve(stream: TcpStream, shared: &(Mutex<Vec<Received>>, Condvar)) -> std::io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    shared: &(Mutex<Vec<Received>>, Condvar),
+    replies: &Replies,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -164,8 +184,16 @@ fn serve(stream: TcpStream, shared: &(Mutex<Vec<Received>>, Condvar)) -> std::io
                 .next()
                 .unwrap_or("")
                 .trim_start_matches('<');
-            current.rcpts.push(addr.to_owned());
-            out.write_all(b"250 2.1.5 Ok\r\n")?;
+            match replies
+                .iter()
+                .find(|(prefix, _)| addr.starts_with(prefix.as_str()))
+            {
+                Some((_, reply)) => out.write_all(format!("{reply}\r\n").as_bytes())?,
+                None => {
+                    current.rcpts.push(addr.to_owned());
+                    out.write_all(b"250 2.1.5 Ok\r\n")?;
+                }
+            }
         } else if upper == "DATA" {
             out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
             let mut data = Vec::new();

@@ -32,6 +32,30 @@ impl E2e {
         }
     }
 
+    /// With the feedback loop wired as postfix-example shows: the bounce domain's mail
+    /// goes to the milter's LMTP listener; the capture server answers `replies` to some
+    /// recipients; `main_cf` is appended to Postfix's main.cf.
+    pub fn start_feedback(toml: &str, replies: &[(&str, &str)], main_cf: &str) -> E2e {
+        let capture = Capture::start_with_replies(replies);
+        let milter_port = free_port();
+        let lmtp_port = free_port();
+        let postfix =
+            Postfix::start_with(Some(milter_port), capture.port, Some(lmtp_port), main_cf);
+        let milter = Milter::start_on(
+            milter_port,
+            &format!(
+                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n\
+                 [feedback]\nlmtp = \"127.0.0.1:{lmtp_port}\"\nreporting_mta = [\"mta.e2e.test\"]\n",
+                postfix.reinject_port
+            ),
+        );
+        E2e {
+            capture,
+            postfix,
+            milter,
+        }
+    }
+
     /// Copies go through this Postfix's sendmail(1).
     pub fn start_with_sendmail(toml: &str) -> E2e {
         let capture = Capture::start();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod anymail;
 pub mod capture;
 pub mod e2e;
 pub mod postfix;

@@ -55,6 +55,17 @@ impl Postfix {
     /// Start Postfix relaying everything to `[127.0.0.1]:relay_port`, with the milter of
     /// postfix-example/main.cf at `milter_port` (`None`: no milter at all).
     pub fn start(milter_port: Option<u16>, relay_port: u16) -> Postfix {
+        Postfix::start_with(milter_port, relay_port, None, "")
+    }
+
+    /// As [`Postfix::start`], the bounce domain's mail to msys-milter's LMTP listener at
+    /// `lmtp_port` (postfix-example/main.cf), and `extra` main.cf lines.
+    pub fn start_with(
+        milter_port: Option<u16>,
+        relay_port: u16,
+        lmtp_port: Option<u16>,
+        extra: &str,
+    ) -> Postfix {
         assert_private_network();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("conf");
@@ -86,10 +97,15 @@ impl Postfix {
              biff = no\n"
         );
         if let Some(port) = milter_port {
+            // Without a listener the bounce domain's mail waits in the queue.
+            let lmtp = lmtp_port.unwrap_or_else(free_port);
             main_cf.push_str(
-                &example("main.cf").replace("127.0.0.1:8895", &format!("127.0.0.1:{port}")),
+                &example("main.cf")
+                    .replace("127.0.0.1:8895", &format!("127.0.0.1:{port}"))
+                    .replace("127.0.0.1:2424", &format!("127.0.0.1:{lmtp}")),
             );
         }
+        main_cf.push_str(extra);
         std::fs::write(conf.join("main.cf"), main_cf).unwrap();
         let master = master_cf(smtp_port)
             + &example("master.cf")

@@ -1,0 +1,189 @@
+//! The LMTP listener's delivery: read what came back, commit its events and suppression
+//! entries, answer per recipient. A message that cannot be stored answers 451 (the MTA
+//! keeps it); one that cannot be understood is accepted and kept in a bounded directory
+//! for inspection, never bounced (no backscatter loops).
+
+use super::lmtp::{Deliver, Reply};
+use super::{FeedbackAddress, dsn, feedback_address, transmission_of};
+use crate::config::Config;
+use crate::ids::IdGenerator;
+use crate::store::Store;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Where messages nobody could read are kept, and how many.
+#[derive(Clone, Debug)]
+pub struct Keep {
+    pub dir: PathBuf,
+    pub max: usize,
+}
+
+impl Keep {
+    /// Write `raw` as a new file and drop the oldest beyond `max`.
+    pub fn keep(&self, raw: &[u8]) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        let name = format!(
+            "{}-{:08x}.eml",
+            crate::ids::unix_millis(),
+            std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), raw) as u32
+        );
+        let path = self.dir.join(name);
+        std::fs::write(&path, raw)?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        if files.len() > self.max {
+            // Names start with the time: the oldest sort first.
+            files.sort();
+            for old in &files[..files.len() - self.max] {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(path)
+    }
+}
+
+/// The bounce domains' mail, turned into events.
+pub struct Inbound {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub ids: Arc<IdGenerator>,
+    /// Host names our MTA writes as `Reporting-MTA` (its DSNs are in-band `bounce`s).
+    pub our_mtas: Vec<String>,
+    pub keep: Keep,
+}
+
+const STORE_FAILED: &str = "451 4.3.0 feedback store unavailable, try again later";
+
+impl Inbound {
+    fn kept(&self, raw: &[u8], why: &str) -> Reply {
+        match self.keep.keep(raw) {
+            Ok(path) => {
+                tracing::warn!(file = %path.display(), "feedback message kept for inspection: {why}");
+                format!("250 2.0.0 Ok: kept for inspection ({why})")
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.keep.dir.display(), "cannot keep a feedback message ({why}): {e}");
+                "451 4.3.0 cannot keep the message, try again later".into()
+            }
+        }
+    }
+
+    async fn one(&self, rcpt: &str, report: &dsn::Report, raw: &[u8]) -> Reply {
+        let Some(address) = feedback_address(rcpt, &self.config) else {
+            return format!("550 5.1.1 <{rcpt}>: not a feedback address here");
+        };
+        if report.kind == dsn::ReportKind::Unknown {
+            return self.kept(raw, "not a delivery report");
+        }
+        let Some(tid) = transmission_of(&address, report, &self.config) else {
+            return self.kept(raw, "no transmission id");
+        };
+        let transmission = match self.store.transmission(&tid).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return self.kept(raw, "unknown transmission"),
+            Err(e) => {
+                tracing::error!(transmission_id = %tid, "feedback: {e}");
+                return STORE_FAILED.into();
+            }
+        };
+        let now = crate::ids::unix_secs();
+        let (commit, found) =
+            match super::commit(report, &transmission, &self.our_mtas, now, || {
+                self.ids.next()
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(transmission_id = %tid, "feedback: {e}");
+                    return "451 4.3.0 no event id, try again later".into();
+                }
+            };
+        if found.is_empty() {
+            return self.kept(raw, "no failed or delayed recipient");
+        }
+        let suppressed = commit.suppress.len();
+        if let Err(e) = self.store.commit(commit).await {
+            tracing::error!(transmission_id = %tid, "feedback: {e}");
+            return STORE_FAILED.into();
+        }
+        crate::metrics::global().events(found.iter().map(|f| f.kind.as_str()));
+        for f in &found {
+            tracing::info!(
+                transmission_id = %tid,
+                event = f.kind.as_str(),
+                bounce_class = f.class.code(),
+                suppressed = f.class.is_hard(),
+                "feedback: {} for a recipient",
+                f.kind.as_str()
+            );
+        }
+        let via = match address {
+            FeedbackAddress::Verp { .. } => "",
+            FeedbackAddress::Other => " (matched by the returned message)",
+        };
+        format!(
+            "250 2.0.0 Ok: {} event(s), {suppressed} suppressed{via}",
+            found.len()
+        )
+    }
+}
+
+impl Deliver for Inbound {
+    fn rcpt(&self, rcpt: &str) -> Result<(), Reply> {
+        match feedback_address(rcpt, &self.config) {
+            Some(_) => Ok(()),
+            None => Err(format!("550 5.1.1 <{rcpt}>: not a feedback address here")),
+        }
+    }
+
+    fn data<'a>(
+        &'a self,
+        _mail_from: &'a str,
+        rcpts: &'a [String],
+        message: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Reply>> + Send + 'a>> {
+        Box::pin(async move {
+            let report = dsn::parse(&message);
+            let mut replies = Vec::with_capacity(rcpts.len());
+            for rcpt in rcpts {
+                replies.push(self.one(rcpt, &report, &message).await);
+            }
+            replies
+        })
+    }
+}
+
+/// Accept LMTP connections until `stop` resolves.
+pub async fn serve(
+    socket: crate::milter::listener::BoundSocket,
+    inbound: Arc<Inbound>,
+    hostname: String,
+    max_size: usize,
+    stop: impl Future<Output = ()>,
+) {
+    use indymilter::Listener as _;
+    let (mut listener, _guard) = socket.into_parts();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => return,
+            a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
+        };
+        match accepted {
+            Ok(stream) => {
+                let inbound = Arc::clone(&inbound);
+                let hostname = hostname.clone();
+                tokio::spawn(async move {
+                    super::lmtp::serve(stream, &hostname, max_size, inbound).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("LMTP accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Feedback: what comes back to the bounce domains (DSNs, plain-text bounces,
+//! auto-replies) becomes SparkPost events, and hard bounces feed the suppression list.
+//! The parts here are pure; `inbound` does the I/O and `lmtp` is the listener.
+
+pub mod classify;
+pub mod dsn;
+pub mod inbound;
+pub mod lmtp;
+
+use crate::config::Config;
+use crate::events::{self, Bounce, Event, EventType, Stamp, Transmission};
+use crate::ids::IdError;
+use crate::store::{Commit, SuppressionEntry, SuppressionType};
+use classify::BounceClass;
+use dsn::{Action, Report, ReportKind};
+
+/// Which of our feedback addresses a recipient is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedbackAddress {
+    /// `<bounce_local_part>+<transmission_id>@<bounce domain>`: DSNs and replies.
+    Verp { transmission_id: String },
+    /// Any other address at a bounce domain (`postmaster@`, a bare bounce address).
+    Other,
+}
+
+/// Is `rcpt` at one of the configured bounce domains, and which address is it?
+pub fn feedback_address(rcpt: &str, config: &Config) -> Option<FeedbackAddress> {
+    let rcpt = rcpt.trim().trim_matches(['<', '>']);
+    let (local, domain) = rcpt.rsplit_once('@')?;
+    let domain = domain.to_ascii_lowercase();
+    if !config.bounce_domains().any(|d| d.0 == domain) {
+        return None;
+    }
+    let prefix = format!("{}+", config.envelope.bounce_local_part.0);
+    let id = local
+        .get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(&prefix))
+        .map(|_| &local[prefix.len()..]);
+    Some(match id {
+        Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => {
+            FeedbackAddress::Verp {
+                transmission_id: id.to_owned(),
+            }
+        }
+        _ => FeedbackAddress::Other,
+    })
+}
+
+/// Mail for the bounce domains only: inbound feedback, which the milter passes untouched.
+pub fn is_inbound(rcpts: &[String], config: &Config) -> bool {
+    !rcpts.is_empty() && rcpts.iter().all(|r| feedback_address(r, config).is_some())
+}
+
+/// The transmission a report is about: the VERP address's id, else the envelope sender
+/// the returned original names.
+pub fn transmission_of(
+    address: &FeedbackAddress,
+    report: &Report,
+    config: &Config,
+) -> Option<String> {
+    if let FeedbackAddress::Verp { transmission_id } = address {
+        return Some(transmission_id.clone());
+    }
+    let from = report.original.mail_from.as_deref()?;
+    match feedback_address(from, config)? {
+        FeedbackAddress::Verp { transmission_id } => Some(transmission_id),
+        FeedbackAddress::Other => None,
+    }
+}
+
+/// Is `reporting_mta` one of ours (the DSN is our MTA giving up: in-band)?
+fn is_ours(reporting_mta: Option<&str>, ours: &[String]) -> bool {
+    reporting_mta.is_some_and(|mta| ours.iter().any(|o| o.eq_ignore_ascii_case(mta.trim())))
+}
+
+/// One recipient's outcome, for the log and the tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: EventType,
+    pub recipient: String,
+    pub class: BounceClass,
+    /// The reply as received (or the status code when there is no reply).
+    pub reason: String,
+}
+
+/// The events and suppression entries a report yields for transmission `t`.
+/// `our_mtas`: the host names our MTA writes as `Reporting-MTA`.
+pub fn findings(report: &Report, our_mtas: &[String]) -> Vec<Finding> {
+    let in_band =
+        report.kind == ReportKind::Dsn && is_ours(report.reporting_mta.as_deref(), our_mtas);
+    report
+        .recipients
+        .iter()
+        .filter_map(|r| {
+            let text = r.diagnostic.as_deref().unwrap_or("");
+            let (kind, class) = match (report.kind, r.action) {
+                (ReportKind::AutoReply, _) => (EventType::OutOfBand, BounceClass::AutoReply),
+                (_, Action::Delayed) => (
+                    EventType::Delay,
+                    match classify::classify(r.status.as_deref(), text) {
+                        // A delay is never a hard bounce, whatever the text says.
+                        c if c.is_hard() => BounceClass::SoftBounce,
+                        c => c,
+                    },
+                ),
+                (_, Action::Failed) => (
+                    if in_band {
+                        EventType::Bounce
+                    } else {
+                        EventType::OutOfBand
+                    },
+                    classify::classify(r.status.as_deref(), text),
+                ),
+                _ => return None,
+            };
+            Some(Finding {
+                kind,
+                recipient: r.recipient.clone(),
+                class,
+                reason: r
+                    .diagnostic
+                    .clone()
+                    .or_else(|| r.status.clone())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Build the commit for a report about transmission `t`.
+pub fn commit(
+    report: &Report,
+    t: &Transmission,
+    our_mtas: &[String],
+    now: u64,
+    mut next_id: impl FnMut() -> Result<u64, IdError>,
+) -> Result<(Commit, Vec<Finding>), IdError> {
+    let found = findings(report, our_mtas);
+    let mut commit = Commit::default();
+    for finding in &found {
+        let raw_reason = finding.reason.clone();
+        let bounce = Bounce {
+            bounce_class: finding.class.code(),
+            error_code: classify::reply_code(&raw_reason),
+            raw_reason: raw_reason.clone(),
+        };
+        let stamp = Stamp {
+            event_id: next_id()?,
+            timestamp: now,
+        };
+        commit.events.push(events::bounce(
+            finding.kind,
+            stamp,
+            t,
+            &finding.recipient,
+            &bounce,
+        ));
+        if finding.class.is_hard() {
+            let kind = if t.transactional {
+                SuppressionType::Transactional
+            } else {
+                SuppressionType::NonTransactional
+            };
+            commit.suppress.push(SuppressionEntry::new(
+                &finding.recipient,
+                t.subaccount_id,
+                kind,
+                "Bounce Rule",
+                &raw_reason,
+                now,
+            ));
+        }
+    }
+    Ok((commit, found))
+}
+
+/// The events of a commit, for tests and logs.
+pub fn kinds(events: &[Event]) -> Vec<EventType> {
+    events.iter().map(|e| e.kind).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verp_addresses() {
+        let c = config();
+        assert_eq!(
+            feedback_address("bounces+123@Bounces.Example.net", &c),
+            Some(FeedbackAddress::Verp {
+                transmission_id: "123".into()
+            })
+        );
+        assert_eq!(
+            feedback_address("postmaster@bounces.example.net", &c),
+            Some(FeedbackAddress::Other)
+        );
+        assert_eq!(
+            feedback_address("bounces+12x@bounces.example.net", &c),
+            Some(FeedbackAddress::Other)
+        );
+        assert_eq!(feedback_address("user@example.org", &c), None);
+        assert!(is_inbound(&["<bounces+1@bounces.example.net>".into()], &c));
+        assert!(!is_inbound(
+            &[
+                "bounces+1@bounces.example.net".into(),
+                "a@example.org".into()
+            ],
+            &c
+        ));
+        assert!(!is_inbound(&[], &c));
+    }
+}

@@ -1,0 +1,166 @@
+//! Feedback end to end, wired as postfix-example shows (the bounce domain's mail goes to
+//! the milter's LMTP listener): the capture server refuses recipients with real replies,
+//! Postfix bounces to our VERP address, and django-anymail (the real consumer) reads the
+//! events. A hard bounce suppresses the recipient; a delay does not; a DSN from a remote
+//! server passes the milter untouched on its way in.
+
+mod support;
+
+use serde_json::Value;
+use support::anymail::{Anymail, SECRET};
+use support::e2e::E2e;
+use support::message;
+
+const DEAD: &str = "550 5.1.1 <dead@example.org>: Recipient address rejected: User unknown in local recipient table";
+const FULL: &str = "452 4.2.2 <full@example.org>: Recipient address rejected: Mailbox full";
+
+fn start(anymail: &Anymail) -> E2e {
+    E2e::start_feedback(
+        &format!(
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
+             [[sending_domain]]\nname = \"example.com\"\n\
+             [[webhook]]\nurl = \"http://127.0.0.1:{}/anymail/sparkpost/tracking/\"\nbasic = \"{SECRET}\"\nbatch_wait_ms = 100\n",
+            anymail.port
+        ),
+        &[("dead@", DEAD), ("full@", FULL)],
+        // Retry deferred mail at once and warn of a delay after a second, so the
+        // delay DSN comes within the test's time.
+        "delay_warning_time = 1s\nqueue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n",
+    )
+}
+
+fn campaign_message(to: &str) -> String {
+    message(
+        &format!(
+            "From: News <news@example.com>\nTo: {to}\nSubject: Winter sale\nX-MSYS-API: {{\"campaign_id\": \"winter\", \"metadata\": {{\"user\": \"7\"}}}}\n"
+        ),
+        "Hello\n",
+    )
+}
+
+fn sparkpost_event(e: &Value) -> &Value {
+    let msys = &e["esp_event"]["msys"];
+    msys.as_object()
+        .and_then(|m| m.values().next())
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn a_hard_bounce_is_an_event_and_suppresses_the_recipient() {
+    let anymail = Anymail::start();
+    let e = start(&anymail);
+    e.send(
+        "app@example.com",
+        &["dead@example.org"],
+        &campaign_message("dead@example.org"),
+    )
+    .unwrap();
+    let queued = anymail.wait_for("queued", "dead@example.org", |_| true);
+    // anymail's message_id for SparkPost is the transmission id.
+    let tid = queued["message_id"].as_str().unwrap().to_owned();
+    // Postfix gives up (550), its DSN goes to bounces+<tid>@ and through LMTP to us.
+    let bounced = anymail.wait_for("bounced", "dead@example.org", |_| true);
+    assert_eq!(bounced["reject_reason"], "invalid", "{bounced:#}");
+    let raw = sparkpost_event(&bounced);
+    assert_eq!(raw["type"], "bounce", "our own MTA gave up: in-band");
+    assert_eq!(raw["bounce_class"], "10");
+    assert_eq!(raw["error_code"], "550");
+    assert_eq!(raw["transmission_id"], tid.as_str());
+    assert_eq!(raw["campaign_id"], "winter");
+    assert_eq!(raw["rcpt_meta"]["user"], "7");
+    assert!(
+        raw["raw_reason"].as_str().unwrap().contains("User unknown"),
+        "{raw:#}"
+    );
+    assert!(
+        !raw["reason"].as_str().unwrap().contains("dead@example.org"),
+        "reason is redacted: {raw:#}"
+    );
+    assert!(
+        e.milter.log().contains("feedback: bounce"),
+        "{}",
+        e.milter.log()
+    );
+
+    // The next message to that address is refused: suppressed by the bounce rule.
+    let refused = e
+        .send(
+            "app@example.com",
+            &["dead@example.org"],
+            &campaign_message("dead@example.org"),
+        )
+        .unwrap_err();
+    assert!(
+        refused.contains("554") && refused.contains("suppressed due to customer policy"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_delay_is_an_event_and_suppresses_nobody() {
+    let anymail = Anymail::start();
+    let e = start(&anymail);
+    e.send(
+        "app@example.com",
+        &["full@example.org"],
+        &campaign_message("full@example.org"),
+    )
+    .unwrap();
+    let deferred = anymail.wait_for("deferred", "full@example.org", |_| true);
+    let raw = sparkpost_event(&deferred);
+    assert_eq!(raw["type"], "delay", "{raw:#}");
+    assert_eq!(raw["bounce_class"], "22");
+    assert_eq!(raw["error_code"], "452");
+    // Not suppressed: the next message is accepted.
+    e.send(
+        "app@example.com",
+        &["full@example.org"],
+        &campaign_message("full@example.org"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_remote_dsn_passes_the_milter_untouched_and_is_an_out_of_band_bounce() {
+    let anymail = Anymail::start();
+    let e = start(&anymail);
+    e.send(
+        "app@example.com",
+        &["someone@gmail.example"],
+        &campaign_message("someone@gmail.example"),
+    )
+    .unwrap();
+    e.capture.wait_for_deliveries(1);
+    let queued = anymail.wait_for("queued", "someone@gmail.example", |_| true);
+    // anymail's message_id for SparkPost is the transmission id.
+    let tid = queued["message_id"].as_str().unwrap().to_owned();
+    // Later Gmail's server sends a DSN to the bounce address, through the same smtpd
+    // (and milter) as outgoing mail.
+    let verp = format!("bounces+{tid}@bounces.example.net");
+    let dsn = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dsn/gmail-dsn-5.1.1.eml"
+    ))
+    .unwrap()
+    .replace("bounces+1234567890123@bounces.example.net", &verp)
+    .replace("nosuchuser@gmail.com", "someone@gmail.example")
+    .replace('\n', "\r\n");
+    e.send("mailer-daemon@googlemail.com", &[&verp], &dsn)
+        .unwrap();
+    let bounced = anymail.wait_for("bounced", "someone@gmail.example", |_| true);
+    let raw = sparkpost_event(&bounced);
+    assert_eq!(raw["type"], "out_of_band", "{raw:#}");
+    assert_eq!(raw["bounce_class"], "10");
+    assert_eq!(bounced["reject_reason"], "invalid");
+    // Passed untouched: the milter logged it as inbound, and no injection for the VERP.
+    let log = e.milter.log();
+    assert!(log.contains("passed untouched"), "{log}");
+    assert!(
+        anymail
+            .events()
+            .iter()
+            .all(|ev| ev["recipient"] != verp.as_str()),
+        "{:#?}",
+        anymail.events()
+    );
+}

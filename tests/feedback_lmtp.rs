@@ -1,0 +1,358 @@
+//! The LMTP listener in process: the dialogue (many recipients, pipelining, bad input,
+//! dot-unstuffing, size limit) against a recording delivery, and the real feedback
+//! delivery on a real store: a DSN becomes events and a suppression entry, what cannot
+//! be read is kept, a store that fails answers 451.
+
+use msys_milter::config::Config;
+use msys_milter::events::{EventType, Transmission};
+use msys_milter::feedback::inbound::{Inbound, Keep};
+use msys_milter::feedback::lmtp::{self, Deliver, Reply};
+use msys_milter::ids::IdGenerator;
+use msys_milter::store::{Commit, SqliteStore, Store, SuppressionFilter, SuppressionType};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One delivered message: sender, recipients, content.
+type Delivered = (String, Vec<String>, Vec<u8>);
+
+/// Accepts recipients at `ok.example`, answers each with its position.
+#[derive(Default)]
+struct Recording {
+    messages: Mutex<Vec<Delivered>>,
+}
+
+impl Deliver for Recording {
+    fn rcpt(&self, rcpt: &str) -> Result<(), Reply> {
+        if rcpt.ends_with("@ok.example") {
+            Ok(())
+        } else {
+            Err(format!("550 5.1.1 <{rcpt}>: no"))
+        }
+    }
+
+    fn data<'a>(
+        &'a self,
+        from: &'a str,
+        rcpts: &'a [String],
+        message: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Reply>> + Send + 'a>> {
+        self.messages
+            .lock()
+            .unwrap()
+            .push((from.to_owned(), rcpts.to_vec(), message));
+        Box::pin(async move {
+            (0..rcpts.len())
+                .map(|i| format!("250 2.0.0 Ok {i}"))
+                .collect()
+        })
+    }
+}
+
+/// Run one client conversation: write `input` at once (pipelined), read to EOF.
+async fn converse<D: Deliver>(deliver: Arc<D>, input: &[u8], max_size: usize) -> String {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let task =
+        tokio::spawn(async move { lmtp::serve(server, "lmtp.test", max_size, deliver).await });
+    let (mut read, mut write) = tokio::io::split(client);
+    write.write_all(input).await.unwrap();
+    // The client is done sending: the server sees end of input after it.
+    write.shutdown().await.unwrap();
+    let mut out = String::new();
+    read.read_to_string(&mut out).await.unwrap();
+    task.await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn pipelined_transaction_with_many_recipients_gets_one_reply_each() {
+    let deliver = Arc::new(Recording::default());
+    let mut input = String::from("LHLO mta.test\r\nMAIL FROM:<>\r\n");
+    for i in 0..50 {
+        input.push_str(&format!("RCPT TO:<r{i}@ok.example>\r\n"));
+    }
+    input.push_str(
+        "RCPT TO:<x@elsewhere.example>\r\nDATA\r\nSubject: t\r\n\r\n..dot line\r\n.\r\nQUIT\r\n",
+    );
+    let out = converse(Arc::clone(&deliver), input.as_bytes(), 1 << 20).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("220 lmtp.test"), "{out}");
+    assert!(out.contains("250-PIPELINING") && out.contains("250-ENHANCEDSTATUSCODES"));
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("250 2.1.5")).count(),
+        50
+    );
+    assert!(out.contains("550 5.1.1 <x@elsewhere.example>: no"), "{out}");
+    for i in 0..50 {
+        assert!(out.contains(&format!("250 2.0.0 Ok {i}\r\n")), "{out}");
+    }
+    assert!(lines.last().unwrap().starts_with("221"), "{out}");
+    let messages = deliver.messages.lock().unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].0, "");
+    assert_eq!(messages[0].1.len(), 50);
+    assert_eq!(
+        messages[0].2, b"Subject: t\r\n\r\n.dot line\r\n",
+        "dot-unstuffed"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_replies_and_no_delivery() {
+    let deliver = Arc::new(Recording::default());
+    let long = "X".repeat(10_000);
+    let input = format!(
+        "EHLO mta.test\r\nMAIL FROM:<a@b.example>\r\nLHLO\r\nLHLO mta.test\r\nRCPT TO:<a@ok.example>\r\nDATA\r\n\
+         MAIL FROM:a@b.example\r\nMAIL FROM:<a@b.example>\r\nMAIL FROM:<a@b.example>\r\nDATA\r\n{long}\r\nBOGUS\r\n\
+         RSET\r\nNOOP\r\nVRFY x\r\n\u{fffd}\u{1}\r\nQUIT\r\n"
+    );
+    let out = converse(Arc::clone(&deliver), input.as_bytes(), 1 << 20).await;
+    let expected = [
+        "500 5.5.1 this is LMTP: use LHLO",
+        "503 5.5.1 LHLO first",
+        "501 5.5.4 LHLO needs a host name",
+        "503 5.5.1 MAIL first",
+        "503 5.5.1 MAIL first",
+        "501 5.5.4 syntax: MAIL FROM:<address>",
+        "250 2.1.0 Ok",
+        "503 5.5.1 nested MAIL command",
+        "503 5.5.1 no valid recipients",
+        "500 5.5.2 line too long",
+        "500 5.5.2 command not recognised",
+        "250 2.0.0 Ok",
+        "252 2.5.0",
+        "221 2.0.0",
+    ];
+    let mut rest = out.as_str();
+    for e in expected {
+        let at = rest
+            .find(e)
+            .unwrap_or_else(|| panic!("{e:?} missing, in order, from:\n{out}"));
+        rest = &rest[at + e.len()..];
+    }
+    assert!(deliver.messages.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn too_large_and_truncated_messages_are_not_delivered() {
+    let deliver = Arc::new(Recording::default());
+    let body = "a".repeat(200);
+    let input = format!(
+        "LHLO m\r\nMAIL FROM:<>\r\nRCPT TO:<a@ok.example>\r\nRCPT TO:<b@ok.example>\r\nDATA\r\n{body}\r\n.\r\nQUIT\r\n"
+    );
+    let out = converse(Arc::clone(&deliver), input.as_bytes(), 100).await;
+    assert_eq!(out.matches("552 5.3.4 message too big").count(), 2, "{out}");
+    // The connection ends inside DATA: nothing is delivered, nothing is answered.
+    let out = converse(
+        Arc::clone(&deliver),
+        b"LHLO m\r\nMAIL FROM:<>\r\nRCPT TO:<a@ok.example>\r\nDATA\r\nSubject: half",
+        1 << 20,
+    )
+    .await;
+    assert!(
+        out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+        "{out}"
+    );
+    assert!(deliver.messages.lock().unwrap().is_empty());
+}
+
+/// Random bytes never panic the server, and it always closes.
+#[tokio::test]
+async fn random_input_never_panics() {
+    let deliver = Arc::new(Recording::default());
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..200 {
+        let mut input = Vec::new();
+        let words: [&[u8]; 9] = [
+            b"LHLO x\r\n",
+            b"MAIL FROM:<>\r\n",
+            b"RCPT TO:<a@ok.example>\r\n",
+            b"DATA\r\n",
+            b".\r\n",
+            b"\r\n",
+            b"..\r\n",
+            b"RSET\r\n",
+            b"\x00\xff<>:@\n",
+        ];
+        for _ in 0..(round % 40) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            input.extend_from_slice(words[(seed % 9) as usize]);
+        }
+        let _ = converse(Arc::clone(&deliver), &input, 4096).await;
+    }
+}
+
+fn config() -> Arc<Config> {
+    Arc::new(
+        Config::parse(
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap(),
+    )
+}
+
+fn dsn(tid: &str) -> Vec<u8> {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dsn/postfix-dsn-5.1.1.eml"
+    ))
+    .unwrap()
+    .replace("1234567890123", tid)
+    .replace('\n', "\r\n")
+    .into_bytes()
+}
+
+fn lmtp_message(rcpt: &str, message: &[u8]) -> Vec<u8> {
+    let mut input =
+        format!("LHLO mta.e2e.test\r\nMAIL FROM:<>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").into_bytes();
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            input.push(b'.');
+        }
+        input.extend_from_slice(line);
+    }
+    input.extend_from_slice(b".\r\nQUIT\r\n");
+    input
+}
+
+#[tokio::test]
+async fn a_dsn_becomes_a_bounce_event_and_a_suppression_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &dir.path().join("s.db"),
+            msys_milter::store::sqlite::Durability::Normal,
+        )
+        .unwrap(),
+    );
+    store
+        .commit(Commit {
+            transmission: Some(Transmission {
+                transmission_id: "777".into(),
+                campaign_id: Some("winter".into()),
+                subaccount_id: Some(5),
+                msg_from: "bounces+777@bounces.example.net".into(),
+                ..Transmission::default()
+            }),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let inbound = Arc::new(Inbound {
+        config: config(),
+        store: Arc::clone(&store),
+        ids: Arc::new(IdGenerator::new(1)),
+        our_mtas: vec!["mta.e2e.test".into()],
+        keep: Keep {
+            dir: dir.path().join("kept"),
+            max: 2,
+        },
+    });
+    let out = converse(
+        Arc::clone(&inbound),
+        &lmtp_message("bounces+777@bounces.example.net", &dsn("777")),
+        1 << 20,
+    )
+    .await;
+    assert!(
+        out.contains("250 2.0.0 Ok: 1 event(s), 1 suppressed"),
+        "{out}"
+    );
+    let events = store.events_after(0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].1, EventType::Bounce);
+    let item: serde_json::Value = serde_json::from_str(&events[0].2).unwrap();
+    let bounce = &item["msys"]["message_event"];
+    assert_eq!(bounce["bounce_class"], "10");
+    assert_eq!(bounce["rcpt_to"], "dead@example.org");
+    assert_eq!(bounce["campaign_id"], "winter");
+    assert_eq!(bounce["subaccount_id"], "5");
+    let entries = store
+        .suppression_list(SuppressionFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].recipient, "dead@example.org");
+    assert_eq!(entries[0].account, Some(5));
+    assert_eq!(entries[0].kind, SuppressionType::NonTransactional);
+    assert_eq!(entries[0].source, "Bounce Rule");
+    assert!(entries[0].description.contains("User unknown"));
+
+    // Not ours (unknown transmission), and not a report at all: accepted, kept, bounded.
+    for message in [
+        dsn("999"),
+        b"Subject: hello\r\n\r\nhi\r\n".to_vec(),
+        b"Subject: again\r\n\r\nhi\r\n".to_vec(),
+    ] {
+        let out = converse(
+            Arc::clone(&inbound),
+            &lmtp_message("bounces+999@bounces.example.net", &message),
+            1 << 20,
+        )
+        .await;
+        assert!(out.contains("250 2.0.0 Ok: kept for inspection"), "{out}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("kept")).unwrap().count(),
+        2
+    );
+    // Another domain's address is refused at RCPT.
+    let out = converse(
+        Arc::clone(&inbound),
+        &lmtp_message("user@example.org", b"x\r\n"),
+        1 << 20,
+    )
+    .await;
+    assert!(
+        out.contains("550 5.1.1 <user@example.org>: not a feedback address here"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_fails_answers_451() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        SqliteStore::open(
+            &dir.path().join("s.db"),
+            msys_milter::store::sqlite::Durability::Normal,
+        )
+        .unwrap(),
+    );
+    sqlite
+        .commit(Commit {
+            transmission: Some(Transmission {
+                transmission_id: "777".into(),
+                ..Transmission::default()
+            }),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    // Reads still work, writes fail: the worst moment.
+    sqlite.close();
+    let inbound = Arc::new(Inbound {
+        config: config(),
+        store: sqlite,
+        ids: Arc::new(IdGenerator::new(1)),
+        our_mtas: vec!["mta.e2e.test".into()],
+        keep: Keep {
+            dir: dir.path().join("kept"),
+            max: 10,
+        },
+    });
+    let out = converse(
+        inbound,
+        &lmtp_message("bounces+777@bounces.example.net", &dsn("777")),
+        1 << 20,
+    )
+    .await;
+    assert!(
+        out.contains("451 4.3.0 feedback store unavailable, try again later"),
+        "{out}"
+    );
+}

@@ -49,7 +49,9 @@ fn message_without_header_gets_defaults_only() {
         &config("[envelope]\nbounce_domain = \"b.example.net\""),
     )
     .unwrap();
-    assert!(p.header_edits.is_empty());
+    // Only the signed feedback header, for complaints.
+    assert_eq!(p.header_edits.len(), 1, "{:?}", p.header_edits);
+    assert!(matches!(&p.header_edits[0], HeaderEdit::Add { name, .. } if name == "X-MSFBL"));
     assert_eq!(p.added_recipients().count(), 0);
     assert_eq!(p.mail_from.as_deref(), Some("bounces+42@b.example.net"));
     assert_eq!(p.transmission_id, "42");

@@ -186,7 +186,11 @@ fn explain_prints_the_reply_or_the_plan() {
         plan["mail_from"],
         format!("bounces+{tid}@bounces.example.net")
     );
-    assert_eq!(plan["header_edits"][1]["value"], "cc@example.com");
+    assert_eq!(plan["header_edits"][0]["name"], "X-MSFBL", "{plan:#}");
+    assert_eq!(
+        plan["header_edits"][2]["value"], "cc@example.com",
+        "{plan:#}"
+    );
 }
 
 /// Drive one message through the daemon at `port` and return the end-of-message status.

@@ -164,3 +164,60 @@ fn a_remote_dsn_passes_the_milter_untouched_and_is_an_out_of_band_bounce() {
         anymail.events()
     );
 }
+
+/// A mailbox provider's feedback loop mails an ARF report to the bounce domain; the
+/// report's copy of the message carries our signed X-MSFBL header.
+#[test]
+fn a_spam_complaint_suppresses_the_recipient_for_non_transactional_mail_only() {
+    let anymail = Anymail::start();
+    let e = start(&anymail);
+    let who = "complainer@example.org";
+    e.send("app@example.com", &[who], &campaign_message(who))
+        .unwrap();
+    e.capture.wait_for_deliveries(1);
+    let delivered = e.capture.message_for(who);
+    let msfbl = delivered.header("X-MSFBL");
+    assert_eq!(msfbl.len(), 1, "{}", delivered.text());
+    let report = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dsn/arf-abuse.eml"
+    ))
+    .unwrap()
+    .replace("X-MSFBL: placeholder", &format!("X-MSFBL: {}", msfbl[0]))
+    // Providers often redact the recipient (RFC 6590) and send to a fixed address.
+    .replace("Original-Rcpt-To: <complainer@example.org>\n", "")
+    .replace(
+        "Original-Mail-From: <bounces+1234567890123@bounces.example.net>",
+        "Original-Mail-From: <redacted@bounces.example.net>",
+    )
+    .replace("To: complainer@example.org", "To: redacted@example.org")
+    .replace(
+        "bounces+1234567890123@bounces.example.net",
+        "fbl@bounces.example.net",
+    )
+    .replace('\n', "\r\n");
+    e.send("staff@hotmail.com", &["fbl@bounces.example.net"], &report)
+        .unwrap();
+    let complained = anymail.wait_for("complained", who, |_| true);
+    let raw = sparkpost_event(&complained);
+    assert_eq!(raw["type"], "spam_complaint", "{raw:#}");
+    assert_eq!(raw["fbtype"], "abuse");
+    assert_eq!(raw["report_to"], "fbl@bounces.example.net");
+    assert_eq!(raw["campaign_id"], "winter");
+    // Campaign mail to the complainer is refused now; transactional mail still goes.
+    let refused = e
+        .send("app@example.com", &[who], &campaign_message(who))
+        .unwrap_err();
+    assert!(
+        refused.contains("suppressed due to customer policy"),
+        "{refused}"
+    );
+    let receipt = message(
+        &format!(
+            "From: Shop <shop@example.com>\nTo: {who}\nSubject: Receipt\nX-MSYS-API: {{\"options\": {{\"transactional\": true}}}}\n"
+        ),
+        "Thanks\n",
+    );
+    e.send("app@example.com", &[who], &receipt).unwrap();
+    e.capture.wait_for_deliveries(2);
+}

@@ -209,3 +209,55 @@ fn classifier_accuracy_on_the_corpus() {
     assert!(samples.len() >= 70);
     assert!(accuracy >= 0.95, "{wrong:#?}");
 }
+
+#[test]
+fn arf_complaints_name_the_complainer_and_the_transmission() {
+    use msys_milter::feedback::arf;
+    let c = arf::parse(&fixture("arf-abuse.eml")).expect("an ARF report");
+    assert_eq!(c.fbtype, "abuse");
+    assert_eq!(
+        c.original_rcpt_to.as_deref(),
+        Some("complainer@example.org")
+    );
+    assert_eq!(
+        c.original_mail_from.as_deref(),
+        Some("bounces+1234567890123@bounces.example.net")
+    );
+    assert_eq!(c.msfbl.as_deref(), Some("placeholder"));
+    assert_eq!(c.original_to.as_deref(), Some("complainer@example.org"));
+    assert_eq!(c.report_by.as_deref(), Some("mx.example.org"));
+    for other in [
+        "postfix-dsn-5.1.1.eml",
+        "exim-plain-5.1.1.eml",
+        "auto-reply.eml",
+    ] {
+        assert_eq!(arf::parse(&fixture(other)), None, "{other}");
+    }
+}
+
+#[test]
+fn a_signed_msfbl_header_outranks_what_the_report_says() {
+    use msys_milter::api::copies::fbl_value;
+    use msys_milter::feedback::{FeedbackAddress, arf, complaint_target};
+    let config = msys_milter::config::Config::parse(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsecret = \"s3cret-s3cret-s3cret\"\n",
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let signed = fbl_value(b"s3cret-s3cret-s3cret", "42", Some("real@example.org"));
+    let text = String::from_utf8(fixture("arf-abuse.eml"))
+        .unwrap()
+        .replace("X-MSFBL: placeholder", &format!("X-MSFBL: {signed}"));
+    let c = arf::parse(text.as_bytes()).unwrap();
+    assert_eq!(
+        complaint_target(&c, &FeedbackAddress::Other, &config),
+        Some(("42".into(), "real@example.org".into()))
+    );
+    // A forged header is ignored: the envelope facts of the report are used.
+    let forged = text.replace(&signed, &fbl_value(b"wrong", "42", Some("x@example.org")));
+    let c = arf::parse(forged.as_bytes()).unwrap();
+    assert_eq!(
+        complaint_target(&c, &FeedbackAddress::Other, &config),
+        Some(("1234567890123".into(), "complainer@example.org".into()))
+    );
+}

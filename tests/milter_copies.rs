@@ -122,6 +122,7 @@ async fn bcc_copies_are_handed_over_before_the_original_is_accepted() {
             msg.contains(&format!("\nBcc: {bcc}\nX-MSYS-Reinjected: ")),
             "{msg}"
         );
+        assert_eq!(msg.matches("\nX-MSFBL: ").count(), 1, "{msg}");
         assert_eq!(msg.matches("Bcc:").count(), 1);
         assert!(!msg.contains("X-MSYS-API"));
         assert!(

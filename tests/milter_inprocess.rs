@@ -212,7 +212,12 @@ async fn plain_message_gets_only_the_bounce_address() {
     let mut conn = milter.connect().await;
     let (actions, status) = send(&mut conn, &Message::default()).await;
     assert_eq!(status, Status::Continue);
-    assert_eq!(actions.len(), 1, "{actions:?}");
+    // The bounce address, and the signed feedback header that goes with it.
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(
+        matches!(&actions[0], EomAction::AddHeader { name, .. } if name.to_bytes() == b"X-MSFBL"),
+        "{actions:?}"
+    );
     assert!(
         sender_changed_to_bounce(&actions, "bounces.example.net"),
         "{actions:?}"
@@ -314,6 +319,11 @@ async fn cc_and_archive_are_added_and_header_replaced() {
     };
     let (actions, status) = send(&mut conn, &msg).await;
     assert_eq!(status, Status::Continue);
+    assert!(
+        matches!(&actions[0], EomAction::AddHeader { name, .. } if name.to_bytes() == b"X-MSFBL"),
+        "{actions:?}"
+    );
+    let actions = &actions[1..];
     let expected_prefix = [
         EomAction::DeleteHeader {
             name: c("X-MSYS-API"),
@@ -349,7 +359,7 @@ async fn cc_and_archive_are_added_and_header_replaced() {
         "{actions:#?}"
     );
     assert_eq!(actions.len(), expected_prefix.len() + 1);
-    assert!(sender_changed_to_bounce(&actions, "bounces.example.net"));
+    assert!(sender_changed_to_bounce(actions, "bounces.example.net"));
     conn.close().await.unwrap();
     milter.stop().await;
 }

@@ -92,6 +92,57 @@ pub fn verify_marker(secret: &[u8], value: &[u8], rcpt: &str, now: u64) -> Optio
     Some(id.to_owned())
 }
 
+/// The header that ties a spam complaint back to its transmission and recipient when
+/// the report strips the envelope (SparkPost's name for it).
+pub const FBL_HEADER: &str = "X-MSFBL";
+
+fn fbl_mac(secret: &[u8], transmission_id: &str, rcpt: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(b"msys-milter feedback v1\0");
+    mac.update(transmission_id.as_bytes());
+    mac.update(b"\0");
+    mac.update(rcpt.to_lowercase().as_bytes());
+    mac
+}
+
+/// `<transmission id>; <recipient, base64url>; <hex HMAC>` (the recipient is empty for
+/// a message that goes to several).
+pub fn fbl_value(secret: &[u8], transmission_id: &str, rcpt: Option<&str>) -> String {
+    use base64::Engine as _;
+    let rcpt = rcpt.unwrap_or("");
+    let tag = fbl_mac(secret, transmission_id, rcpt)
+        .finalize()
+        .into_bytes();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rcpt.to_lowercase());
+    format!("{transmission_id}; {encoded}; {hex}")
+}
+
+/// The transmission id and recipient of an `X-MSFBL` value signed with `secret`; `None`
+/// when unsigned or forged.
+pub fn verify_fbl(secret: &[u8], value: &str) -> Option<(String, Option<String>)> {
+    use base64::Engine as _;
+    let compact: String = value.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut parts = compact.split(';').map(str::trim);
+    let (id, encoded, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || id.is_empty()
+        || !id.bytes().all(|b| b.is_ascii_digit())
+        || hex.len() != 64
+    {
+        return None;
+    }
+    let rcpt = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())?;
+    let tag: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    fbl_mac(secret, id, &rcpt).verify_slice(&tag).ok()?;
+    Some((id.to_owned(), (!rcpt.is_empty()).then_some(rcpt)))
+}
+
 /// Apply milter header edits to a header list, in order, the way the MTA does.
 pub fn apply_edits(headers: &mut Vec<HeaderField>, edits: &[HeaderEdit]) {
     let position = |headers: &[HeaderField], name: &str, index: i32| {
@@ -132,6 +183,13 @@ pub fn render_copy(
 ) -> Vec<u8> {
     let mut headers = headers.to_vec();
     apply_edits(&mut headers, edits);
+    // A copy's own headers replace the original's of the same name (X-MSFBL names the
+    // copy's recipient, not the original's).
+    let own_fbl = copy
+        .extra_headers
+        .iter()
+        .any(|(name, _)| name == FBL_HEADER);
+    headers.retain(|h| !(own_fbl && h.is(FBL_HEADER)));
     let mut out = Vec::with_capacity(body.len() + 4096);
     for field in &headers {
         push_header(&mut out, &field.name, &field.value);
@@ -175,6 +233,20 @@ fn push_crlf(out: &mut Vec<u8>, text: &[u8]) {
 mod tests {
     use super::*;
     use crate::api::recipients::RcptType;
+
+    #[test]
+    fn fbl_round_trip_and_forgery() {
+        let v = fbl_value(b"secret", "1234", Some("B@example.com"));
+        assert_eq!(
+            verify_fbl(b"secret", &v),
+            Some(("1234".into(), Some("b@example.com".into())))
+        );
+        assert_eq!(verify_fbl(b"other", &v), None);
+        assert_eq!(verify_fbl(b"secret", &v.replace("1234", "1235")), None);
+        let several = fbl_value(b"secret", "9", None);
+        assert_eq!(verify_fbl(b"secret", &several), Some(("9".into(), None)));
+        assert_eq!(verify_fbl(b"secret", "placeholder"), None);
+    }
 
     #[test]
     fn marker_round_trip_and_forgery() {

@@ -2,7 +2,9 @@
 //! the SMTP AUTH user) and the configuration, decide the reply or the edits. Pure: the
 //! transmission id comes from a closure so the clock stays outside.
 
-use super::copies::{CopyPlan, HeaderField, MARKER_HEADER, marker_value, verify_marker};
+use super::copies::{
+    CopyPlan, FBL_HEADER, HeaderField, MARKER_HEADER, fbl_value, marker_value, verify_marker,
+};
 use super::header::{HEADER_NAME, Known, SmtpApi, parse_header_values};
 use super::recipients::{RcptType, Recipient, address_list_header, dedupe, domain_of};
 use super::reply::Rejection;
@@ -335,7 +337,28 @@ pub fn plan_parsed(
         });
     }
 
+    let mail_from = bounce_address(facts, config, transmission_id);
     let mut header_edits = marker_edits;
+    if mail_from.is_some() {
+        // Mail that leaves with our bounce address says which transmission and
+        // recipient it is, signed, so a complaint can be tied back even when the
+        // report strips the envelope.
+        for copy in &mut copies {
+            let value = fbl_value(secret, &tid, Some(&copy.address));
+            copy.extra_headers.push((FBL_HEADER.to_owned(), value));
+        }
+        let in_original: Vec<&str> = recipients
+            .iter()
+            .filter(|r| r.delivery != Delivery::Copy)
+            .map(|r| r.address.as_str())
+            .collect();
+        let only = (in_original.len() == 1).then(|| in_original[0]);
+        header_edits.extend(delete_all(facts, FBL_HEADER));
+        header_edits.push(HeaderEdit::Add {
+            name: FBL_HEADER.into(),
+            value: fbl_value(secret, &tid, only),
+        });
+    }
     header_edits.extend(delete_all(facts, HEADER_NAME));
     if !lists.cc.is_empty() {
         let value = address_list_header(&lists.cc, "Cc: ".len());
@@ -355,7 +378,7 @@ pub fn plan_parsed(
         subaccount_id,
         recipients,
         header_edits,
-        mail_from: bounce_address(facts, config, transmission_id),
+        mail_from,
         copies,
         engagement,
         returning_copy: false,

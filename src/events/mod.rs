@@ -353,6 +353,23 @@ pub fn bounce(kind: EventType, stamp: Stamp, t: &Transmission, rcpt: &str, b: &B
     event(kind, stamp, t, m)
 }
 
+/// `spam_complaint`: `fbtype` from the report, who reported it and where it was sent.
+pub fn spam_complaint(
+    stamp: Stamp,
+    t: &Transmission,
+    rcpt: &str,
+    fbtype: &str,
+    report_by: Option<&str>,
+    report_to: &str,
+) -> Event {
+    let kind = EventType::SpamComplaint;
+    let mut m = base(kind, stamp, t, rcpt, None);
+    m.insert("fbtype".into(), s(fbtype));
+    put_opt(&mut m, "report_by", report_by);
+    m.insert("report_to".into(), s(report_to));
+    event(kind, stamp, t, m)
+}
+
 /// SparkPost's `reason`: the reply with every address written as `...@...`.
 pub fn redact_addresses(text: &str) -> String {
     text.split_inclusive(|c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c))

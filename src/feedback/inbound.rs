@@ -72,10 +72,55 @@ impl Inbound {
         }
     }
 
+    async fn complaint(
+        &self,
+        rcpt: &str,
+        address: &FeedbackAddress,
+        complaint: &super::arf::Complaint,
+        raw: &[u8],
+    ) -> Reply {
+        let Some((tid, complainer)) = super::complaint_target(complaint, address, &self.config)
+        else {
+            return self.kept(raw, "complaint names no transmission or recipient");
+        };
+        let transmission = match self.store.transmission(&tid).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return self.kept(raw, "complaint for an unknown transmission"),
+            Err(e) => {
+                tracing::error!(transmission_id = %tid, "feedback: {e}");
+                return STORE_FAILED.into();
+            }
+        };
+        let commit = match super::complaint_commit(
+            complaint,
+            &transmission,
+            &complainer,
+            rcpt,
+            crate::ids::unix_secs(),
+            || self.ids.next(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(transmission_id = %tid, "feedback: {e}");
+                return "451 4.3.0 no event id, try again later".into();
+            }
+        };
+        if let Err(e) = self.store.commit(commit).await {
+            tracing::error!(transmission_id = %tid, "feedback: {e}");
+            return STORE_FAILED.into();
+        }
+        crate::metrics::global().events(["spam_complaint"]);
+        tracing::info!(transmission_id = %tid, fbtype = %complaint.fbtype, "feedback: spam_complaint, recipient suppressed for non-transactional mail");
+        "250 2.0.0 Ok: spam_complaint, 1 suppressed".into()
+    }
+
     async fn one(&self, rcpt: &str, report: &dsn::Report, raw: &[u8]) -> Reply {
         let Some(address) = feedback_address(rcpt, &self.config) else {
             return format!("550 5.1.1 <{rcpt}>: not a feedback address here");
         };
+        if let Some(complaint) = super::arf::parse(raw) {
+            return self.complaint(rcpt, &address, &complaint, raw).await;
+        }
         if report.kind == dsn::ReportKind::Unknown {
             return self.kept(raw, "not a delivery report");
         }

@@ -2,6 +2,7 @@
 //! auto-replies) becomes SparkPost events, and hard bounces feed the suppression list.
 //! The parts here are pure; `inbound` does the I/O and `lmtp` is the listener.
 
+pub mod arf;
 pub mod classify;
 pub mod dsn;
 pub mod inbound;
@@ -172,6 +173,82 @@ pub fn commit(
         }
     }
     Ok((commit, found))
+}
+
+/// The transmission and recipient a complaint is about: our signed `X-MSFBL` header
+/// first (it survives reports that strip the envelope), else the bounce address in
+/// `Original-Mail-From` (or the address it was sent to) with `Original-Rcpt-To` or the
+/// original's `To:`.
+pub fn complaint_target(
+    c: &arf::Complaint,
+    address: &FeedbackAddress,
+    config: &Config,
+) -> Option<(String, String)> {
+    let secret = config
+        .reinject
+        .secret
+        .as_deref()
+        .unwrap_or_default()
+        .as_bytes();
+    let signed = c
+        .msfbl
+        .as_deref()
+        .filter(|_| !secret.is_empty())
+        .and_then(|v| crate::api::copies::verify_fbl(secret, v));
+    let named_rcpt = || c.original_rcpt_to.clone().or_else(|| c.original_to.clone());
+    if let Some((tid, rcpt)) = signed {
+        return Some((tid, rcpt.or_else(named_rcpt)?));
+    }
+    let tid = match c
+        .original_mail_from
+        .as_deref()
+        .and_then(|from| feedback_address(from, config))
+    {
+        Some(FeedbackAddress::Verp { transmission_id }) => transmission_id,
+        _ => match address {
+            FeedbackAddress::Verp { transmission_id } => transmission_id.clone(),
+            FeedbackAddress::Other => return None,
+        },
+    };
+    Some((tid, named_rcpt()?))
+}
+
+/// The `spam_complaint` event and the non-transactional suppression entry.
+pub fn complaint_commit(
+    c: &arf::Complaint,
+    t: &Transmission,
+    rcpt: &str,
+    report_to: &str,
+    now: u64,
+    next_id: impl FnOnce() -> Result<u64, IdError>,
+) -> Result<Commit, IdError> {
+    let stamp = Stamp {
+        event_id: next_id()?,
+        timestamp: now,
+    };
+    Ok(Commit {
+        events: vec![events::spam_complaint(
+            stamp,
+            t,
+            rcpt,
+            &c.fbtype,
+            c.report_by.as_deref(),
+            report_to,
+        )],
+        transmission: None,
+        suppress: vec![SuppressionEntry::new(
+            rcpt,
+            t.subaccount_id,
+            SuppressionType::NonTransactional,
+            "Spam Complaint",
+            &format!(
+                "{} report by {}",
+                c.fbtype,
+                c.report_by.as_deref().unwrap_or("unknown")
+            ),
+            now,
+        )],
+    })
 }
 
 /// The events of a commit, for tests and logs.

@@ -44,7 +44,7 @@ impl E2e {
         let milter = Milter::start_on(
             milter_port,
             &format!(
-                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n\
+                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\nsecret = \"e2e-reinject-secret-0123456789\"\n\
                  [feedback]\nlmtp = \"127.0.0.1:{lmtp_port}\"\nreporting_mta = [\"mta.e2e.test\"]\n",
                 postfix.reinject_port
             ),

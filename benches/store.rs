@@ -42,6 +42,7 @@ fn message_commit(n: u64) -> Commit {
         events,
         transmission: Some(t),
         suppress: Vec::new(),
+        cursor: None,
     }
 }
 

@@ -415,6 +415,15 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = start_http(&config, &store, &ids, http_stopped).await?;
         let sinks = start_sinks(&config, &store, &ids)?;
+        if let Some(path) = &config.feedback.mta_log {
+            let follower = msys_milter::feedback::follow::Follower::new(
+                path.clone(),
+                Arc::clone(&store),
+                Arc::clone(&ids),
+                Arc::new(config.clone()),
+            );
+            tokio::spawn(follower.run(std::future::pending()));
+        }
         let (stop_lmtp, lmtp_stopped) = tokio::sync::oneshot::channel::<()>();
         let lmtp = start_lmtp(&config, &store, &ids, lmtp_stopped).await?;
         let daemon = Arc::new(Daemon::with_store(config, Arc::clone(&store), Arc::clone(&ids))?);
@@ -535,6 +544,7 @@ async fn start_lmtp(
             dir: keep_dir,
             max: config.feedback.keep_max,
         },
+        log_reports_delays: config.feedback.mta_log.is_some(),
     });
     let stop = async {
         let _ = stopped.await;

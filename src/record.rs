@@ -121,6 +121,7 @@ pub fn accepted(
         events,
         transmission: Some(t),
         suppress: Vec::new(),
+        cursor: None,
     })
 }
 

@@ -221,3 +221,48 @@ fn a_spam_complaint_suppresses_the_recipient_for_non_transactional_mail_only() {
     e.send("app@example.com", &[who], &receipt).unwrap();
     e.capture.wait_for_deliveries(2);
 }
+
+/// Postfix's log says the original and its bcc copy were delivered: a `delivery` event
+/// for each, with the queue id of each (the original's from the milter, the copy's from
+/// the re-injection listener's reply), read by anymail as "delivered".
+#[test]
+fn deliveries_of_an_original_and_its_bcc_copy_come_from_the_mta_log() {
+    let anymail = Anymail::start();
+    let e = start(&anymail);
+    let msg = message(
+        "From: News <news@example.com>\nTo: to@example.org\nSubject: Winter sale\nX-MSYS-API: {\"campaign_id\": \"winter\", \"bcc\": [\"hidden@example.org\"]}\n",
+        "Hello\n",
+    );
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap();
+    e.capture.wait_for_deliveries(2);
+    let injected: Vec<_> = ["to@example.org", "hidden@example.org"]
+        .iter()
+        .map(|r| sparkpost_event(&anymail.wait_for("queued", r, |_| true)).clone())
+        .collect();
+    for (rcpt, injection) in ["to@example.org", "hidden@example.org"]
+        .iter()
+        .zip(&injected)
+    {
+        let delivered = anymail.wait_for("delivered", rcpt, |_| true);
+        let raw = sparkpost_event(&delivered);
+        assert_eq!(raw["type"], "delivery", "{raw:#}");
+        assert_eq!(
+            raw["queue_id"], injection["queue_id"],
+            "{raw:#} vs {injection:#}"
+        );
+        assert_eq!(raw["message_id"], injection["message_id"]);
+        assert_eq!(raw["ip_address"], "127.0.0.1");
+        assert_eq!(raw["num_retries"], "0");
+        assert_eq!(raw["campaign_id"], "winter");
+        assert!(raw["queue_time"].as_str().unwrap().parse::<u64>().is_ok());
+        let log = e.postfix.log();
+        let qid = raw["queue_id"].as_str().unwrap();
+        assert!(
+            log.contains(&format!("{qid}: to=<{rcpt}>")) && log.contains("status=sent"),
+            "{log}"
+        );
+    }
+    assert_eq!(injected[1]["rcpt_type"], "bcc");
+    assert_ne!(injected[0]["queue_id"], injected[1]["queue_id"]);
+}

@@ -251,6 +251,7 @@ async fn a_dsn_becomes_a_bounce_event_and_a_suppression_entry() {
             dir: dir.path().join("kept"),
             max: 2,
         },
+        log_reports_delays: false,
     });
     let out = converse(
         Arc::clone(&inbound),
@@ -344,6 +345,7 @@ async fn a_store_that_fails_answers_451() {
             dir: dir.path().join("kept"),
             max: 10,
         },
+        log_reports_delays: false,
     });
     let out = converse(
         inbound,

@@ -10,8 +10,8 @@ use msys_milter::ids::IdGenerator;
 use msys_milter::milter::BoundSocket;
 use msys_milter::store::sqlite::Durability;
 use msys_milter::store::{
-    Account, Batch, Commit, SinkSpec, SinkStatus, SqliteStore, Store, StoreError, StoreFuture,
-    SuppressionEntry, SuppressionFilter, SuppressionType,
+    Account, Batch, Commit, Queued, SinkSpec, SinkStatus, SqliteStore, Store, StoreError,
+    StoreFuture, SuppressionEntry, SuppressionFilter, SuppressionType,
 };
 use serde_json::Value;
 use std::ffi::CString;
@@ -311,6 +311,12 @@ impl Store for FailingStore {
         broken()
     }
     fn transmission<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<Transmission>> {
+        broken()
+    }
+    fn queued<'a>(&'a self, _: &'a [String]) -> StoreFuture<'a, Vec<Queued>> {
+        broken()
+    }
+    fn cursor<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<String>> {
         broken()
     }
     fn set_sinks(&self, _: Vec<SinkSpec>) {}

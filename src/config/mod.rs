@@ -225,6 +225,9 @@ pub struct Feedback {
     pub keep_dir: Option<PathBuf>,
     /// How many such messages are kept (the oldest go first).
     pub keep_max: usize,
+    /// The MTA's log to follow for `delivery` and `delay` events (Postfix's
+    /// `maillog_file`, or the syslog file such as `/var/log/mail.log`). Unset: off.
+    pub mta_log: Option<PathBuf>,
 }
 
 impl Default for Feedback {
@@ -234,6 +237,7 @@ impl Default for Feedback {
             reporting_mta: Vec::new(),
             keep_dir: None,
             keep_max: 1000,
+            mta_log: None,
         }
     }
 }

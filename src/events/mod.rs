@@ -353,6 +353,30 @@ pub fn bounce(kind: EventType, stamp: Stamp, t: &Transmission, rcpt: &str, b: &B
     event(kind, stamp, t, m)
 }
 
+/// `delivery`: the MTA handed the message to the recipient's server.
+pub fn delivery(
+    stamp: Stamp,
+    t: &Transmission,
+    r: &Recipient,
+    ip_address: Option<&str>,
+    queue_time_ms: Option<u64>,
+    num_retries: u32,
+) -> Event {
+    let kind = EventType::Delivery;
+    let mut m = base(kind, stamp, t, &r.raw, None);
+    message_fields(&mut m, r);
+    if let Some(size) = r.msg_size {
+        m.insert("msg_size".into(), s(size.to_string()));
+    }
+    put_opt(&mut m, "ip_address", ip_address);
+    if let Some(ms) = queue_time_ms {
+        m.insert("queue_time".into(), s(ms.to_string()));
+    }
+    m.insert("num_retries".into(), s(num_retries.to_string()));
+    m.insert("delv_method".into(), s("esmtp"));
+    event(kind, stamp, t, m)
+}
+
 /// `spam_complaint`: `fbtype` from the report, who reported it and where it was sent.
 pub fn spam_complaint(
     stamp: Stamp,

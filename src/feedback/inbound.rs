@@ -54,6 +54,9 @@ pub struct Inbound {
     /// Host names our MTA writes as `Reporting-MTA` (its DSNs are in-band `bounce`s).
     pub our_mtas: Vec<String>,
     pub keep: Keep,
+    /// The MTA's log is followed: it reports every deferral, so our own MTA's delay
+    /// warnings (DSNs) would count them twice.
+    pub log_reports_delays: bool,
 }
 
 const STORE_FAILED: &str = "451 4.3.0 feedback store unavailable, try again later";
@@ -135,6 +138,13 @@ impl Inbound {
                 return STORE_FAILED.into();
             }
         };
+        let mut report = report.clone();
+        if self.log_reports_delays && super::in_band(&report, &self.our_mtas) {
+            report
+                .recipients
+                .retain(|r| r.action != dsn::Action::Delayed);
+        }
+        let report = &report;
         let now = crate::ids::unix_secs();
         let (commit, found) =
             match super::commit(report, &transmission, &self.our_mtas, now, || {

@@ -5,8 +5,10 @@
 pub mod arf;
 pub mod classify;
 pub mod dsn;
+pub mod follow;
 pub mod inbound;
 pub mod lmtp;
+pub mod maillog;
 
 use crate::config::Config;
 use crate::events::{self, Bounce, Event, EventType, Stamp, Transmission};
@@ -69,6 +71,11 @@ pub fn transmission_of(
     }
 }
 
+/// Does the report come from our own MTA (it gave up: in-band)?
+pub fn in_band(report: &Report, our_mtas: &[String]) -> bool {
+    report.kind == ReportKind::Dsn && is_ours(report.reporting_mta.as_deref(), our_mtas)
+}
+
 /// Is `reporting_mta` one of ours (the DSN is our MTA giving up: in-band)?
 fn is_ours(reporting_mta: Option<&str>, ours: &[String]) -> bool {
     reporting_mta.is_some_and(|mta| ours.iter().any(|o| o.eq_ignore_ascii_case(mta.trim())))
@@ -87,8 +94,7 @@ pub struct Finding {
 /// The events and suppression entries a report yields for transmission `t`.
 /// `our_mtas`: the host names our MTA writes as `Reporting-MTA`.
 pub fn findings(report: &Report, our_mtas: &[String]) -> Vec<Finding> {
-    let in_band =
-        report.kind == ReportKind::Dsn && is_ours(report.reporting_mta.as_deref(), our_mtas);
+    let in_band = in_band(report, our_mtas);
     report
         .recipients
         .iter()
@@ -248,6 +254,7 @@ pub fn complaint_commit(
             ),
             now,
         )],
+        cursor: None,
     })
 }
 

@@ -121,6 +121,22 @@ pub struct Commit {
     pub transmission: Option<Transmission>,
     /// Added, or updated when present (then `created` stays).
     pub suppress: Vec<SuppressionEntry>,
+    /// A reader's position saved with what it read (name, value): exactly once.
+    pub cursor: Option<(String, String)>,
+}
+
+/// A recipient handed to the MTA under a queue id (from its `injection` event; the
+/// store keeps this index so the MTA's log can be matched).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    pub queue_id: String,
+    /// Lower-cased.
+    pub rcpt: String,
+    pub raw_rcpt: String,
+    pub transmission_id: String,
+    pub message_id: Option<String>,
+    pub rcpt_type: Option<String>,
+    pub msg_size: Option<u64>,
 }
 
 /// A consumer of events with a queue of its own: a webhook or the JSONL file.
@@ -192,6 +208,12 @@ pub trait Store: Send + Sync {
         &'a self,
         transmission_id: &'a str,
     ) -> StoreFuture<'a, Option<Transmission>>;
+
+    /// The recipients handed to the MTA under these queue ids.
+    fn queued<'a>(&'a self, queue_ids: &'a [String]) -> StoreFuture<'a, Vec<Queued>>;
+
+    /// A cursor saved by [`Commit::cursor`].
+    fn cursor<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>>;
 
     /// The sinks that get every event committed from now on.
     fn set_sinks(&self, sinks: Vec<SinkSpec>);
@@ -280,6 +302,12 @@ impl Store for NullStore {
         done(Vec::new())
     }
     fn transmission<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<Transmission>> {
+        done(None)
+    }
+    fn queued<'a>(&'a self, _: &'a [String]) -> StoreFuture<'a, Vec<Queued>> {
+        done(Vec::new())
+    }
+    fn cursor<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<String>> {
         done(None)
     }
     fn set_sinks(&self, _: Vec<SinkSpec>) {}

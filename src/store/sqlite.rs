@@ -4,8 +4,8 @@
 //! that fails does not take the others down. Reads use connections of their own.
 
 use super::{
-    Account, Batch, Commit, SinkSpec, SinkStatus, Store, StoreError, StoreFuture, StoreResult,
-    SuppressionEntry, SuppressionFilter, SuppressionType,
+    Account, Batch, Commit, Queued, SinkSpec, SinkStatus, Store, StoreError, StoreFuture,
+    StoreResult, SuppressionEntry, SuppressionFilter, SuppressionType,
 };
 use crate::events::{EventType, Transmission};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE events (
     event_id INTEGER PRIMARY KEY,
     created INTEGER NOT NULL,
@@ -59,7 +60,26 @@ CREATE TABLE batches (
     last_error TEXT,
     PRIMARY KEY (sink, batch_id)
 ) WITHOUT ROWID;
-"];
+",
+    r"
+CREATE TABLE queued (
+    queue_id TEXT NOT NULL,
+    rcpt TEXT NOT NULL,
+    raw_rcpt TEXT NOT NULL,
+    transmission_id TEXT NOT NULL,
+    message_id TEXT,
+    rcpt_type TEXT,
+    msg_size INTEGER,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, rcpt)
+) WITHOUT ROWID;
+CREATE INDEX queued_created ON queued (created);
+CREATE TABLE cursors (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+",
+];
 
 /// Writes queued at once beyond this wait for the next transaction.
 const MAX_GROUP: usize = 4096;
@@ -376,6 +396,13 @@ fn write_commit(
         for sink in sinks.iter().filter(|s| s.wants(e.kind)) {
             queue.execute(params![sink.name, id])?;
         }
+        if e.kind == EventType::Injection {
+            index_queued(conn, e)?;
+        }
+    }
+    if let Some((name, value)) = &commit.cursor {
+        conn.prepare_cached("INSERT OR REPLACE INTO cursors (name, value) VALUES (?1, ?2)")?
+            .execute(params![name, value])?;
     }
     if let Some(t) = &commit.transmission {
         conn.prepare_cached(
@@ -404,6 +431,29 @@ fn write_commit(
             int(s.updated)
         ])?;
     }
+    Ok(())
+}
+
+/// Index an injection by its MTA queue id, so the MTA's log lines find it.
+fn index_queued(conn: &Connection, e: &crate::events::Event) -> rusqlite::Result<()> {
+    let field = |name: &str| e.fields.get(name).and_then(|v| v.as_str());
+    let (Some(queue_id), Some(raw)) = (field("queue_id"), field("raw_rcpt_to")) else {
+        return Ok(());
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO queued (queue_id, rcpt, raw_rcpt, transmission_id, message_id, rcpt_type, msg_size, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        queue_id,
+        raw.to_lowercase(),
+        raw,
+        e.transmission_id,
+        field("message_id"),
+        field("rcpt_type"),
+        field("msg_size").and_then(|s| s.parse::<i64>().ok()),
+        int(e.timestamp)
+    ])?;
     Ok(())
 }
 
@@ -550,6 +600,41 @@ impl Store for SqliteStore {
                 .optional()
         });
         Self::ready(result.map(|facts| facts.as_deref().and_then(Transmission::from_json)))
+    }
+
+    fn queued<'a>(&'a self, queue_ids: &'a [String]) -> StoreFuture<'a, Vec<Queued>> {
+        Self::ready(self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT queue_id, rcpt, raw_rcpt, transmission_id, message_id, rcpt_type, msg_size
+                 FROM queued WHERE queue_id = ?1",
+            )?;
+            let mut out = Vec::new();
+            for id in queue_ids {
+                let rows = stmt.query_map(params![id], |r| {
+                    Ok(Queued {
+                        queue_id: r.get(0)?,
+                        rcpt: r.get(1)?,
+                        raw_rcpt: r.get(2)?,
+                        transmission_id: r.get(3)?,
+                        message_id: r.get(4)?,
+                        rcpt_type: r.get(5)?,
+                        msg_size: opt_u64(r.get(6)?),
+                    })
+                })?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
+        }))
+    }
+
+    fn cursor<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>> {
+        Self::ready(self.read(|conn| {
+            conn.prepare_cached("SELECT value FROM cursors WHERE name = ?1")?
+                .query_row(params![name], |r| r.get(0))
+                .optional()
+        }))
     }
 
     fn set_sinks(&self, sinks: Vec<SinkSpec>) {
@@ -800,7 +885,12 @@ impl Store for SqliteStore {
                 "DELETE FROM transmissions WHERE created < ?1",
                 params![int(transmissions_before)],
             )?;
-            Ok((events + transmissions) as u64)
+            // Postfix gives up on a message after 5 days (maximal_queue_lifetime).
+            let queued = conn.execute(
+                "DELETE FROM queued WHERE created < ?1",
+                params![int(transmissions_before.min(events_before))],
+            )?;
+            Ok((events + transmissions + queued) as u64)
         })
     }
 }

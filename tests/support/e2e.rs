@@ -45,8 +45,9 @@ impl E2e {
             milter_port,
             &format!(
                 "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\nsecret = \"e2e-reinject-secret-0123456789\"\n\
-                 [feedback]\nlmtp = \"127.0.0.1:{lmtp_port}\"\nreporting_mta = [\"mta.e2e.test\"]\n",
-                postfix.reinject_port
+                 [feedback]\nlmtp = \"127.0.0.1:{lmtp_port}\"\nreporting_mta = [\"mta.e2e.test\"]\nmta_log = \"{}\"\n",
+                postfix.reinject_port,
+                postfix.maillog_path().display()
             ),
         );
         E2e {

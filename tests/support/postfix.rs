@@ -168,6 +168,11 @@ impl Postfix {
     }
 
     /// Postfix's log so far.
+    /// Postfix's own log file (`maillog_file`).
+    pub fn maillog_path(&self) -> PathBuf {
+        self.dir.path().join("maillog")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }

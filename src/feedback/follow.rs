@@ -1,0 +1,332 @@
+//! Following the MTA's log: `status=sent` lines become `delivery` events, `deferred`
+//! ones `delay`, and `bounced`/`expired` ones `bounce` when no DSN will come back to a
+//! bounce address of ours. Lines are matched by queue id against the injections the
+//! store indexed. The position is committed with the events it produced (exactly once
+//! across restarts); rotation (a new file at the path) and truncation are followed.
+
+use super::classify::{self, BounceClass};
+use super::maillog::{self, Status};
+use super::{FeedbackAddress, feedback_address};
+use crate::config::Config;
+use crate::events::{self, Bounce, EventType, Recipient, Stamp, Transmission};
+use crate::ids::IdGenerator;
+use crate::store::{Commit, Queued, Store, StoreError, SuppressionEntry, SuppressionType};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+/// The store cursor holding the position: `<device>:<inode>:<offset>`.
+pub const CURSOR: &str = "mta_log";
+const POLL: Duration = Duration::from_millis(200);
+const CHUNK: usize = 1 << 20;
+
+/// Follows one log file.
+pub struct Follower {
+    pub path: PathBuf,
+    pub store: Arc<dyn Store>,
+    pub ids: Arc<IdGenerator>,
+    pub config: Arc<Config>,
+    /// Deferrals seen per (queue id, recipient), for `num_retries`.
+    retries: HashMap<(String, String), u32>,
+}
+
+/// Where in which file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Position {
+    dev: u64,
+    ino: u64,
+    offset: u64,
+}
+
+impl Position {
+    fn parse(text: &str) -> Option<Position> {
+        let mut parts = text.split(':').map(|p| p.parse::<u64>().ok());
+        Some(Position {
+            dev: parts.next()??,
+            ino: parts.next()??,
+            offset: parts.next()??,
+        })
+    }
+
+    fn render(self) -> String {
+        format!("{}:{}:{}", self.dev, self.ino, self.offset)
+    }
+}
+
+impl Follower {
+    pub fn new(
+        path: PathBuf,
+        store: Arc<dyn Store>,
+        ids: Arc<IdGenerator>,
+        config: Arc<Config>,
+    ) -> Follower {
+        Follower {
+            path,
+            store,
+            ids,
+            config,
+            retries: HashMap::new(),
+        }
+    }
+
+    /// Follow until `stop` resolves. A missing file is waited for.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        tokio::select! {
+            () = &mut stop => {}
+            () = self.follow() => {}
+        }
+    }
+
+    async fn open(&self, saved: Option<Position>) -> (tokio::fs::File, Position) {
+        // A file that appears while we wait is read from its start.
+        let mut waited = false;
+        loop {
+            match tokio::fs::File::open(&self.path).await {
+                Ok(mut file) => {
+                    let meta = match file.metadata().await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(mta_log = %self.path.display(), "cannot stat: {e}");
+                            tokio::time::sleep(POLL * 5).await;
+                            continue;
+                        }
+                    };
+                    let here = Position {
+                        dev: meta.dev(),
+                        ino: meta.ino(),
+                        offset: 0,
+                    };
+                    // The same file as before: carry on where we were. A file never seen
+                    // (first start): from its end, not its history. A rotated file: from
+                    // its start.
+                    let offset = match saved {
+                        Some(p)
+                            if p.dev == here.dev && p.ino == here.ino && p.offset <= meta.len() =>
+                        {
+                            p.offset
+                        }
+                        Some(p) if p.dev == here.dev && p.ino == here.ino => 0,
+                        Some(_) => 0,
+                        None if waited => 0,
+                        None => meta.len(),
+                    };
+                    if file.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                        tracing::info!(mta_log = %self.path.display(), offset, "following the MTA log");
+                        return (file, Position { offset, ..here });
+                    }
+                }
+                Err(e) => {
+                    if !waited {
+                        tracing::warn!(mta_log = %self.path.display(), "cannot open the MTA log (retrying): {e}");
+                    }
+                }
+            }
+            waited = true;
+            tokio::time::sleep(POLL * 5).await;
+        }
+    }
+
+    async fn follow(&mut self) {
+        let saved = loop {
+            match self.store.cursor(CURSOR).await {
+                Ok(v) => break v.as_deref().and_then(Position::parse),
+                Err(e) => {
+                    tracing::error!("cannot read the MTA log position: {e}");
+                    tokio::time::sleep(POLL * 5).await;
+                }
+            }
+        };
+        let (mut file, mut pos) = self.open(saved).await;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(mta_log = %self.path.display(), "read failed: {e}");
+                    0
+                }
+            };
+            if n == 0 {
+                // At the end: has the file been rotated or truncated meanwhile?
+                if let Ok(meta) = std::fs::metadata(&self.path) {
+                    let rotated = meta.dev() != pos.dev || meta.ino() != pos.ino;
+                    let truncated = !rotated && meta.len() < pos.offset + pending.len() as u64;
+                    if rotated || truncated {
+                        tracing::info!(mta_log = %self.path.display(), rotated, truncated, "the MTA log was rotated");
+                        pending.clear();
+                        // A new file, or this one cut short: either way from its start.
+                        (file, pos) = self.open(Some(Position { offset: 0, ..pos })).await;
+                        continue;
+                    }
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            let chunk: Vec<u8> = pending.drain(..=last).collect();
+            let next = Position {
+                offset: pos.offset + chunk.len() as u64,
+                ..pos
+            };
+            // The position only moves once the chunk's events are committed.
+            loop {
+                match self.process(&chunk, next).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(mta_log = %self.path.display(), "cannot record delivery events (retrying): {e}");
+                        tokio::time::sleep(POLL * 5).await;
+                    }
+                }
+            }
+            pos = next;
+        }
+    }
+
+    /// Turn a chunk of whole lines into events; commit them with the new position.
+    async fn process(&mut self, chunk: &[u8], next: Position) -> Result<(), StoreError> {
+        let text = String::from_utf8_lossy(chunk);
+        let attempts: Vec<maillog::Attempt> = text.lines().filter_map(maillog::parse).collect();
+        let mut commit = Commit {
+            cursor: Some((CURSOR.to_owned(), next.render())),
+            ..Commit::default()
+        };
+        if !attempts.is_empty() {
+            let mut ids: Vec<String> = attempts.iter().map(|a| a.queue_id.to_owned()).collect();
+            ids.sort();
+            ids.dedup();
+            let queued: HashMap<(String, String), Queued> = self
+                .store
+                .queued(&ids)
+                .await?
+                .into_iter()
+                .map(|q| ((q.queue_id.clone(), q.rcpt.clone()), q))
+                .collect();
+            let mut transmissions: HashMap<String, Option<Transmission>> = HashMap::new();
+            let now = crate::ids::unix_secs();
+            for a in &attempts {
+                let key = (a.queue_id.to_owned(), a.to.to_lowercase());
+                let Some(q) = queued.get(&key) else {
+                    continue;
+                };
+                if !transmissions.contains_key(&q.transmission_id) {
+                    let t = self.store.transmission(&q.transmission_id).await?;
+                    transmissions.insert(q.transmission_id.clone(), t);
+                }
+                let Some(Some(t)) = transmissions.get(&q.transmission_id) else {
+                    continue;
+                };
+                let Ok(event_id) = self.ids.next() else {
+                    return Err(StoreError::Stopped);
+                };
+                let stamp = Stamp {
+                    event_id,
+                    timestamp: now,
+                };
+                self.attempt(a, q, t, stamp, key, &mut commit, now);
+            }
+        }
+        let written: Vec<&'static str> = commit.events.iter().map(|e| e.kind.as_str()).collect();
+        self.store.commit(commit).await?;
+        crate::metrics::global().events(written);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        &mut self,
+        a: &maillog::Attempt,
+        q: &Queued,
+        t: &Transmission,
+        stamp: Stamp,
+        key: (String, String),
+        commit: &mut Commit,
+        now: u64,
+    ) {
+        let recipient = Recipient {
+            raw: q.raw_rcpt.clone(),
+            rcpt_type: static_rcpt_type(q.rcpt_type.as_deref()),
+            message_id: q.message_id.clone().unwrap_or_default(),
+            queue_id: Some(q.queue_id.clone()),
+            msg_size: q.msg_size.and_then(|s| usize::try_from(s).ok()),
+        };
+        let reply = a.reply();
+        let bounce = |class: BounceClass| Bounce {
+            bounce_class: class.code(),
+            error_code: classify::reply_code(reply),
+            raw_reason: reply.to_owned(),
+        };
+        match a.status {
+            Status::Sent => {
+                let retries = self.retries.remove(&key).unwrap_or(0);
+                let queue_ms = a.delay.map(|d| (d * 1000.0).round() as u64);
+                commit.events.push(events::delivery(
+                    stamp, t, &recipient, a.ip, queue_ms, retries,
+                ));
+            }
+            Status::Deferred => {
+                *self.retries.entry(key).or_insert(0) += 1;
+                let class = match classify::classify(a.dsn, reply) {
+                    c if c.is_hard() => BounceClass::SoftBounce,
+                    c => c,
+                };
+                commit.events.push(events::bounce(
+                    EventType::Delay,
+                    stamp,
+                    t,
+                    &q.raw_rcpt,
+                    &bounce(class),
+                ));
+            }
+            Status::Bounced | Status::Expired => {
+                self.retries.remove(&key);
+                // Mail with our bounce address gets a DSN through the LMTP listener,
+                // which reports it; only mail without one is reported from the log.
+                if matches!(
+                    feedback_address(&t.msg_from, &self.config),
+                    Some(FeedbackAddress::Verp { .. })
+                ) {
+                    return;
+                }
+                let class = classify::classify(a.dsn, reply);
+                commit.events.push(events::bounce(
+                    EventType::Bounce,
+                    stamp,
+                    t,
+                    &q.raw_rcpt,
+                    &bounce(class),
+                ));
+                if class.is_hard() {
+                    commit.suppress.push(SuppressionEntry::new(
+                        &q.raw_rcpt,
+                        t.subaccount_id,
+                        if t.transactional {
+                            SuppressionType::Transactional
+                        } else {
+                            SuppressionType::NonTransactional
+                        },
+                        "Bounce Rule",
+                        reply,
+                        now,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn static_rcpt_type(kind: Option<&str>) -> Option<&'static str> {
+    match kind? {
+        "cc" => Some("cc"),
+        "bcc" => Some("bcc"),
+        "archive" => Some("archive"),
+        _ => None,
+    }
+}

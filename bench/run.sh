@@ -24,6 +24,8 @@ out=$(mktemp)
     echo
     cargo bench --locked --bench store 2>/dev/null
     echo
+    cargo bench --locked --bench feedback 2>/dev/null
+    echo
     # The MTA runs in a network namespace that has only loopback.
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench postfix' 2>/dev/null
     cat bench/notes.md

@@ -171,7 +171,11 @@ fn write_log(path: &std::path::Path, lines: usize) -> u64 {
         } else {
             format!("F{m:X}")
         };
-        let status = if m.is_multiple_of(7) { "deferred" } else { "sent" };
+        let status = if m.is_multiple_of(7) {
+            "deferred"
+        } else {
+            "sent"
+        };
         write!(
             f,
             "Dec  2 14:00:01 mta postfix/smtpd[100]: connect from app.example.com[192.0.2.5]\n\

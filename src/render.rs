@@ -60,13 +60,16 @@ fn body_options(e: &Engagement) -> BodyOptions {
     }
 }
 
-/// RFC 8058 headers for `recipient`.
-fn unsubscribe_headers(links: &Links<'_>) -> [(String, String); 2] {
+/// RFC 8058 headers for `recipient`: the `mailto:` form at the bounce domain (when the
+/// message has a bounce address) and the one-click URL.
+fn unsubscribe_headers(links: &Links<'_>, bounce_domain: Option<&str>) -> [(String, String); 2] {
+    let https = format!("<{}>", links.unsubscribe());
+    let value = match bounce_domain {
+        Some(domain) => format!("<{}>, {https}", links.unsubscribe_mailto(domain)),
+        None => https,
+    };
     [
-        (
-            "List-Unsubscribe".into(),
-            format!("<{}>", links.unsubscribe()),
-        ),
+        ("List-Unsubscribe".into(), value),
         (
             "List-Unsubscribe-Post".into(),
             "List-Unsubscribe=One-Click".into(),
@@ -139,13 +142,18 @@ pub fn render(
     } else {
         None
     };
+    let bounce_domain = plan
+        .mail_from
+        .as_deref()
+        .and_then(|a| a.rsplit_once('@'))
+        .map(|(_, d)| d);
     let first = facts.rcpts.first().map(String::as_str).unwrap_or_default();
     let first_links = links(&settings, first);
     rendered.original_body = body_for(prepared.as_ref(), plan, first_links.as_ref());
     if engagement.list_unsubscribe
         && let Some(l) = &first_links
     {
-        rendered.original_edits = unsubscribe_headers(l)
+        rendered.original_edits = unsubscribe_headers(l, bounce_domain)
             .into_iter()
             .map(|(name, value)| HeaderEdit::Add { name, value })
             .collect();
@@ -161,7 +169,9 @@ pub fn render(
         if engagement.list_unsubscribe
             && let Some(l) = &own
         {
-            copy_plan.extra_headers.extend(unsubscribe_headers(l));
+            copy_plan
+                .extra_headers
+                .extend(unsubscribe_headers(l, bounce_domain));
         }
         let own_body = body_for(prepared.as_ref(), plan, own.as_ref());
         let body = own_body.as_deref().unwrap_or(body);

@@ -73,7 +73,11 @@ fn anymail_reads_injections_opens_clicks_unsubscribes_and_suppression_bounces() 
     );
     assert!(html.find(opens[0].as_str()) < html.find("<p>Hi</p>"));
     let click = urls.iter().find(|u| u.starts_with("/c/")).unwrap();
-    let unsubscribe = got.header("List-Unsubscribe")[0]
+    // `<mailto:unsub+...>, <https://...>`: the one-click URL is the second.
+    let list_unsubscribe = &got.header("List-Unsubscribe")[0];
+    let (mailto, https) = list_unsubscribe.split_once(", ").unwrap();
+    assert!(mailto.starts_with("<mailto:unsub+"), "{list_unsubscribe}");
+    let unsubscribe = https
         .trim_matches(['<', '>'])
         .strip_prefix(&base)
         .unwrap()

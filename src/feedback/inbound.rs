@@ -75,6 +75,47 @@ impl Inbound {
         }
     }
 
+    /// A `mailto:` List-Unsubscribe: the signed token in the subject names the
+    /// recipient; a `list_unsubscribe` event and a non-transactional entry.
+    async fn unsubscribe(&self, tid: &str, raw: &[u8]) -> Reply {
+        let subject = mail_parser::MessageParser::default()
+            .parse_headers(raw)
+            .and_then(|m| m.subject().map(str::to_owned))
+            .unwrap_or_default();
+        let keys = crate::tracking::Keys::new(&self.config.tracking.secrets);
+        let verified =
+            super::mailto_token(&subject)
+                .zip(keys.as_ref())
+                .and_then(|(token, keys)| {
+                    crate::tracking::token::verify(keys, token, crate::ids::unix_secs()).ok()
+                });
+        let Some(data) = verified.filter(|d| {
+            d.kind == crate::tracking::token::Kind::Unsubscribe
+                && d.transmission_id.to_string() == tid
+        }) else {
+            return self.kept(raw, "unsubscribe without a valid token");
+        };
+        let sink = crate::http::StoreSink {
+            store: Arc::clone(&self.store),
+            ids: Arc::clone(&self.ids),
+        };
+        let event = crate::http::TrackingEvent {
+            kind: crate::events::EventType::ListUnsubscribe,
+            transmission_id: data.transmission_id,
+            recipient: data.recipient,
+            link_index: 0,
+            url: String::new(),
+            visitor: crate::events::Visitor::default(),
+        };
+        match crate::http::EventSink::record(&sink, event).await {
+            Ok(()) => "250 2.0.0 Ok: unsubscribed".into(),
+            Err(e) => {
+                tracing::error!(transmission_id = %tid, "mailto unsubscribe: {e}");
+                STORE_FAILED.into()
+            }
+        }
+    }
+
     async fn complaint(
         &self,
         rcpt: &str,
@@ -121,6 +162,9 @@ impl Inbound {
         let Some(address) = feedback_address(rcpt, &self.config) else {
             return format!("550 5.1.1 <{rcpt}>: not a feedback address here");
         };
+        if let FeedbackAddress::Unsubscribe { transmission_id } = &address {
+            return self.unsubscribe(transmission_id, raw).await;
+        }
         if let Some(complaint) = super::arf::parse(raw) {
             return self.complaint(rcpt, &address, &complaint, raw).await;
         }
@@ -177,7 +221,7 @@ impl Inbound {
         }
         let via = match address {
             FeedbackAddress::Verp { .. } => "",
-            FeedbackAddress::Other => " (matched by the returned message)",
+            _ => " (matched by the returned message)",
         };
         format!(
             "250 2.0.0 Ok: {} event(s), {suppressed} suppressed{via}",

@@ -22,6 +22,8 @@ use dsn::{Action, Report, ReportKind};
 pub enum FeedbackAddress {
     /// `<bounce_local_part>+<transmission_id>@<bounce domain>`: DSNs and replies.
     Verp { transmission_id: String },
+    /// `unsub+<transmission_id>@<bounce domain>`: the `mailto:` List-Unsubscribe.
+    Unsubscribe { transmission_id: String },
     /// Any other address at a bounce domain (`postmaster@`, a bare bounce address).
     Other,
 }
@@ -34,19 +36,34 @@ pub fn feedback_address(rcpt: &str, config: &Config) -> Option<FeedbackAddress> 
     if !config.bounce_domains().any(|d| d.0 == domain) {
         return None;
     }
-    let prefix = format!("{}+", config.envelope.bounce_local_part.0);
-    let id = local
-        .get(..prefix.len())
-        .filter(|p| p.eq_ignore_ascii_case(&prefix))
-        .map(|_| &local[prefix.len()..]);
-    Some(match id {
-        Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => {
-            FeedbackAddress::Verp {
-                transmission_id: id.to_owned(),
-            }
-        }
-        _ => FeedbackAddress::Other,
-    })
+    let id_after = |prefix: &str| {
+        let prefix = format!("{prefix}+");
+        local
+            .get(..prefix.len())
+            .filter(|p| p.eq_ignore_ascii_case(&prefix))
+            .map(|_| &local[prefix.len()..])
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
+    };
+    if let Some(transmission_id) = id_after(&config.envelope.bounce_local_part.0) {
+        return Some(FeedbackAddress::Verp { transmission_id });
+    }
+    if let Some(transmission_id) = id_after(crate::tracking::MAILTO_LOCAL_PART) {
+        return Some(FeedbackAddress::Unsubscribe { transmission_id });
+    }
+    Some(FeedbackAddress::Other)
+}
+
+/// The unsubscribe token in a `mailto:` unsubscribe's subject (`unsubscribe:<token>`,
+/// also after a client's `Re:` or other decoration).
+pub fn mailto_token(subject: &str) -> Option<&str> {
+    let prefix = crate::tracking::MAILTO_SUBJECT_PREFIX;
+    let at = subject.to_ascii_lowercase().find(prefix)?;
+    let rest = &subject[at + prefix.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|t| !t.is_empty())
 }
 
 /// Mail for the bounce domains only: inbound feedback, which the milter passes untouched.
@@ -67,7 +84,7 @@ pub fn transmission_of(
     let from = report.original.mail_from.as_deref()?;
     match feedback_address(from, config)? {
         FeedbackAddress::Verp { transmission_id } => Some(transmission_id),
-        FeedbackAddress::Other => None,
+        _ => None,
     }
 }
 
@@ -213,7 +230,7 @@ pub fn complaint_target(
         Some(FeedbackAddress::Verp { transmission_id }) => transmission_id,
         _ => match address {
             FeedbackAddress::Verp { transmission_id } => transmission_id.clone(),
-            FeedbackAddress::Other => return None,
+            _ => return None,
         },
     };
     Some((tid, named_rcpt()?))
@@ -293,6 +310,15 @@ mod tests {
             Some(FeedbackAddress::Other)
         );
         assert_eq!(feedback_address("user@example.org", &c), None);
+        assert_eq!(
+            feedback_address("unsub+77@bounces.example.net", &c),
+            Some(FeedbackAddress::Unsubscribe {
+                transmission_id: "77".into()
+            })
+        );
+        assert_eq!(mailto_token("unsubscribe:AbC-_9"), Some("AbC-_9"));
+        assert_eq!(mailto_token("Re: Unsubscribe:xyz please"), Some("xyz"));
+        assert_eq!(mailto_token("unsubscribe me"), None);
         assert!(is_inbound(&["<bounces+1@bounces.example.net>".into()], &c));
         assert!(!is_inbound(
             &[

@@ -15,6 +15,11 @@ pub fn is_web_url(url: &str) -> bool {
         || head.len() == 8 && head.eq_ignore_ascii_case(b"https://")
 }
 
+/// The local part of `mailto:` unsubscribe addresses (`unsub+<transmission id>@...`).
+pub const MAILTO_LOCAL_PART: &str = "unsub";
+/// The subject a `mailto:` unsubscribe carries its token in.
+pub const MAILTO_SUBJECT_PREFIX: &str = "unsubscribe:";
+
 /// Makes the tracking and unsubscribe URLs of one recipient's message.
 #[derive(Clone, Debug)]
 pub struct Links<'a> {
@@ -26,8 +31,8 @@ pub struct Links<'a> {
 }
 
 impl Links<'_> {
-    fn url(&self, kind: Kind, link_index: u16, target: &str) -> String {
-        let token = token::sign(
+    fn token(&self, kind: Kind, link_index: u16, target: &str) -> String {
+        token::sign(
             self.keys,
             &TokenData {
                 kind,
@@ -37,7 +42,11 @@ impl Links<'_> {
                 url: target.to_owned(),
                 expires: self.expires,
             },
-        );
+        )
+    }
+
+    fn url(&self, kind: Kind, link_index: u16, target: &str) -> String {
+        let token = self.token(kind, link_index, target);
         let path = match kind {
             Kind::Open | Kind::InitialOpen => "o",
             Kind::Click | Kind::UnsubscribeClick => "c",
@@ -69,5 +78,16 @@ impl Links<'_> {
     /// The one-click unsubscribe URL (RFC 8058).
     pub fn unsubscribe(&self) -> String {
         self.url(Kind::Unsubscribe, 0, "")
+    }
+
+    /// The `mailto:` unsubscribe address at `domain` (a bounce domain, whose mail comes
+    /// back through the LMTP listener): the signed token rides in the subject, since a
+    /// local part is limited to 64 characters (RFC 5321) and the token is longer.
+    pub fn unsubscribe_mailto(&self, domain: &str) -> String {
+        let token = self.token(Kind::Unsubscribe, 0, "");
+        format!(
+            "mailto:{MAILTO_LOCAL_PART}+{}@{domain}?subject={MAILTO_SUBJECT_PREFIX}{token}",
+            self.transmission_id
+        )
     }
 }

@@ -67,6 +67,25 @@ impl Postfix {
         extra: &str,
     ) -> Postfix {
         assert_private_network();
+        // A port picked free can be taken by another test's connection before Postfix
+        // binds it: then start again on other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Postfix::try_start(milter_port, relay_port, lmtp_port, extra) {
+                Ok(postfix) => return postfix,
+                Err(log) if attempt < 4 => eprintln!("Postfix did not start (retrying): {log}"),
+                Err(log) => panic!("postfix start failed:\n{log}"),
+            }
+        }
+    }
+
+    fn try_start(
+        milter_port: Option<u16>,
+        relay_port: u16,
+        lmtp_port: Option<u16>,
+        extra: &str,
+    ) -> Result<Postfix, String> {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("conf");
         for sub in ["conf", "queue", "data"] {
@@ -122,9 +141,23 @@ impl Postfix {
             smtp_port,
             reinject_port,
         };
-        postfix.postfix(&["start"]);
+        let out = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(postfix.conf_dir())
+            .arg("start")
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let log = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                postfix.log()
+            );
+            // Whatever did start is stopped when `postfix` is dropped.
+            return Err(log);
+        }
         postfix.wait_for_port(smtp_port);
-        postfix
+        Ok(postfix)
     }
 
     pub fn conf_dir(&self) -> PathBuf {

@@ -38,6 +38,17 @@ fn campaign_message(to: &str) -> String {
     )
 }
 
+/// The next campaign message to `who` is refused: `who` is suppressed.
+fn assert_campaign_refused(e: &E2e, who: &str) {
+    let refused = e
+        .send("app@example.com", &[who], &campaign_message(who))
+        .unwrap_err();
+    assert!(
+        refused.contains("554") && refused.contains("suppressed due to customer policy"),
+        "{refused}"
+    );
+}
+
 fn sparkpost_event(e: &Value) -> &Value {
     let msys = &e["esp_event"]["msys"];
     msys.as_object()
@@ -83,17 +94,7 @@ fn a_hard_bounce_is_an_event_and_suppresses_the_recipient() {
     );
 
     // The next message to that address is refused: suppressed by the bounce rule.
-    let refused = e
-        .send(
-            "app@example.com",
-            &["dead@example.org"],
-            &campaign_message("dead@example.org"),
-        )
-        .unwrap_err();
-    assert!(
-        refused.contains("554") && refused.contains("suppressed due to customer policy"),
-        "{refused}"
-    );
+    assert_campaign_refused(&e, "dead@example.org");
 }
 
 #[test]
@@ -205,13 +206,7 @@ fn a_spam_complaint_suppresses_the_recipient_for_non_transactional_mail_only() {
     assert_eq!(raw["report_to"], "fbl@bounces.example.net");
     assert_eq!(raw["campaign_id"], "winter");
     // Campaign mail to the complainer is refused now; transactional mail still goes.
-    let refused = e
-        .send("app@example.com", &[who], &campaign_message(who))
-        .unwrap_err();
-    assert!(
-        refused.contains("suppressed due to customer policy"),
-        "{refused}"
-    );
+    assert_campaign_refused(&e, who);
     let receipt = message(
         &format!(
             "From: Shop <shop@example.com>\nTo: {who}\nSubject: Receipt\nX-MSYS-API: {{\"options\": {{\"transactional\": true}}}}\n"
@@ -308,13 +303,7 @@ fn a_mailto_unsubscribe_suppresses_the_recipient() {
     let raw = sparkpost_event(&unsubscribed);
     assert_eq!(raw["type"], "list_unsubscribe", "{raw:#}");
     assert_eq!(raw["campaign_id"], "winter");
-    let refused = e
-        .send("app@example.com", &[who], &campaign_message(who))
-        .unwrap_err();
-    assert!(
-        refused.contains("suppressed due to customer policy"),
-        "{refused}"
-    );
+    assert_campaign_refused(&e, who);
     // A forged request (no valid token) unsubscribes nobody.
     let forged = message(
         &format!("From: other@example.org\nTo: {address}\nSubject: unsubscribe:forged\n"),

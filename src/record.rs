@@ -55,7 +55,7 @@ pub fn transmission(plan: &Plan, facts: &MessageFacts, now_ms: u64) -> Transmiss
             .clone()
             .unwrap_or_else(|| facts.mail_from.clone()),
         subject: subject(facts),
-        ip_pool: options.and_then(|o| o.ip_pool.clone()),
+        ip_pool: plan.ip_pool.clone(),
         injection_ms: now_ms,
         transactional: plan.transactional(),
         sandbox: options.and_then(|o| o.sandbox).unwrap_or(false),

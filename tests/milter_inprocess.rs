@@ -160,6 +160,7 @@ async fn negotiates_lean_stages_and_every_macro_it_needs() {
             | Actions::DELETE_RCPT
             | Actions::CHANGE_SENDER
             | Actions::REPLACE_BODY
+            | Actions::QUARANTINE
     );
     let opts = conn.negotiated_opts();
     for skipped in [
@@ -471,6 +472,88 @@ async fn hostile_header_values_get_clean_replies() {
             "{text}"
         );
     }
+    conn.close().await.unwrap();
+    milter.stop().await;
+}
+
+/// `ip_pool` routes through the pool's transport (a header for the MTA), a client's own
+/// routing headers go; `sandbox` ends in the quarantine action.
+#[tokio::test]
+async fn pools_route_by_header_and_sandbox_quarantines() {
+    let toml = format!(
+        "{BOUNCES}default_ip_pool = \"pool_a\"\n\
+         [[ip_pool]]\nname = \"pool_a\"\ntransport = \"smtp_pool_a:\"\n\
+         [[ip_pool]]\nname = \"pool_b\"\ntransport = \"smtp_pool_b:[relay.example]:25\"\n"
+    );
+    let milter = Milter::start(&toml).await;
+    let added = |actions: &[EomAction], wanted: &str| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                EomAction::AddHeader { name, value } if name.to_bytes() == wanted.as_bytes() => {
+                    Some(value.to_str().unwrap().to_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for (api, route) in [
+        (None, vec!["smtp_pool_a:".to_owned()]),
+        (
+            Some(r#"{"options": {"ip_pool": "pool_b"}}"#),
+            vec!["smtp_pool_b:[relay.example]:25".to_owned()],
+        ),
+        (Some(r#"{"options": {"ip_pool": "sp_shared"}}"#), vec![]),
+    ] {
+        let mut conn = milter.connect().await;
+        let mut headers = vec![
+            ("From", "a@example.com"),
+            ("X-MSYS-Route", "smtp_evil:[attacker.example]"),
+        ];
+        if let Some(api) = api {
+            headers.push(("X-MSYS-API", api));
+        }
+        let msg = Message {
+            headers: &headers,
+            ..Message::default()
+        };
+        let (actions, status) = send(&mut conn, &msg).await;
+        assert_eq!(status, Status::Continue);
+        assert_eq!(added(&actions, "X-MSYS-Route"), route, "{api:?}");
+        assert!(
+            actions.contains(&EomAction::DeleteHeader {
+                name: c("X-MSYS-Route"),
+                index: 1,
+            }),
+            "the client's header goes: {actions:?}"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, EomAction::Quarantine { .. }))
+        );
+        conn.close().await.unwrap();
+    }
+    let mut conn = milter.connect().await;
+    let headers = [
+        ("From", "a@example.com"),
+        ("X-MSYS-API", r#"{"options": {"sandbox": true}}"#),
+    ];
+    let msg = Message {
+        headers: &headers,
+        ..Message::default()
+    };
+    let (actions, status) = send(&mut conn, &msg).await;
+    assert_eq!(status, Status::Continue);
+    let reason = actions
+        .iter()
+        .find_map(|a| match a {
+            EomAction::Quarantine { reason } => Some(reason.to_str().unwrap().to_owned()),
+            _ => None,
+        })
+        .expect("quarantined");
+    assert!(reason.starts_with("msys-milter sandbox "), "{reason}");
+    assert_eq!(added(&actions, "X-MSYS-Sandbox").len(), 1);
     conn.close().await.unwrap();
     milter.stop().await;
 }

@@ -212,7 +212,23 @@ pub struct Plan {
     /// Recipients on the suppression list: delivered nothing (see `suppression.rs`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub suppressed: Vec<PlannedRecipient>,
+    /// The pool the message leaves through (`options.ip_pool` or the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_pool: Option<String>,
+    /// The pool's MTA transport, carried in [`ROUTE_HEADER`] for the MTA to act on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Processed in full, then held by the MTA: nothing reaches a recipient.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
 }
+
+/// The header that tells the MTA which transport a message leaves through (Postfix:
+/// `milter_header_checks` and the re-injection cleanup's `header_checks` turn it into
+/// `FILTER`); removed from what a client sends, stripped at delivery.
+pub const ROUTE_HEADER: &str = "X-MSYS-Route";
+/// The header that makes the MTA hold a sandbox message's re-injected copies.
+pub const SANDBOX_HEADER: &str = "X-MSYS-Sandbox";
 
 impl Plan {
     /// Recipients the milter adds to the transaction.
@@ -360,6 +376,31 @@ pub fn plan_parsed(
         });
     }
     header_edits.extend(delete_all(facts, HEADER_NAME));
+    // Routing and holding are ours to say: whatever a client wrote goes.
+    header_edits.extend(delete_all(facts, ROUTE_HEADER));
+    header_edits.extend(delete_all(facts, SANDBOX_HEADER));
+    let options = api.as_ref().map(|a| &a.options);
+    let ip_pool = options
+        .and_then(|o| o.ip_pool.clone())
+        .or_else(|| config.envelope.default_ip_pool.clone());
+    let route = ip_pool
+        .as_deref()
+        .filter(|p| *p != "sp_shared")
+        .and_then(|p| config.ip_pools.iter().find(|c| c.name == p))
+        .and_then(|c| c.transport.clone());
+    if let Some(transport) = &route {
+        header_edits.push(HeaderEdit::Add {
+            name: ROUTE_HEADER.into(),
+            value: transport.clone(),
+        });
+    }
+    let sandbox = options.and_then(|o| o.sandbox).unwrap_or(false);
+    if sandbox {
+        header_edits.push(HeaderEdit::Add {
+            name: SANDBOX_HEADER.into(),
+            value: tid.clone(),
+        });
+    }
     if !lists.cc.is_empty() {
         let value = address_list_header(&lists.cc, "Cc: ".len());
         header_edits.extend(cc_edits(facts.count("Cc"), value));
@@ -384,6 +425,9 @@ pub fn plan_parsed(
         returning_copy: false,
         api,
         suppressed: Vec::new(),
+        ip_pool,
+        route,
+        sandbox,
     })
 }
 
@@ -418,6 +462,9 @@ fn returning_copy(
         copies: Vec::new(),
         engagement: Engagement::default(),
         returning_copy: true,
+        ip_pool: None,
+        route: None,
+        sandbox: false,
         api: None,
         suppressed: Vec::new(),
     })

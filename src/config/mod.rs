@@ -15,6 +15,9 @@ pub struct Envelope {
     pub bounce_local_part: LocalPart,
     /// Rewrite MAIL FROM to a bounce address at all.
     pub rewrite: bool,
+    /// The pool of messages that name none (SparkPost: the account's default dedicated
+    /// pool); `options.ip_pool = "sp_shared"` still takes the MTA's default route.
+    pub default_ip_pool: Option<String>,
 }
 
 impl Default for Envelope {
@@ -23,6 +26,7 @@ impl Default for Envelope {
             bounce_domain: None,
             bounce_local_part: LocalPart::default(),
             rewrite: true,
+            default_ip_pool: None,
         }
     }
 }
@@ -277,7 +281,9 @@ pub struct SendingDomain {
 #[serde(deny_unknown_fields)]
 pub struct IpPool {
     pub name: String,
-    /// The MTA transport that routes this pool (used once ip_pool routing lands).
+    /// The MTA transport the pool's mail leaves through, as Postfix's FILTER action takes
+    /// it: `smtp_pool_a:` (the recipient's domain as next hop) or
+    /// `smtp_pool_a:[relay.example]:25`. A pool without one takes the default route.
     #[serde(default)]
     pub transport: Option<String>,
 }
@@ -397,6 +403,33 @@ impl Config {
                 message,
             }
         };
+        for pool in &self.ip_pools {
+            if let Some(t) = &pool.transport {
+                let (name, _) = t.split_once(':').unwrap_or(("", ""));
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    && !t.contains(char::is_whitespace);
+                if !valid {
+                    return Err(invalid(
+                        "transport",
+                        format!(
+                            "`{t}` is not a transport: use `name:` or `name:nexthop` (a master.cf service)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(pool) = &self.envelope.default_ip_pool
+            && pool != "sp_shared"
+            && !self.ip_pools.iter().any(|p| &p.name == pool)
+        {
+            return Err(invalid(
+                "default_ip_pool",
+                format!("`{pool}` is not a configured [[ip_pool]]"),
+            ));
+        }
         let reinject = &self.reinject;
         if let Some(smtp) = &reinject.smtp
             && smtp
@@ -594,6 +627,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/etc/msys-milter.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pools_name_transports_and_the_default_a_configured_pool() {
+        let c = parse(
+            "[envelope]\ndefault_ip_pool = \"a\"\n[[ip_pool]]\nname = \"a\"\ntransport = \"smtp_a:[relay.example]:25\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ip_pools[0].transport.as_deref(),
+            Some("smtp_a:[relay.example]:25")
+        );
+        assert_eq!(
+            parse("[envelope]\ndefault_ip_pool = \"nope\"\n").unwrap_err(),
+            "/etc/msys-milter.toml:2: key `envelope.default_ip_pool`: `nope` is not a configured [[ip_pool]]"
+        );
+        assert!(parse("[envelope]\ndefault_ip_pool = \"sp_shared\"\n").is_ok());
+        let bad = parse("[[ip_pool]]\nname = \"a\"\ntransport = \"smtp a\"\n").unwrap_err();
+        assert!(
+            bad.starts_with("/etc/msys-milter.toml:3: key `ip_pool.transport`"),
+            "{bad}"
+        );
     }
 
     #[test]

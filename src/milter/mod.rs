@@ -25,7 +25,8 @@ const ACTIONS: Actions = Actions::ADD_HEADER
     .union(Actions::ADD_RCPT)
     .union(Actions::DELETE_RCPT)
     .union(Actions::CHANGE_SENDER)
-    .union(Actions::REPLACE_BODY);
+    .union(Actions::REPLACE_BODY)
+    .union(Actions::QUARANTINE);
 
 /// Stages whose reply we never change: the MTA need not wait for us there.
 const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_MAIL

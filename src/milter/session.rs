@@ -313,5 +313,11 @@ pub async fn apply(
             actions.replace_body(chunk).await?;
         }
     }
+    if plan.sandbox {
+        // Postfix: the hold queue (`postqueue -j`, `postsuper -H` releases).
+        actions
+            .quarantine(format!("msys-milter sandbox {}", plan.transmission_id))
+            .await?;
+    }
     Ok(())
 }

@@ -1,0 +1,152 @@
+//! `ip_pool` and `sandbox` through the real Postfix, wired as postfix-example shows: a
+//! pool's mail (the original and its copies) leaves through the pool's transport, here
+//! to a capture server of its own; `sp_shared` and a client's forged routing header
+//! take the default route; a sandbox message and its copies wait in the hold queue and
+//! reach nobody, their events marked.
+
+mod support;
+
+use support::capture::Capture;
+use support::e2e::E2e;
+use support::message;
+use support::webhook::Webhook;
+
+fn pooled(pool_port: u16, hook: &Webhook) -> E2e {
+    E2e::start(&format!(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
+         [[ip_pool]]\nname = \"pool_a\"\ntransport = \"smtp_pool_a:[127.0.0.1]:{pool_port}\"\n\
+         [[ip_pool]]\nname = \"pool_b\"\n\
+         [[webhook]]\nurl = \"{}\"\nbatch_wait_ms = 100\n",
+        hook.url()
+    ))
+}
+
+#[test]
+fn a_pools_mail_and_its_copies_leave_through_the_pools_transport() {
+    let pool = Capture::start();
+    let hook = Webhook::start(200);
+    let e = pooled(pool.port, &hook);
+    e.send(
+        "app@example.com",
+        &["to@example.org"],
+        &message(
+            "X-MSYS-API: {\"options\": {\"ip_pool\": \"pool_a\"}, \"bcc\": [\"hidden@example.org\"]}\n",
+            "Hi\n",
+        ),
+    )
+    .unwrap();
+    let got = pool.wait_for_deliveries(2);
+    let rcpts: Vec<&str> = got
+        .iter()
+        .flat_map(|r| r.rcpts.iter().map(String::as_str))
+        .collect();
+    assert!(
+        rcpts.contains(&"to@example.org") && rcpts.contains(&"hidden@example.org"),
+        "{rcpts:?}"
+    );
+    for r in &got {
+        assert!(
+            r.header("X-MSYS-Route").is_empty(),
+            "stripped at delivery: {}",
+            r.text()
+        );
+    }
+    assert!(e.capture.all().is_empty(), "nothing took the default route");
+    let log = e.postfix.log();
+    assert!(
+        log.matches("postfix/pool_a/smtp").count() >= 2,
+        "both delivered by the pool's transport: {log}"
+    );
+    let items = hook.wait_until(20, |items| items.len() >= 2);
+    for item in &items {
+        assert_eq!(
+            item["msys"]["message_event"]["ip_pool"], "pool_a",
+            "{item:#}"
+        );
+    }
+
+    // sp_shared, a pool without a transport, and a client's own routing header: the
+    // default route.
+    for (extra, rcpt) in [
+        (
+            "X-MSYS-API: {\"options\": {\"ip_pool\": \"sp_shared\"}}\n",
+            "shared@example.org",
+        ),
+        (
+            "X-MSYS-API: {\"options\": {\"ip_pool\": \"pool_b\"}}\n",
+            "b@example.org",
+        ),
+        (
+            &format!("X-MSYS-Route: smtp_pool_a:[127.0.0.1]:{}\n", pool.port)[..],
+            "forged@example.org",
+        ),
+    ] {
+        e.send("app@example.com", &[rcpt], &message(extra, "Hi\n"))
+            .unwrap();
+    }
+    let got = e.capture.wait_for_deliveries(3);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(pool.all().len(), 2, "the pool got nothing more");
+    assert!(got.iter().all(|r| r.header("X-MSYS-Route").is_empty()));
+}
+
+#[test]
+fn a_sandbox_message_and_its_copies_are_held_and_reach_nobody() {
+    let hook = Webhook::start(200);
+    let e = E2e::start(&format!(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n[[webhook]]\nurl = \"{}\"\nbatch_wait_ms = 100\n",
+        hook.url()
+    ));
+    e.send(
+        "app@example.com",
+        &["to@example.org"],
+        &message(
+            "X-MSYS-API: {\"options\": {\"sandbox\": true}, \"bcc\": [\"hidden@example.org\"]}\n",
+            "Hi\n",
+        ),
+    )
+    .unwrap();
+    // Events are written, marked.
+    let items = hook.wait_until(20, |items| items.len() >= 2);
+    for item in &items {
+        let event = &item["msys"]["message_event"];
+        assert_eq!(event["type"], "injection");
+        assert_eq!(event["sandbox"], "true", "{item:#}");
+    }
+    // Both messages wait in the hold queue; nothing was delivered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let held = loop {
+        let out = std::process::Command::new("/usr/sbin/postqueue")
+            .arg("-c")
+            .arg(e.postfix.conf_dir())
+            .arg("-j")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let held: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|m: &serde_json::Value| m["queue_name"] == "hold")
+            .collect();
+        if held.len() >= 2 || std::time::Instant::now() > deadline {
+            break held;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let rcpts: Vec<String> = held
+        .iter()
+        .flat_map(|m| m["recipients"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["address"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(held.len(), 2, "original and copy held: {held:#?}");
+    assert!(
+        rcpts.contains(&"to@example.org".to_owned())
+            && rcpts.contains(&"hidden@example.org".to_owned())
+    );
+    e.assert_nothing_delivered();
+    assert!(
+        e.postfix.log().contains("msys-milter sandbox"),
+        "{}",
+        e.postfix.log()
+    );
+}

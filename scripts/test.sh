@@ -17,6 +17,8 @@ install_packages() {
     local missing=()
     [ -x /usr/sbin/postfix ] || missing+=(postfix)
     command -v ip >/dev/null || missing+=(iproute2)
+    # The independent DKIM verifier of the signing tests.
+    /usr/bin/python3 -c 'import dkim' 2>/dev/null || missing+=(python3-dkim)
     command -v unshare >/dev/null || missing+=(util-linux)
     # The tests signal the daemon with kill(1).
     [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)

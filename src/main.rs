@@ -64,6 +64,23 @@ enum Command {
         #[command(subcommand)]
         action: WebhooksCmd,
     },
+    /// Make a DKIM key: write the private key (PEM, mode 0600) and print the DNS TXT
+    /// record to publish and the [[dkim_key]] table to add.
+    DkimKeygen {
+        /// The signing domain (`d=`).
+        #[arg(long)]
+        domain: String,
+        /// The selector (`s=`).
+        #[arg(long)]
+        selector: String,
+        /// Ed25519 instead of RSA-2048 (RFC 8463; not every verifier knows it yet).
+        #[arg(long)]
+        ed25519: bool,
+        /// Where to write the key (default: `<selector>.<domain>.pem` here). An existing
+        /// file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Which entries a suppression verb works on.
@@ -181,12 +198,63 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),
+        Some(Command::DkimKeygen {
+            domain,
+            selector,
+            ed25519,
+            out,
+        }) => dkim_keygen(&domain, &selector, ed25519, out),
         Some(admin) => run_admin(cli.config.as_deref(), admin),
     };
     result.unwrap_or_else(|e| {
         eprintln!("msys-milter: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// `msys-milter dkim-keygen`.
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    ed25519: bool,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{selector}.{domain}.pem")));
+    let pem = msys_milter::dkim::generate_pem(ed25519)
+        .map_err(|e| anyhow::anyhow!("cannot make the key: {e}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (it is never overwritten: remove it or pass --out)",
+                path.display()
+            )
+        })?;
+    file.write_all(pem.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let key = msys_milter::dkim::read_key(&path)?;
+    let full = std::fs::canonicalize(&path).unwrap_or(path);
+    // A TXT string holds at most 255 characters: longer records are split.
+    let chunks: Vec<String> = key
+        .txt
+        .as_bytes()
+        .chunks(250)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    println!(
+        "# Publish in DNS:\n{selector}._domainkey.{domain}. IN TXT ( {} )",
+        chunks.join(" ")
+    );
+    println!(
+        "\n# Add to msys-milter.toml:\n[[dkim_key]]\nname = \"{selector}.{domain}\"\ndomain = \"{domain}\"\nselector = \"{selector}\"\nprivate_key = \"{}\"",
+        full.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -350,7 +418,7 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
                 );
                 admin::webhooks_status(store, &mut stdout).await?;
             }
-            Command::Explain { .. } | Command::CheckConfig { .. } => {}
+            Command::Explain { .. } | Command::CheckConfig { .. } | Command::DkimKeygen { .. } => {}
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -18,6 +18,8 @@ pub struct Rendered {
     /// Headers only the original gets (its List-Unsubscribe).
     pub original_edits: Vec<HeaderEdit>,
     pub copies: Vec<Copy>,
+    /// The original's `DKIM-Signature` value, inserted first (index 0).
+    pub signature: Option<String>,
 }
 
 /// Links of one recipient's message, when tracking is configured.
@@ -113,6 +115,20 @@ impl mime::LinkMaker for NoLinks {
     }
 }
 
+/// A copy's bytes with its `DKIM-Signature` first.
+fn sign_copy(key: Option<&crate::dkim::LoadedKey>, bytes: Vec<u8>) -> Result<Vec<u8>, Rejection> {
+    let Some(key) = key else {
+        return Ok(bytes);
+    };
+    let value = key.sign(&bytes).map_err(|e| {
+        tracing::error!(key = %key.name, "DKIM signing of a copy failed: {e}");
+        Rejection::Signing
+    })?;
+    let mut out = format!("DKIM-Signature: {value}\r\n").into_bytes();
+    out.extend_from_slice(&bytes);
+    Ok(out)
+}
+
 /// Render the original's changes and every copy. `body` is the message body as
 /// received (empty when the milter did not need it).
 pub fn render(
@@ -159,6 +175,38 @@ pub fn render(
             .collect();
     }
 
+    // Signed last, over the message as it leaves; the MTA must add nothing signed
+    // after us, so Date and Message-ID are ours when missing.
+    let key = plan
+        .dkim_key
+        .as_deref()
+        .and_then(|name| config.loaded_dkim_keys.get(name));
+    let mut shared_edits = plan.header_edits.clone();
+    if key.is_some() {
+        let adds = |name: &str| {
+            shared_edits.iter().any(
+                |e| matches!(e, HeaderEdit::Add { name: n, .. } if n.eq_ignore_ascii_case(name)),
+            )
+        };
+        let mut more = Vec::new();
+        if facts.count("Date") == 0 && !adds("Date") {
+            let date = mail_parser::DateTime::from_timestamp(i64::try_from(now).unwrap_or(0));
+            more.push(HeaderEdit::Add {
+                name: "Date".into(),
+                value: date.to_rfc822(),
+            });
+        }
+        if facts.count("Message-ID") == 0 && !adds("Message-ID") {
+            let domain =
+                crate::api::plan::sending_domain(facts).unwrap_or_else(|| "localhost".into());
+            more.push(HeaderEdit::Add {
+                name: "Message-ID".into(),
+                value: format!("<msys.{}@{domain}>", plan.transmission_id),
+            });
+        }
+        shared_edits.extend(more.iter().cloned());
+        rendered.original_edits.extend(more);
+    }
     let from = plan.mail_from.as_ref().unwrap_or(&facts.mail_from);
     for copy in &plan.copies {
         let own = links(&settings, &copy.address);
@@ -179,8 +227,27 @@ pub fn render(
             from: from.clone(),
             to: copy.address.clone(),
             rcpt_type: copy.rcpt_type,
-            bytes: render_copy(&facts.headers, &plan.header_edits, &copy_plan, body),
+            bytes: sign_copy(
+                key,
+                render_copy(&facts.headers, &shared_edits, &copy_plan, body),
+            )?,
         });
+    }
+    if let Some(key) = key {
+        let mut headers = facts.headers.clone();
+        let edits: Vec<HeaderEdit> = plan
+            .header_edits
+            .iter()
+            .chain(&rendered.original_edits)
+            .cloned()
+            .collect();
+        crate::api::copies::apply_edits(&mut headers, &edits);
+        let body = rendered.original_body.as_deref().unwrap_or(body);
+        let message = crate::api::copies::serialize(&headers, body);
+        rendered.signature = Some(key.sign(&message).map_err(|e| {
+            tracing::error!(transmission_id = %plan.transmission_id, key = %key.name, "DKIM signing failed: {e}");
+            Rejection::Signing
+        })?);
     }
     Ok(rendered)
 }

@@ -205,6 +205,17 @@ pub fn render_copy(
     out
 }
 
+/// A message's bytes from its header fields and body (CRLF line ends).
+pub fn serialize(headers: &[HeaderField], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 4096);
+    for field in headers {
+        push_header(&mut out, &field.name, &field.value);
+    }
+    out.extend_from_slice(b"\r\n");
+    push_crlf(&mut out, body);
+    out
+}
+
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");

@@ -35,7 +35,7 @@ impl MessageFacts {
             .map(|h| h.value.as_slice())
     }
 
-    fn count(&self, name: &str) -> usize {
+    pub fn count(&self, name: &str) -> usize {
         self.values(name).count()
     }
 
@@ -125,7 +125,8 @@ pub fn needs_body(facts: &MessageFacts, api: &ParsedApi, config: &Config) -> boo
             .iter()
             .any(|(kind, _)| personalised(*kind, &engagement))
     }) || (engagement.per_recipient() && facts.rcpts.len() > 1);
-    copies || engagement.rewrites_body() || multipart
+    let signed = crate::dkim::key_for(config, api.as_ref(), facts).is_some();
+    copies || engagement.rewrites_body() || multipart || signed
 }
 
 /// Does this kind of added recipient get a copy of its own? Bcc recipients always (only
@@ -221,6 +222,9 @@ pub struct Plan {
     /// Processed in full, then held by the MTA: nothing reaches a recipient.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
+    /// The `[[dkim_key]]` that signs the message (and its copies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dkim_key: Option<String>,
 }
 
 /// The header that tells the MTA which transport a message leaves through (Postfix:
@@ -353,6 +357,7 @@ pub fn plan_parsed(
         });
     }
 
+    let dkim_key = crate::dkim::key_for(config, api.as_ref(), facts).map(|k| k.name.clone());
     let mail_from = bounce_address(facts, config, transmission_id);
     let mut header_edits = marker_edits;
     if mail_from.is_some() {
@@ -428,6 +433,7 @@ pub fn plan_parsed(
         ip_pool,
         route,
         sandbox,
+        dkim_key,
     })
 }
 
@@ -465,6 +471,7 @@ fn returning_copy(
         ip_pool: None,
         route: None,
         sandbox: false,
+        dkim_key: None,
         api: None,
         suppressed: Vec::new(),
     })
@@ -529,7 +536,7 @@ pub fn from_header_domain(value: &str) -> Option<String> {
 }
 
 /// The domain a message sends as: its From: header, else its MAIL FROM.
-fn sending_domain(facts: &MessageFacts) -> Option<String> {
+pub fn sending_domain(facts: &MessageFacts) -> Option<String> {
     facts
         .from_header()
         .as_deref()

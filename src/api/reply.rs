@@ -107,6 +107,8 @@ pub enum Rejection {
     AmpPlacement,
     /// Every recipient is on the suppression list.
     Suppressed,
+    /// DKIM signing failed: the MTA keeps the message and the client retries.
+    Signing,
 }
 
 impl Rejection {
@@ -180,6 +182,9 @@ impl Rejection {
                 "5.6.0",
                 "text/x-amp-html must be inside multipart/alternative",
             ),
+            Rejection::Signing => {
+                Reply::new("451", "4.3.0", "DKIM signing failed, try again later")
+            }
             Rejection::Suppressed => Reply::new(
                 "554",
                 "5.7.1",

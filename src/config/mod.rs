@@ -275,6 +275,9 @@ pub struct SendingDomain {
     /// Subaccounts this domain is assigned to.
     #[serde(default)]
     pub subaccounts: Vec<u64>,
+    /// The `[[dkim_key]]` that signs this domain's mail when the message names none.
+    #[serde(default)]
+    pub dkim_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -292,6 +295,15 @@ pub struct IpPool {
 #[serde(deny_unknown_fields)]
 pub struct DkimKey {
     pub name: String,
+    /// The signing domain (`d=`).
+    pub domain: Domain,
+    /// The selector (`s=`): the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// A PEM private key: RSA (2048 bits or more) or Ed25519.
+    pub private_key: PathBuf,
+    /// Header names to sign instead of the default set.
+    #[serde(default)]
+    pub headers: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -318,6 +330,9 @@ pub struct Config {
     pub ip_pools: Vec<IpPool>,
     #[serde(rename = "dkim_key")]
     pub dkim_keys: Vec<DkimKey>,
+    /// The `[[dkim_key]]` files, read with the configuration.
+    #[serde(skip)]
+    pub loaded_dkim_keys: crate::dkim::Keys,
 }
 
 impl Default for Config {
@@ -338,6 +353,7 @@ impl Default for Config {
             sending_domains: Vec::new(),
             ip_pools: Vec::new(),
             dkim_keys: Vec::new(),
+            loaded_dkim_keys: crate::dkim::Keys::default(),
         }
     }
 }
@@ -381,8 +397,37 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
+        let mut config = config;
         config.check_cross_references(text, file)?;
+        config.loaded_dkim_keys = config.load_dkim_keys(text, file)?;
         Ok(config)
+    }
+
+    /// Read every `[[dkim_key]]` file; an unreadable or weak key names the line of its
+    /// `private_key`.
+    fn load_dkim_keys(&self, text: &str, file: &Path) -> Result<crate::dkim::Keys, ConfigError> {
+        let mut loaded = Vec::new();
+        for key in &self.dkim_keys {
+            let read = crate::dkim::read_key(&key.private_key).map_err(|e| {
+                let needle = key.private_key.display().to_string();
+                let offset = text.find(&needle).unwrap_or(0);
+                let (line, _) = locate(text, offset);
+                ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line,
+                    key: "dkim_key.private_key".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            loaded.push(crate::dkim::LoadedKey::new(
+                &key.name,
+                &key.domain.0,
+                &key.selector,
+                key.headers.clone(),
+                read,
+            ));
+        }
+        Ok(crate::dkim::Keys::new(loaded))
     }
 
     fn check_cross_references(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
@@ -419,6 +464,16 @@ impl Config {
                         ),
                     ));
                 }
+            }
+        }
+        for domain in &self.sending_domains {
+            if let Some(k) = &domain.dkim_key
+                && !self.dkim_keys.iter().any(|d| &d.name == k)
+            {
+                return Err(invalid(
+                    "dkim_key",
+                    format!("`{k}` is not a configured [[dkim_key]]"),
+                ));
             }
         }
         if let Some(pool) = &self.envelope.default_ip_pool

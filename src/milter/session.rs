@@ -144,7 +144,8 @@ impl Planned {
             body,
             body_too_large,
         } = self;
-        let body_work = !plan.copies.is_empty() || plan.engagement.rewrites_body();
+        let signed = plan.dkim_key.is_some();
+        let body_work = !plan.copies.is_empty() || plan.engagement.rewrites_body() || signed;
         if body_too_large && body_work {
             return Err(Rejection::TooLarge);
         }
@@ -312,6 +313,12 @@ pub async fn apply(
         for chunk in body.chunks(65_535) {
             actions.replace_body(chunk).await?;
         }
+    }
+    if let Some(signature) = &rendered.signature {
+        // First, above every other header.
+        actions
+            .insert_header(0, "DKIM-Signature", signature.as_str())
+            .await?;
     }
     if plan.sandbox {
         // Postfix: the hold queue (`postqueue -j`, `postsuper -H` releases).

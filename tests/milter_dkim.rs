@@ -43,17 +43,7 @@ fn signature(actions: &[EomAction]) -> Option<String> {
     })
 }
 
-fn added(actions: &[EomAction], wanted: &str) -> Vec<String> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            EomAction::AddHeader { name, value } if name.to_bytes() == wanted.as_bytes() => {
-                Some(value.to_str().unwrap().to_owned())
-            }
-            _ => None,
-        })
-        .collect()
-}
+use support::added_headers as added;
 
 #[tokio::test]
 async fn the_key_is_the_headers_else_the_domains_else_none() {

@@ -1,6 +1,8 @@
 //! The milter driven over a real socket by indymilter-test, as an MTA would: negotiation,
 //! the exact end-of-message actions, and the exact replies.
 
+mod support;
+
 use indymilter_test::{Actions, EomAction, MacroStage, ProtoOpts, Status, TestConnection};
 use msys_milter::config::{Config, SocketSpec};
 use msys_milter::milter::BoundSocket;
@@ -486,17 +488,7 @@ async fn pools_route_by_header_and_sandbox_quarantines() {
          [[ip_pool]]\nname = \"pool_b\"\ntransport = \"smtp_pool_b:[relay.example]:25\"\n"
     );
     let milter = Milter::start(&toml).await;
-    let added = |actions: &[EomAction], wanted: &str| -> Vec<String> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                EomAction::AddHeader { name, value } if name.to_bytes() == wanted.as_bytes() => {
-                    Some(value.to_str().unwrap().to_owned())
-                }
-                _ => None,
-            })
-            .collect()
-    };
+    let added = support::added_headers;
     for (api, route) in [
         (None, vec!["smtp_pool_a:".to_owned()]),
         (

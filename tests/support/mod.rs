@@ -206,3 +206,18 @@ pub async fn connect_in_process(addr: std::net::SocketAddr) -> indymilter_test::
         .await
         .unwrap()
 }
+
+/// The values of the headers named `wanted` that the milter's actions add.
+pub fn added_headers(actions: &[indymilter_test::EomAction], wanted: &str) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            indymilter_test::EomAction::AddHeader { name, value }
+                if name.to_bytes() == wanted.as_bytes() =>
+            {
+                Some(value.to_string_lossy().into_owned())
+            }
+            _ => None,
+        })
+        .collect()
+}

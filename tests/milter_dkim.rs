@@ -159,3 +159,32 @@ fn weak_or_unreadable_keys_are_refused_with_file_line_and_key() {
         );
     }
 }
+
+/// `msys-milter explain` shows the key, the pool and its transport, and sandbox.
+#[test]
+fn explain_shows_key_pool_route_and_sandbox() {
+    let config = Config::parse(
+        &format!(
+            "{}[[ip_pool]]\nname = \"pool_a\"\ntransport = \"smtp_pool_a:\"\n",
+            toml()
+        ),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let message = b"From: shop@example.com\r\nTo: a@example.org\r\nX-MSYS-API: {\"options\": {\"ip_pool\": \"pool_a\", \"sandbox\": true, \"dkim_key\": \"ed\"}}\r\n\r\nHi\r\n";
+    let plan = msys_milter::explain::explain(message, None, &[], None, &config).unwrap();
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["dkim_key"], "ed");
+    assert_eq!(json["ip_pool"], "pool_a");
+    assert_eq!(json["route"], "smtp_pool_a:");
+    assert_eq!(json["sandbox"], true);
+    let message = b"From: a@unsigned.example\r\nTo: a@example.org\r\n\r\nHi\r\n";
+    let json = serde_json::to_value(
+        msys_milter::explain::explain(message, None, &[], None, &config).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        json.get("dkim_key").is_none() && json.get("route").is_none(),
+        "{json:#}"
+    );
+}

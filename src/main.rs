@@ -435,6 +435,11 @@ fn run_explain(
     std::io::stdin()
         .read_to_end(&mut message)
         .context("cannot read the message from standard input")?;
+    if message.iter().all(u8::is_ascii_whitespace) {
+        anyhow::bail!(
+            "no message on standard input: pipe one in, e.g. `msys-milter explain < message.eml`"
+        );
+    }
     Ok(match explain(&message, from, rcpts, auth_user, &config) {
         Err(reply) => {
             println!("{reply}");
@@ -473,9 +478,14 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
-        let socket = BoundSocket::bind(&config.socket)
-            .await
-            .with_context(|| "is another milter running? pick another socket with --socket")?;
+        let socket = match BoundSocket::bind(&config.socket).await {
+            Ok(socket) => socket,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(anyhow::Error::from(e)
+                    .context("is another milter running? pick another socket with --socket"));
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::info!(socket = %config.socket, "msys-milter {} listening", env!("CARGO_PKG_VERSION"));
         let (listener, _socket_file) = socket.into_parts();
         let store = msys_milter::open_store(&config)?;

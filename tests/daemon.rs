@@ -111,6 +111,58 @@ fn cli_errors_say_what_to_do() {
         err.contains("--socket") && err.contains(&format!("inet:127.0.0.1:{port}")),
         "{err}"
     );
+    // Any other failure says what it is, without the busy-port hint.
+    let out = Command::new(BIN)
+        .args(["--socket", "unix:/nonexistent-dir/milter.sock"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on unix:/nonexistent-dir/milter.sock: No such file")
+            && !err.contains("another milter"),
+        "{err}"
+    );
+    // A missing file: its OS error once.
+    let out = Command::new(BIN)
+        .args(["check-config", "/nonexistent/msys-milter.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // Nothing piped to explain: say so.
+    let out = Command::new(BIN)
+        .arg("explain")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no message on standard input"));
+    // Sizes take units; a bare small number is refused; both re-injection ways are too.
+    let dir = tempfile::tempdir().unwrap();
+    for (text, wanted) in [
+        (
+            "max_message_size = 50\n",
+            Some(":1: key `max_message_size`: 50 bytes is too small"),
+        ),
+        ("max_message_size = \"20MB\"\n", None),
+        (
+            "[reinject]\nsmtp = \"127.0.0.1:10026\"\nsendmail = \"/usr/sbin/sendmail\"\n",
+            Some(":3: key `reinject.sendmail`: set either `smtp` or `sendmail`"),
+        ),
+    ] {
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        match wanted {
+            Some(w) => assert!(err.contains(w), "{text}: {err}"),
+            None => assert!(out.status.success(), "{text}: {err}"),
+        }
+    }
 }
 
 fn explain(args: &[&str], message: &str) -> (i32, String) {

@@ -314,6 +314,7 @@ pub struct Config {
     /// Most milter connections served at once (Postfix opens one per smtpd process).
     pub max_connections: usize,
     /// Largest message body buffered for copies; larger ones are refused (552 5.3.4).
+    #[serde(deserialize_with = "values::size")]
     pub max_message_size: usize,
     pub envelope: Envelope,
     pub reinject: Reinject,
@@ -361,11 +362,9 @@ impl Default for Config {
 /// A configuration problem, with where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read the configuration file: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    // Not a `source`: the message already says it, and error chains would repeat it.
+    #[error("{}: cannot read the configuration file: {io}", file.display())]
+    Read { file: PathBuf, io: std::io::Error },
     #[error("{}:{line}: key `{key}`: {message}", file.display())]
     Invalid {
         file: PathBuf,
@@ -378,9 +377,9 @@ pub enum ConfigError {
 impl Config {
     /// Read and validate a configuration file.
     pub fn read(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|io| ConfigError::Read {
             file: path.to_owned(),
-            source,
+            io,
         })?;
         Config::parse(&text, path)
     }
@@ -483,6 +482,18 @@ impl Config {
             return Err(invalid(
                 "default_ip_pool",
                 format!("`{pool}` is not a configured [[ip_pool]]"),
+            ));
+        }
+        let written: Option<toml::Table> = toml::from_str(text).ok();
+        let reinject_smtp_written = written
+            .as_ref()
+            .and_then(|t| t.get("reinject"))
+            .and_then(|r| r.get("smtp"))
+            .is_some();
+        if reinject_smtp_written && self.reinject.sendmail.is_some() {
+            return Err(invalid(
+                "sendmail",
+                "set either `smtp` or `sendmail` in [reinject], not both".into(),
             ));
         }
         let reinject = &self.reinject;

@@ -141,3 +141,61 @@ impl Default for LocalPart {
         LocalPart("bounces".into())
     }
 }
+
+/// A size in bytes: a number of bytes, or a string with a unit (`"50MB"`, `"512KiB"`,
+/// `"1 GiB"`). Less than 1 KiB is refused: `max_message_size = 50` meant 50 MB.
+pub fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    let bytes = match Raw::deserialize(d)? {
+        Raw::Bytes(n) => n,
+        Raw::Text(t) => parse_size(&t).map_err(serde::de::Error::custom)?,
+    };
+    if bytes < 1024 {
+        return Err(serde::de::Error::custom(format!(
+            "{bytes} bytes is too small for a message: give a unit, e.g. \"50MB\""
+        )));
+    }
+    usize::try_from(bytes).map_err(|_| serde::de::Error::custom("too large"))
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: use e.g. \"50MB\" or \"512KiB\""))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use B, KB, KiB, MB, MiB, GB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(super::parse_size("50MB"), Ok(50_000_000));
+        assert_eq!(super::parse_size("512 KiB"), Ok(524_288));
+        assert_eq!(super::parse_size("1GiB"), Ok(1 << 30));
+        assert!(super::parse_size("50 parsecs").is_err());
+        assert!(super::parse_size("MB").is_err());
+    }
+}

@@ -399,3 +399,19 @@ fn hostile_input_gets_a_clean_reply() {
     let r = reply_bytes(b"{\"options\":{\"ip_pool\":\"a\\r\\nb\"}}");
     assert!(!r.contains(['\r', '\n']), "{r}");
 }
+
+/// The JSON error names the position in the unfolded value and quotes the text there,
+/// so the sender finds it in a folded header.
+#[test]
+fn json_errors_quote_the_text_at_the_position() {
+    let r = reply(
+        "{\"campaign_id\": \"spring\",\n \"metadata\": {\"user\": \"42\"} \"tags\": [\"x\"]}",
+    );
+    assert!(r.starts_with(JSON_ERROR), "{r}");
+    assert!(r.contains("line 1 column"), "{r}");
+    assert!(
+        r.contains("near '...") && r.contains("\"42\"} \"tags\""),
+        "{r}"
+    );
+    assert!(!r.contains('\n'), "{r}");
+}

@@ -107,12 +107,35 @@ pub fn parse_header_values(
     }
 }
 
+/// serde_json's "at line 1 column 267" counts in the unfolded value; quote the text
+/// around that point too, so the sender finds it in a folded header.
+fn json_error_detail(text: &str, e: &serde_json::Error) -> String {
+    let line = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("");
+    let chars: Vec<char> = line.chars().collect();
+    let at = e.column().saturating_sub(1).min(chars.len());
+    let start = at.saturating_sub(20);
+    let end = (at + 20).min(chars.len());
+    let excerpt: String = chars[start..end]
+        .iter()
+        .map(|&c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if excerpt.trim().is_empty() {
+        return e.to_string();
+    }
+    let dots = |cond: bool| if cond { "..." } else { "" };
+    format!(
+        "{e} near '{}{excerpt}{}'",
+        dots(start > 0),
+        dots(end < chars.len())
+    )
+}
+
 /// Parse and validate one raw header value.
 pub fn parse(raw: &[u8], known: Known<'_>) -> Result<SmtpApi, Rejection> {
     let text = decode_value(raw)?;
     // serde_json stops at 128 levels of nesting, so hostile input cannot overflow the stack.
-    let value: Value =
-        serde_json::from_str(&text).map_err(|e| Rejection::JsonSyntax(e.to_string()))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Rejection::JsonSyntax(json_error_detail(&text, &e)))?;
     let Value::Object(mut obj) = value else {
         return Err(Rejection::NotAnObject);
     };

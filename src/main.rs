@@ -64,6 +64,13 @@ enum Command {
         #[command(subcommand)]
         action: WebhooksCmd,
     },
+    /// Write the manual pages (roff, section 8: this command and each subcommand),
+    /// generated from the options, into a directory.
+    #[command(hide = true)]
+    Manpage {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
     /// Make a DKIM key: write the private key (PEM, mode 0600) and print the DNS TXT
     /// record to publish and the [[dkim_key]] table to add.
     DkimKeygen {
@@ -198,6 +205,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(anyhow::Error::from),
+        Some(Command::Manpage { out_dir }) => write_manpages(&out_dir),
         Some(Command::DkimKeygen {
             domain,
             selector,
@@ -210,6 +218,26 @@ fn main() -> ExitCode {
         eprintln!("msys-milter: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// msys-milter(8) and msys-milter-<subcommand>(8) pages, so they never drift from the
+/// options.
+fn write_manpages(dir: &Path) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    fn write(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            write(sub, dir)?;
+        }
+        clap_mangen::Man::new(cmd)
+            .section("8")
+            .generate_to(dir)
+            .map(|_| ())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    write(cmd, dir).with_context(|| format!("cannot write the pages to {}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `msys-milter dkim-keygen`.
@@ -418,7 +446,10 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
                 );
                 admin::webhooks_status(store, &mut stdout).await?;
             }
-            Command::Explain { .. } | Command::CheckConfig { .. } | Command::DkimKeygen { .. } => {}
+            Command::Explain { .. }
+            | Command::CheckConfig { .. }
+            | Command::DkimKeygen { .. }
+            | Command::Manpage { .. } => {}
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -1,0 +1,76 @@
+//! The installed Debian package (scripts/test-package.sh installs it, runs this test
+//! inside the loopback-only namespace, then purges it): the binary started exactly as
+//! the unit's ExecStart says, as the unit's user, with the installed configuration,
+//! behind a private Postfix; a message goes through it.
+
+mod support;
+
+use support::capture::Capture;
+use support::message;
+use support::postfix::Postfix;
+
+const UNIT: &str = "/usr/lib/systemd/system/msys-milter.service";
+
+fn unit_value(unit: &str, key: &str) -> String {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key}= in {UNIT}"))
+        .to_owned()
+}
+
+#[test]
+#[ignore = "needs the installed package: run scripts/test-package.sh"]
+fn the_installed_package_runs_as_its_unit_says() {
+    let unit = std::fs::read_to_string(UNIT).expect("the package is installed");
+    let exec = unit_value(&unit, "ExecStart");
+    let user = unit_value(&unit, "User");
+    let mut words = exec.split_whitespace();
+    let program = words.next().unwrap();
+    // setpriv execs the daemon itself (runuser would fork and outlive a kill).
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &user,
+            "--regid",
+            &user,
+            "--init-groups",
+            "--",
+            program,
+        ])
+        .args(words)
+        .env("STATE_DIRECTORY", "/var/lib/msys-milter")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The installed configuration listens on inet:127.0.0.1:8895.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", 8895)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not listen on 8895"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let capture = Capture::start();
+    let postfix = Postfix::start(Some(8895), capture.port);
+    let result = support::send(
+        postfix.smtp_port,
+        "app@example.com",
+        &["to@example.org"],
+        &message("X-MSYS-API: {\"campaign_id\": \"installed\"}\n", "Hello\n"),
+    );
+    let got = result.map(|_| capture.wait_for_deliveries(1));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let got = got.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(
+        got[0].header("X-MSYS-API").is_empty(),
+        "the milter ran: {}",
+        got[0].text()
+    );
+    assert!(
+        log.contains("store opened") && log.contains("/var/lib/msys-milter"),
+        "{log}"
+    );
+}

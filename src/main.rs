@@ -544,6 +544,8 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
                 (Arc::clone(&store), Arc::clone(&ids), sinks),
             ));
         }
+        // Everything is up: tell systemd (Type=notify), when it is watching.
+        notify_ready();
         daemon.run(listener, shutdown).await?;
         let _ = stop_http.send(());
         let _ = stop_lmtp.send(());
@@ -605,6 +607,28 @@ async fn start_http(
     Ok(Some(tokio::spawn(msys_milter::http::serve(
         listener, state, shutdown,
     ))))
+}
+
+/// `READY=1` to `$NOTIFY_SOCKET` (systemd's sd_notify protocol: one datagram; a name
+/// starting with `@` is in the abstract namespace). Without the variable: nothing.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let address = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = address.and_then(|address| {
+        let socket = UnixDatagram::unbound()?;
+        socket.send_to_addr(b"READY=1", &address)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(notify_socket = %path, "cannot tell systemd we are ready: {e}");
+    }
 }
 
 /// Start the LMTP listener for the bounce domains' mail when `[feedback] lmtp` is set.

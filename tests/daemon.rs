@@ -332,3 +332,31 @@ fn sighup_reloads_the_configuration_and_a_bad_file_keeps_the_old_one() {
     assert!(child.wait().unwrap().success());
     reader.join().unwrap();
 }
+
+/// Under systemd (Type=notify) the daemon says READY=1 on $NOTIFY_SOCKET once it
+/// listens.
+#[test]
+fn tells_systemd_when_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let milter_sock = dir.path().join("milter.sock");
+    let mut child = Command::new(BIN)
+        .args(["--socket", &format!("unix:{}", milter_sock.display())])
+        .env("NOTIFY_SOCKET", &notify)
+        .env("STATE_DIRECTORY", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = socket.recv(&mut buf);
+    let listening = milter_sock.exists();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(listening, "ready only once listening");
+}

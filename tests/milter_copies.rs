@@ -185,25 +185,23 @@ async fn the_body_is_skipped_when_no_copy_needs_it_and_bounded_when_one_does() {
     let dir = tempfile::tempdir().unwrap();
     let sendmail = fake_sendmail(dir.path());
     let addr = support::start_in_process(&format!(
-        "max_message_size = 10\n[reinject]\nsendmail = \"{}\"\n",
+        "max_message_size = \"1KiB\"\n[reinject]\nsendmail = \"{}\"\n",
         sendmail.display()
     ))
     .await;
     let mut conn = connect(addr).await;
+    let big = b"0123456789abcdef".repeat(100);
     // No bcc: the first chunk is answered "skip".
     conn.mail(["<app@example.com>"]).await.unwrap();
     conn.rcpt(["<to@example.org>"]).await.unwrap();
     conn.header("X-MSYS-API", "{\"cc\": [\"c@example.com\"]}")
         .await
         .unwrap();
-    assert_eq!(
-        conn.body(b"0123456789abcdef".to_vec()).await.unwrap(),
-        Status::Skip
-    );
+    assert_eq!(conn.body(big.clone()).await.unwrap(), Status::Skip);
     let (_, status) = conn.eom().await.unwrap();
     assert_eq!(status, Status::Continue);
     // A bcc copy of a body over max_message_size: refused, nothing handed over.
-    let (_, status, _) = send(&mut conn, &[b"0123456789abcdef"]).await;
+    let (_, status, _) = send(&mut conn, &[&big]).await;
     assert_eq!(
         status,
         Status::Reject {

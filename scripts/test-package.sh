@@ -14,6 +14,9 @@ deb=$(ls target/debian/msys-milter_*.deb | head -1)
 lintian --fail-on error "$deb"
 
 dpkg --purge msys-milter >/dev/null 2>&1 || true
+# A store left by something that ran the daemon as root outside the package would not
+# be writable by the package's user: this machine is throwaway, start clean.
+rm -rf /var/lib/msys-milter /var/log/msys-milter
 dpkg -i "$deb"
 fail() { echo "test-package: $*" >&2; dpkg --purge msys-milter >/dev/null 2>&1 || true; exit 1; }
 [ -x /usr/sbin/msys-milter ] || fail "no /usr/sbin/msys-milter"

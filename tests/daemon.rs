@@ -30,6 +30,8 @@ fn runs_on_a_unix_socket_with_defaults_and_removes_it_on_sigterm() {
     let mut child = Command::new(BIN)
         .arg("--socket")
         .arg(format!("unix:{}", path.display()))
+        // The store under the test's own directory, never the system's.
+        .env("STATE_DIRECTORY", dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -278,6 +280,7 @@ fn sighup_reloads_the_configuration_and_a_bad_file_keeps_the_old_one() {
             "--socket",
             &format!("inet:127.0.0.1:{port}"),
         ])
+        .env("STATE_DIRECTORY", dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

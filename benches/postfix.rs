@@ -25,6 +25,15 @@ impl Drop for Killed {
     }
 }
 
+/// Wait (at most 10 s) until something listens on loopback `port`.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn smtp_sink() -> (Killed, u16) {
     let port = free_port();
     let child = Command::new("/usr/sbin/smtp-sink")
@@ -32,11 +41,7 @@ fn smtp_sink() -> (Killed, u16) {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "smtp-sink did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, "smtp-sink");
     (Killed(child), port)
 }
 
@@ -48,9 +53,7 @@ fn null_milter(port: u16) -> Killed {
         "build it first: cargo build --release --examples"
     );
     let child = Command::new(exe).arg(port.to_string()).spawn().unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, "the do-nothing milter");
     Killed(child)
 }
 
@@ -326,11 +329,7 @@ fn opendkim(port: u16, dir: &std::path::Path) -> Killed {
         .stdout(Stdio::null())
         .spawn()
         .expect("opendkim (bench/run.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "opendkim did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, "opendkim");
     Killed(child)
 }
 

@@ -285,12 +285,7 @@ pub fn plan_parsed(
     config: &Config,
     next_id: impl FnOnce() -> Result<u64, IdError>,
 ) -> Result<Plan, Rejection> {
-    let secret = config
-        .reinject
-        .secret
-        .as_deref()
-        .unwrap_or_default()
-        .as_bytes();
+    let secret = config.reinject.secret_bytes();
     let subaccount_id = facts.auth_authen.as_deref().and_then(subaccount);
     let marker_edits = delete_all(facts, MARKER_HEADER);
     if let Some(plan) = returning_copy(facts, secret, &marker_edits) {

@@ -49,6 +49,13 @@ pub struct Reinject {
     pub secret: Option<String>,
 }
 
+impl Reinject {
+    /// The marker and feedback-header key (empty when none is set).
+    pub fn secret_bytes(&self) -> &[u8] {
+        self.secret.as_deref().unwrap_or_default().as_bytes()
+    }
+}
+
 impl Default for Reinject {
     fn default() -> Self {
         Self {

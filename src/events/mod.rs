@@ -304,15 +304,15 @@ fn message_fields(m: &mut Map<String, Value>, r: &Recipient) {
     put_opt(m, "rcpt_type", r.rcpt_type);
     m.insert("message_id".into(), s(&r.message_id));
     put_opt(m, "queue_id", r.queue_id.as_deref());
+    if let Some(size) = r.msg_size {
+        m.insert("msg_size".into(), s(size.to_string()));
+    }
 }
 
 /// `injection`: the message was accepted for this recipient.
 pub fn injection(stamp: Stamp, t: &Transmission, r: &Recipient) -> Event {
     let mut m = base(EventType::Injection, stamp, t, &r.raw, None);
     message_fields(&mut m, r);
-    if let Some(size) = r.msg_size {
-        m.insert("msg_size".into(), s(size.to_string()));
-    }
     m.insert("recv_method".into(), s("esmtp"));
     event(EventType::Injection, stamp, t, m)
 }
@@ -365,9 +365,6 @@ pub fn delivery(
     let kind = EventType::Delivery;
     let mut m = base(kind, stamp, t, &r.raw, None);
     message_fields(&mut m, r);
-    if let Some(size) = r.msg_size {
-        m.insert("msg_size".into(), s(size.to_string()));
-    }
     put_opt(&mut m, "ip_address", ip_address);
     if let Some(ms) = queue_time_ms {
         m.insert("queue_time".into(), s(ms.to_string()));

@@ -212,8 +212,7 @@ impl Follower {
             let mut transmissions: HashMap<String, Option<Transmission>> = HashMap::new();
             let now = crate::ids::unix_secs();
             for a in &attempts {
-                let key = (a.queue_id.to_owned(), a.to.to_lowercase());
-                let Some(q) = queued.get(&key) else {
+                let Some(q) = queued.get(&(a.queue_id.to_owned(), a.to.to_lowercase())) else {
                     continue;
                 };
                 if !transmissions.contains_key(&q.transmission_id) {
@@ -230,7 +229,7 @@ impl Follower {
                     event_id,
                     timestamp: now,
                 };
-                self.attempt(a, q, t, stamp, key, &mut commit, now);
+                self.attempt(a, q, t, stamp, &mut commit);
             }
         }
         let written: Vec<&'static str> = commit.events.iter().map(|e| e.kind.as_str()).collect();
@@ -239,17 +238,15 @@ impl Follower {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &mut self,
         a: &maillog::Attempt,
         q: &Queued,
         t: &Transmission,
         stamp: Stamp,
-        key: (String, String),
         commit: &mut Commit,
-        now: u64,
     ) {
+        let key = (q.queue_id.clone(), q.rcpt.clone());
         let recipient = Recipient {
             raw: q.raw_rcpt.clone(),
             rcpt_type: static_rcpt_type(q.rcpt_type.as_deref()),
@@ -314,7 +311,7 @@ impl Follower {
                         },
                         "Bounce Rule",
                         reply,
-                        now,
+                        stamp.timestamp,
                     ));
                 }
             }

@@ -61,6 +61,11 @@ pub struct Inbound {
 
 const STORE_FAILED: &str = "451 4.3.0 feedback store unavailable, try again later";
 
+fn no_event_id(tid: &str, e: &crate::ids::IdError) -> Reply {
+    tracing::error!(transmission_id = %tid, "feedback: {e}");
+    "451 4.3.0 no event id, try again later".into()
+}
+
 impl Inbound {
     fn kept(&self, raw: &[u8], why: &str) -> Reply {
         match self.keep.keep(raw) {
@@ -116,98 +121,106 @@ impl Inbound {
         }
     }
 
+    /// The stored facts of `tid`; otherwise the reply to give (kept, or tempfail).
+    async fn transmission(
+        &self,
+        tid: &str,
+        raw: &[u8],
+        unknown: &str,
+    ) -> Result<crate::events::Transmission, Reply> {
+        match self.store.transmission(tid).await {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(self.kept(raw, unknown)),
+            Err(e) => {
+                tracing::error!(transmission_id = %tid, "feedback: {e}");
+                Err(STORE_FAILED.into())
+            }
+        }
+    }
+
+    /// Commit what a message yields; a store failure is the MTA's cue to retry.
+    async fn commit(&self, tid: &str, commit: crate::store::Commit) -> Result<(), Reply> {
+        self.store.commit(commit).await.map_err(|e| {
+            tracing::error!(transmission_id = %tid, "feedback: {e}");
+            Reply::from(STORE_FAILED)
+        })
+    }
+
     async fn complaint(
         &self,
         rcpt: &str,
         address: &FeedbackAddress,
         complaint: &super::arf::Complaint,
         raw: &[u8],
-    ) -> Reply {
+    ) -> Result<Reply, Reply> {
         let Some((tid, complainer)) = super::complaint_target(complaint, address, &self.config)
         else {
-            return self.kept(raw, "complaint names no transmission or recipient");
+            return Err(self.kept(raw, "complaint names no transmission or recipient"));
         };
-        let transmission = match self.store.transmission(&tid).await {
-            Ok(Some(t)) => t,
-            Ok(None) => return self.kept(raw, "complaint for an unknown transmission"),
-            Err(e) => {
-                tracing::error!(transmission_id = %tid, "feedback: {e}");
-                return STORE_FAILED.into();
-            }
-        };
-        let commit = match super::complaint_commit(
+        let transmission = self
+            .transmission(&tid, raw, "complaint for an unknown transmission")
+            .await?;
+        let commit = super::complaint_commit(
             complaint,
             &transmission,
             &complainer,
             rcpt,
             crate::ids::unix_secs(),
             || self.ids.next(),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(transmission_id = %tid, "feedback: {e}");
-                return "451 4.3.0 no event id, try again later".into();
-            }
-        };
-        if let Err(e) = self.store.commit(commit).await {
-            tracing::error!(transmission_id = %tid, "feedback: {e}");
-            return STORE_FAILED.into();
-        }
+        )
+        .map_err(|e| no_event_id(&tid, &e))?;
+        self.commit(&tid, commit).await?;
         crate::metrics::global().events(["spam_complaint"]);
         tracing::info!(transmission_id = %tid, fbtype = %complaint.fbtype, "feedback: spam_complaint, recipient suppressed for non-transactional mail");
-        "250 2.0.0 Ok: spam_complaint, 1 suppressed".into()
+        Ok("250 2.0.0 Ok: spam_complaint, 1 suppressed".into())
     }
 
-    async fn one(&self, rcpt: &str, report: &dsn::Report, raw: &[u8]) -> Reply {
+    /// One recipient's reply to a message read once (`report`, and `complaint` when it
+    /// is an ARF report).
+    async fn one(
+        &self,
+        rcpt: &str,
+        report: &dsn::Report,
+        complaint: Option<&super::arf::Complaint>,
+        raw: &[u8],
+    ) -> Result<Reply, Reply> {
         let Some(address) = feedback_address(rcpt, &self.config) else {
-            return format!("550 5.1.1 <{rcpt}>: not a feedback address here");
+            return Err(format!("550 5.1.1 <{rcpt}>: not a feedback address here"));
         };
         if let FeedbackAddress::Unsubscribe { transmission_id } = &address {
-            return self.unsubscribe(transmission_id, raw).await;
+            return Ok(self.unsubscribe(transmission_id, raw).await);
         }
-        if let Some(complaint) = super::arf::parse(raw) {
-            return self.complaint(rcpt, &address, &complaint, raw).await;
+        if let Some(complaint) = complaint {
+            return self.complaint(rcpt, &address, complaint, raw).await;
         }
         if report.kind == dsn::ReportKind::Unknown {
-            return self.kept(raw, "not a delivery report");
+            return Err(self.kept(raw, "not a delivery report"));
         }
         let Some(tid) = transmission_of(&address, report, &self.config) else {
-            return self.kept(raw, "no transmission id");
+            return Err(self.kept(raw, "no transmission id"));
         };
-        let transmission = match self.store.transmission(&tid).await {
-            Ok(Some(t)) => t,
-            Ok(None) => return self.kept(raw, "unknown transmission"),
-            Err(e) => {
-                tracing::error!(transmission_id = %tid, "feedback: {e}");
-                return STORE_FAILED.into();
-            }
-        };
-        let mut report = report.clone();
-        if self.log_reports_delays && super::in_band(&report, &self.our_mtas) {
+        let transmission = self.transmission(&tid, raw, "unknown transmission").await?;
+        // With the log followed, our own MTA's delay warnings would count deferrals twice.
+        let own_delays = self.log_reports_delays && super::in_band(report, &self.our_mtas);
+        let filtered;
+        let report = if own_delays {
+            let mut r = report.clone();
+            r.recipients.retain(|r| r.action != dsn::Action::Delayed);
+            filtered = r;
+            &filtered
+        } else {
             report
-                .recipients
-                .retain(|r| r.action != dsn::Action::Delayed);
-        }
-        let report = &report;
+        };
         let now = crate::ids::unix_secs();
-        let (commit, found) =
-            match super::commit(report, &transmission, &self.our_mtas, now, || {
-                self.ids.next()
-            }) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(transmission_id = %tid, "feedback: {e}");
-                    return "451 4.3.0 no event id, try again later".into();
-                }
-            };
+        let (commit, found) = super::commit(report, &transmission, &self.our_mtas, now, || {
+            self.ids.next()
+        })
+        .map_err(|e| no_event_id(&tid, &e))?;
         if found.is_empty() {
-            return self.kept(raw, "no failed or delayed recipient");
+            return Err(self.kept(raw, "no failed or delayed recipient"));
         }
         let suppressed = commit.suppress.len();
-        if let Err(e) = self.store.commit(commit).await {
-            tracing::error!(transmission_id = %tid, "feedback: {e}");
-            return STORE_FAILED.into();
-        }
+        self.commit(&tid, commit).await?;
         crate::metrics::global().events(found.iter().map(|f| f.kind.as_str()));
         for f in &found {
             tracing::info!(
@@ -223,10 +236,10 @@ impl Inbound {
             FeedbackAddress::Verp { .. } => "",
             _ => " (matched by the returned message)",
         };
-        format!(
+        Ok(format!(
             "250 2.0.0 Ok: {} event(s), {suppressed} suppressed{via}",
             found.len()
-        )
+        ))
     }
 }
 
@@ -245,10 +258,13 @@ impl Deliver for Inbound {
         message: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Vec<Reply>> + Send + 'a>> {
         Box::pin(async move {
+            // Read once, whatever the number of recipients.
             let report = dsn::parse(&message);
+            let complaint = super::arf::parse(&message);
             let mut replies = Vec::with_capacity(rcpts.len());
             for rcpt in rcpts {
-                replies.push(self.one(rcpt, &report, &message).await);
+                let reply = self.one(rcpt, &report, complaint.as_ref(), &message).await;
+                replies.push(reply.unwrap_or_else(|reply| reply));
             }
             replies
         })

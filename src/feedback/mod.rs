@@ -11,7 +11,7 @@ pub mod lmtp;
 pub mod maillog;
 
 use crate::config::Config;
-use crate::events::{self, Bounce, Event, EventType, Stamp, Transmission};
+use crate::events::{self, Bounce, EventType, Stamp, Transmission};
 use crate::ids::IdError;
 use crate::store::{Commit, SuppressionEntry, SuppressionType};
 use classify::BounceClass;
@@ -207,12 +207,7 @@ pub fn complaint_target(
     address: &FeedbackAddress,
     config: &Config,
 ) -> Option<(String, String)> {
-    let secret = config
-        .reinject
-        .secret
-        .as_deref()
-        .unwrap_or_default()
-        .as_bytes();
+    let secret = config.reinject.secret_bytes();
     let signed = c
         .msfbl
         .as_deref()
@@ -273,11 +268,6 @@ pub fn complaint_commit(
         )],
         cursor: None,
     })
-}
-
-/// The events of a commit, for tests and logs.
-pub fn kinds(events: &[Event]) -> Vec<EventType> {
-    events.iter().map(|e| e.kind).collect()
 }
 
 #[cfg(test)]

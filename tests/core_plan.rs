@@ -548,3 +548,25 @@ fn per_recipient_content_makes_copies_of_cc_and_extra_primaries() {
         s("cc@example.com", Cc, AddRecipient)
     );
 }
+
+#[test]
+fn without_the_loop_marker_copies_carry_only_their_bcc() {
+    let c = config(&format!(
+        "{SECRET}[envelope]\nbounce_domain = \"b.example.net\"\n"
+    ));
+    let off = config(
+        &format!("{SECRET}[envelope]\nbounce_domain = \"b.example.net\"\n")
+            .replace("[reinject]\n", "[reinject]\nloop_marker = false\n"),
+    );
+    let marked = outcome(&facts(r#"{"bcc": ["b@example.com"]}"#), &c).unwrap();
+    let unmarked = outcome(&facts(r#"{"bcc": ["b@example.com"]}"#), &off).unwrap();
+    let names = |p: &Plan| -> Vec<String> {
+        p.copies[0]
+            .extra_headers
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    assert_eq!(names(&marked), ["Bcc", "X-MSYS-Reinjected", "X-MSFBL"]);
+    assert_eq!(names(&unmarked), ["Bcc", "X-MSFBL"]);
+}

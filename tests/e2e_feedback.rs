@@ -251,7 +251,7 @@ fn deliveries_of_an_original_and_its_bcc_copy_come_from_the_mta_log() {
         assert_eq!(raw["num_retries"], "0");
         assert_eq!(raw["campaign_id"], "winter");
         assert!(raw["queue_time"].as_str().unwrap().parse::<u64>().is_ok());
-        let log = e.postfix.log();
+        let log = e.postfix().log();
         let qid = raw["queue_id"].as_str().unwrap();
         assert!(
             log.contains(&format!("{qid}: to=<{rcpt}>")) && log.contains("status=sent"),

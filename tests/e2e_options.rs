@@ -52,7 +52,7 @@ fn a_pools_mail_and_its_copies_leave_through_the_pools_transport() {
         );
     }
     assert!(e.capture.all().is_empty(), "nothing took the default route");
-    let log = e.postfix.log();
+    let log = e.postfix().log();
     assert!(
         log.matches("postfix/pool_a/smtp").count() >= 2,
         "both delivered by the pool's transport: {log}"
@@ -118,7 +118,7 @@ fn a_sandbox_message_and_its_copies_are_held_and_reach_nobody() {
     let held = loop {
         let out = std::process::Command::new("/usr/sbin/postqueue")
             .arg("-c")
-            .arg(e.postfix.conf_dir())
+            .arg(e.postfix().conf_dir())
             .arg("-j")
             .output()
             .unwrap();
@@ -145,8 +145,8 @@ fn a_sandbox_message_and_its_copies_are_held_and_reach_nobody() {
     );
     e.assert_nothing_delivered();
     assert!(
-        e.postfix.log().contains("msys-milter sandbox"),
+        e.postfix().log().contains("msys-milter sandbox"),
         "{}",
-        e.postfix.log()
+        e.postfix().log()
     );
 }

@@ -303,9 +303,12 @@ pub fn plan_parsed(
     let tid = transmission_id.to_string();
 
     let engagement = Engagement::new(api.as_ref(), config);
-    let marker = |rcpt: &str| {
+    let marker = |rcpt: &str| -> Vec<(String, String)> {
+        if !config.reinject.loop_marker {
+            return Vec::new();
+        }
         let value = marker_value(secret, &tid, rcpt, facts.received_at);
-        (MARKER_HEADER.to_owned(), value)
+        vec![(MARKER_HEADER.to_owned(), value)]
     };
     let mut recipients = Vec::new();
     let mut copies = Vec::new();
@@ -316,7 +319,7 @@ pub fn plan_parsed(
             copies.push(CopyPlan {
                 address: address.clone(),
                 rcpt_type: RcptType::To,
-                extra_headers: vec![marker(address)],
+                extra_headers: marker(address),
             });
             Delivery::Copy
         } else {
@@ -335,7 +338,7 @@ pub fn plan_parsed(
                 let bcc = address_list_header(std::slice::from_ref(*rcpt), "Bcc: ".len());
                 extra_headers.push(("Bcc".to_owned(), bcc));
             }
-            extra_headers.push(marker(&rcpt.email));
+            extra_headers.extend(marker(&rcpt.email));
             copies.push(CopyPlan {
                 address: rcpt.email.clone(),
                 rcpt_type: *kind,

@@ -47,6 +47,11 @@ pub struct Reinject {
     /// Key of the HMAC on the copies' loop marker. Without it a random key is made at
     /// start, so a copy that loops back after a restart is processed as a new message.
     pub secret: Option<String>,
+    /// Mark every copy with `X-MSYS-Reinjected`, so a copy that comes back through the
+    /// milter is recognised and passed. Postfix strips the marker on the way out
+    /// (`smtp_header_checks`); Sendmail cannot strip a header, and its re-injection port
+    /// runs no milter, so Sendmail setups turn the marker off.
+    pub loop_marker: bool,
 }
 
 impl Reinject {
@@ -64,6 +69,7 @@ impl Default for Reinject {
             timeout: 30,
             concurrency: 16,
             secret: None,
+            loop_marker: true,
         }
     }
 }

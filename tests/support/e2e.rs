@@ -1,35 +1,52 @@
 //! A capture server, a private Postfix and the real milter, started together.
 
 use super::capture::Capture;
+use super::mta::{Mta, MtaKind};
 use super::postfix::{Postfix, free_port};
 use super::{Milter, send};
 
-/// Capture server, Postfix with the milter, the milter with `toml` (its re-injection
-/// target set to this Postfix's listener).
+/// Capture server, an MTA with the milter, the milter with `toml` (its re-injection
+/// target set to this MTA's milter-free listener).
 pub struct E2e {
     pub capture: Capture,
-    pub postfix: Postfix,
+    pub mta: Mta,
     pub milter: Milter,
 }
 
 impl E2e {
-    /// Copies go to the re-injection listener of postfix-example/master.cf.
+    /// Under Postfix; copies go to the re-injection listener of postfix-example/master.cf.
     pub fn start(toml: &str) -> E2e {
+        E2e::start_under(MtaKind::Postfix, toml)
+    }
+
+    /// Under `kind`, configured as its example files say.
+    pub fn start_under(kind: MtaKind, toml: &str) -> E2e {
         let capture = Capture::start();
         let milter_port = free_port();
-        let postfix = Postfix::start(Some(milter_port), capture.port);
+        let mta = Mta::start(kind, Some(milter_port), capture.port);
+        // As README tells Sendmail admins: its re-injection port runs no milter and it
+        // cannot strip the loop marker, so the copies carry none.
+        let marker = match kind {
+            MtaKind::Postfix => "",
+            MtaKind::Sendmail => "loop_marker = false\n",
+        };
         let milter = Milter::start_on(
             milter_port,
             &format!(
-                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n",
-                postfix.reinject_port
+                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\n{marker}",
+                mta.reinject_port()
             ),
         );
         E2e {
             capture,
-            postfix,
+            mta,
             milter,
         }
+    }
+
+    /// The Postfix instance (Postfix-only scenarios).
+    pub fn postfix(&self) -> &Postfix {
+        self.mta.postfix()
     }
 
     /// With the feedback loop wired as postfix-example shows: the bounce domain's mail
@@ -52,7 +69,7 @@ impl E2e {
         );
         E2e {
             capture,
-            postfix,
+            mta: Mta::Postfix(postfix),
             milter,
         }
     }
@@ -70,13 +87,13 @@ impl E2e {
         );
         E2e {
             capture,
-            postfix,
+            mta: Mta::Postfix(postfix),
             milter,
         }
     }
 
     pub fn send(&self, from: &str, rcpts: &[&str], msg: &str) -> Result<String, String> {
-        send(self.postfix.smtp_port, from, rcpts, msg)
+        send(self.mta.smtp_port(), from, rcpts, msg)
     }
 
     /// Wait for `count` deliveries and check no more came: one per address.

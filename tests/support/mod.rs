@@ -6,7 +6,9 @@
 pub mod anymail;
 pub mod capture;
 pub mod e2e;
+pub mod mta;
 pub mod postfix;
+pub mod sendmail;
 pub mod webhook;
 
 use lettre::address::Envelope;

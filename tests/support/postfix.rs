@@ -24,7 +24,7 @@ fn example(name: &str) -> String {
 
 /// Refuse to start an MTA outside a private network namespace: it would resolve its
 /// host name and could reach other hosts. `scripts/test.sh` runs the tests inside one.
-fn assert_private_network() {
+pub fn assert_private_network() {
     // /proc/net/dev lists the interfaces of this process's network namespace.
     let interfaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
         .unwrap_or_default()
@@ -34,9 +34,12 @@ fn assert_private_network() {
         .collect();
     assert!(
         interfaces.iter().all(|i| i == "lo"),
-        "end-to-end tests start Postfix and must run in a network namespace with only \
+        "end-to-end tests start an MTA and must run in a network namespace with only \
          loopback: run them with `bash scripts/test.sh` (found interfaces {interfaces:?})"
     );
+}
+
+fn assert_postfix_installed() {
     assert!(
         Path::new("/usr/sbin/postfix").exists(),
         "Postfix is not installed: `bash scripts/test.sh` installs it"
@@ -67,6 +70,7 @@ impl Postfix {
         extra: &str,
     ) -> Postfix {
         assert_private_network();
+        assert_postfix_installed();
         // A port picked free can be taken by another test's connection before Postfix
         // binds it: then start again on other ports.
         let mut attempt = 0;

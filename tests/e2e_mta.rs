@@ -1,14 +1,31 @@
-//! End to end through a real Postfix: a real SMTP client submits to a private Postfix
-//! instance (postfix-example/main.cf and master.cf) that calls the real msys-milter
-//! binary and relays to a capture server. Run inside a loopback-only network namespace
-//! (`bash scripts/test.sh`).
+//! End to end through a real MTA: a real SMTP client submits to a private Postfix
+//! (postfix-example/main.cf and master.cf) or a private Sendmail 8.17
+//! (packaging/sendmail/msys-milter.mc) that calls the real msys-milter binary and relays
+//! to a capture server. The scenarios every admin relies on run under both MTAs; the
+//! ones about Postfix's own listeners and commands run under Postfix. Run inside a
+//! loopback-only network namespace (`bash scripts/test.sh`).
 
 mod support;
 
 use support::capture::Capture;
 use support::e2e::{E2e, http_get};
-use support::postfix::{Postfix, free_port};
+use support::mta::{Mta, MtaKind};
+use support::postfix::free_port;
 use support::{Milter, message, send};
+
+under_each_mta!(
+    relays_without_milter,
+    plain_message_gets_a_bounce_address_and_no_header,
+    header_rejections_reach_the_client_exactly,
+    cc_and_archive_with_names_and_dedupe,
+    a_sending_domains_bounce_domain_is_used_and_other_domains_refused,
+    rfc2047_encoded_header_value_works,
+    a_stopped_milter_tempfails_and_nothing_is_lost,
+    bcc_copies_each_get_their_own_bcc,
+    tracked_links_are_personal_except_the_archive_copy,
+    transactional_mail_gets_no_list_unsubscribe,
+    an_amp_part_outside_multipart_alternative_is_refused,
+);
 
 const BOUNCES: &str = "[envelope]\nbounce_domain = \"bounces.example.net\"\n";
 
@@ -24,12 +41,11 @@ fn assert_bounce_address(mail_from: &str, domain: &str) -> String {
     id.to_owned()
 }
 
-#[test]
-fn postfix_relays_without_milter() {
+fn relays_without_milter(kind: MtaKind) {
     let capture = Capture::start();
-    let postfix = Postfix::start(None, capture.port);
+    let mta = Mta::start(kind, None, capture.port);
     send(
-        postfix.smtp_port,
+        mta.smtp_port(),
         "app@example.com",
         &["to@example.org"],
         &message("", "hello\n"),
@@ -39,9 +55,8 @@ fn postfix_relays_without_milter() {
     assert_eq!(got[0].mail_from, "app@example.com");
 }
 
-#[test]
-fn plain_message_gets_a_bounce_address_and_no_header() {
-    let e = E2e::start(BOUNCES);
+fn plain_message_gets_a_bounce_address_and_no_header(kind: MtaKind) {
+    let e = E2e::start_under(kind, BOUNCES);
     let msg = message("X-MSYS-API: {\"campaign_id\": \"welcome\"}\n", "hello\n");
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
@@ -55,9 +70,8 @@ fn plain_message_gets_a_bounce_address_and_no_header() {
     assert!(e.milter.log().contains("accepted"));
 }
 
-#[test]
-fn header_rejections_reach_the_client_exactly() {
-    let e = E2e::start(BOUNCES);
+fn header_rejections_reach_the_client_exactly(kind: MtaKind) {
+    let e = E2e::start_under(kind, BOUNCES);
     let cases = [
         (
             "X-MSYS-API: {\"campaign_id\": \"x\",}\n",
@@ -92,9 +106,8 @@ fn header_rejections_reach_the_client_exactly() {
     e.assert_nothing_delivered();
 }
 
-#[test]
-fn cc_and_archive_with_names_and_dedupe() {
-    let e = E2e::start(BOUNCES);
+fn cc_and_archive_with_names_and_dedupe(kind: MtaKind) {
+    let e = E2e::start_under(kind, BOUNCES);
     let api = "X-MSYS-API: {\"cc\": [{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"},\n \
                {\"email\": \"cc2@example.com\", \"name\": \"Zoë Ünal\"}, \"TO@example.org\"],\n \
                \"archive\": [{\"email\": \"arch@example.com\", \"name\": \"Archive\"}, \"Cc1@Example.com\"]}\n";
@@ -129,16 +142,15 @@ fn cc_and_archive_with_names_and_dedupe() {
     }
 }
 
-#[test]
-fn a_sending_domains_bounce_domain_is_used_and_other_domains_refused() {
+fn a_sending_domains_bounce_domain_is_used_and_other_domains_refused(kind: MtaKind) {
     // The example configuration of postfix-example/, as an admin would start from it.
     let capture = Capture::start();
     let milter_port = free_port();
-    let postfix = Postfix::start(Some(milter_port), capture.port);
+    let mta = Mta::start(kind, Some(milter_port), capture.port);
     let milter = Milter::start_with_file(milter_port, &support::example_path("msys-milter.toml"));
     let e = E2e {
         capture,
-        postfix,
+        mta,
         milter,
     };
     e.send("app@example.com", &["to@example.org"], &message("", "x\n"))
@@ -159,9 +171,8 @@ fn a_sending_domains_bounce_domain_is_used_and_other_domains_refused() {
     );
 }
 
-#[test]
-fn rfc2047_encoded_header_value_works() {
-    let e = E2e::start(BOUNCES);
+fn rfc2047_encoded_header_value_works(kind: MtaKind) {
+    let e = E2e::start_under(kind, BOUNCES);
     // {"cc":["cc@example.com"]} in UTF-8 base64.
     let msg = message(
         "X-MSYS-API: =?UTF-8?B?eyJjYyI6WyJjY0BleGFtcGxlLmNvbSJdfQ==?=\n",
@@ -176,9 +187,8 @@ fn rfc2047_encoded_header_value_works() {
     );
 }
 
-#[test]
-fn a_stopped_milter_tempfails_and_nothing_is_lost() {
-    let mut e = E2e::start(BOUNCES);
+fn a_stopped_milter_tempfails_and_nothing_is_lost(kind: MtaKind) {
+    let mut e = E2e::start_under(kind, BOUNCES);
     e.milter.stop();
     let err = e
         .send("app@example.com", &["to@example.org"], &message("", "x\n"))
@@ -201,9 +211,12 @@ const BCC_API: &str = "X-MSYS-API: {\"cc\": [\"cc1@example.com\", {\"email\": \"
 /// A body that exercises dot-stuffing and 8-bit transport.
 const BODY: &str = "Hello.\n.leading dot\n..two dots\n.\nGrüße, 8-bit UTF-8 ✓\n";
 
-#[test]
-fn bcc_copies_each_show_only_their_own_bcc() {
-    let e = E2e::start(BOUNCES);
+/// Every bcc recipient gets a copy of its own whose `Bcc:` names only it. Sendmail
+/// deletes `Bcc:` headers on delivery whenever To: or Cc: exist (headers.c, no option
+/// keeps them): under Sendmail the copy is still personal, and its `Bcc:` is checked in
+/// what the milter handed over (Sendmail's `-X` traffic log).
+fn bcc_copies_each_get_their_own_bcc(kind: MtaKind) {
+    let e = E2e::start_under(kind, BOUNCES);
     let msg = message(
         &format!(
             "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n{BCC_API}"
@@ -249,20 +262,54 @@ fn bcc_copies_each_show_only_their_own_bcc() {
             "{rcpt}"
         );
         let bcc = got.header("Bcc");
-        match rcpt {
-            "bcc1@example.com" => assert_eq!(bcc, ["bcc1@example.com"]),
-            "bcc2@example.com" => assert_eq!(bcc, ["=?utf-8?b?QsOpIFR3bw==?= <bcc2@example.com>"]),
+        match (kind, rcpt) {
+            (MtaKind::Postfix, "bcc1@example.com") => assert_eq!(bcc, ["bcc1@example.com"]),
+            (MtaKind::Postfix, "bcc2@example.com") => {
+                assert_eq!(bcc, ["=?utf-8?b?QsOpIFR3bw==?= <bcc2@example.com>"])
+            }
             _ => assert!(bcc.is_empty(), "{rcpt} must not see a Bcc: {bcc:?}"),
         }
     }
+    if kind == MtaKind::Sendmail {
+        // What the milter handed to the re-injection port: each copy with its own Bcc:.
+        let traffic = e.mta.sendmail().traffic();
+        for (rcpt, bcc) in [
+            ("bcc1@example.com", "Bcc: bcc1@example.com"),
+            (
+                "bcc2@example.com",
+                "Bcc: =?utf-8?b?QsOpIFR3bw==?= <bcc2@example.com>",
+            ),
+        ] {
+            let session = sendmail_session_for(&traffic, rcpt);
+            assert!(session.contains(&format!("<<< {bcc}\n")), "{session}");
+            assert_eq!(session.matches("<<< Bcc:").count(), 1, "{session}");
+        }
+    }
+}
+
+/// The lines of the SMTP session in Sendmail's traffic log (`-X`, each line prefixed
+/// with its process id) that delivered to `rcpt`.
+fn sendmail_session_for(traffic: &str, rcpt: &str) -> String {
+    let rcpt_line = format!("<<< RCPT TO:<{rcpt}>");
+    let pid = traffic
+        .lines()
+        .find(|l| l.ends_with(&rcpt_line))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no session for {rcpt} in:\n{traffic}"));
+    traffic
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(pid))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 #[test]
 fn copies_that_cannot_be_handed_over_tempfail_the_message_until_the_listener_is_back() {
     let e = E2e::start(BOUNCES);
-    let listener = format!("127.0.0.1:{} inet", e.postfix.reinject_port);
+    let listener = format!("127.0.0.1:{} inet", e.postfix().reinject_port);
     let disabled = format!("#{listener}");
-    e.postfix
+    e.postfix()
         .edit_master_cf(|m| m.replace(&listener, &disabled));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let msg = message(BCC_API, BODY);
@@ -275,9 +322,9 @@ fn copies_that_cannot_be_handed_over_tempfail_the_message_until_the_listener_is_
     );
     e.assert_nothing_delivered();
 
-    e.postfix
+    e.postfix()
         .edit_master_cf(|m| m.replace(&disabled, &listener));
-    e.postfix.wait_for_port(e.postfix.reinject_port);
+    e.postfix().wait_for_port(e.postfix().reinject_port);
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
     e.capture.wait_for_deliveries(6);
@@ -297,7 +344,7 @@ fn copies_that_cannot_be_handed_over_tempfail_the_message_until_the_listener_is_
 fn a_copy_forced_back_through_the_milter_passes_once_unchanged() {
     let e = E2e::start(BOUNCES);
     // Misconfigure the re-injection listener: it runs the milter too.
-    e.postfix.edit_master_cf(|m| {
+    e.postfix().edit_master_cf(|m| {
         m.replace("  -o smtpd_milters=\n", "")
             .replace("  -o receive_override_options=no_milters\n", "")
     });
@@ -323,7 +370,7 @@ fn copies_through_sendmail_keep_their_bcc_and_pass_the_milter_once() {
     let e = E2e::start_with_sendmail(BOUNCES);
     // Locally submitted mail goes pickup -> cleanup, which drops Bcc: headers; the
     // README tells sendmail users to give pickup the re-injection cleanup service.
-    e.postfix.edit_master_cf(|m| {
+    e.postfix().edit_master_cf(|m| {
         m.replace(
             "pickup unix n - n 60 1 pickup\n",
             "pickup unix n - n 60 1 pickup\n  -o cleanup_service_name=cleanup-reinject\n",
@@ -383,13 +430,15 @@ fn smtputf8_bcc_addresses_are_passed_on() {
     );
 }
 
-#[test]
-fn tracked_links_are_personal_except_the_archive_copy() {
+fn tracked_links_are_personal_except_the_archive_copy(kind: MtaKind) {
     let http_port = free_port();
     let base = format!("http://127.0.0.1:{http_port}");
-    let e = E2e::start(&format!(
-        "{BOUNCES}[tracking]\nbase_url = \"{base}\"\nsecrets = [\"e2e-secret-0123456789\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
-    ));
+    let e = E2e::start_under(
+        kind,
+        &format!(
+            "{BOUNCES}[tracking]\nbase_url = \"{base}\"\nsecrets = [\"e2e-secret-0123456789\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+        ),
+    );
     let api = "X-MSYS-API: {\"cc\": [\"cc@example.com\"], \"bcc\": [\"bcc@example.com\"], \"archive\": [\"arch@example.com\"],\n \"options\": {\"open_tracking\": true, \"click_tracking\": true}}\n";
     let html = "<html><body><p>Hi</p><a href=\"https://shop.example.com/offer?id=7&amp;c=mail\">Offer</a></body></html>";
     let msg = message(
@@ -467,12 +516,14 @@ fn tracked_links_are_personal_except_the_archive_copy() {
     assert_eq!(http_get(http_port, "/c/not-a-token").0, 404);
 }
 
-#[test]
-fn transactional_mail_gets_no_list_unsubscribe() {
+fn transactional_mail_gets_no_list_unsubscribe(kind: MtaKind) {
     let http_port = free_port();
-    let e = E2e::start(&format!(
-        "{BOUNCES}[tracking]\nbase_url = \"http://127.0.0.1:{http_port}\"\nsecrets = [\"e2e-secret-0123456789\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
-    ));
+    let e = E2e::start_under(
+        kind,
+        &format!(
+            "{BOUNCES}[tracking]\nbase_url = \"http://127.0.0.1:{http_port}\"\nsecrets = [\"e2e-secret-0123456789\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n"
+        ),
+    );
     e.send(
         "app@example.com",
         &["a@example.org"],
@@ -500,9 +551,8 @@ fn transactional_mail_gets_no_list_unsubscribe() {
     );
 }
 
-#[test]
-fn an_amp_part_outside_multipart_alternative_is_refused() {
-    let e = E2e::start(BOUNCES);
+fn an_amp_part_outside_multipart_alternative_is_refused(kind: MtaKind) {
+    let e = E2e::start_under(kind, BOUNCES);
     let msg = message(
         "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"m\"\n",
         "--m\nContent-Type: text/x-amp-html\n\n<html amp4email></html>\n--m--\n",

@@ -1,0 +1,198 @@
+//! A private Sendmail 8.17 for one test, from Debian's packages unpacked with `dpkg -x`
+//! (they conflict with postfix, so they are never installed; `scripts/test.sh` unpacks
+//! them and names the directory in `MSYS_TEST_SENDMAIL_ROOT`). Its sendmail.cf is built
+//! with m4 from `packaging/sendmail/msys-milter.mc`, the lines README tells admins to
+//! add, plus test-only lines: its own queue, loopback ports, no DNS, everything relayed
+//! to the capture server. It runs in the foreground (`-bD`) inside a UTS namespace with
+//! an FQDN host name, in the tests' loopback-only network namespace.
+
+use super::postfix::{assert_private_network, free_port};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const ROOT_VAR: &str = "MSYS_TEST_SENDMAIL_ROOT";
+
+/// Where `scripts/test.sh` unpacked sendmail-bin, sendmail-base and sendmail-cf.
+fn root() -> PathBuf {
+    let root = std::env::var_os(ROOT_VAR).unwrap_or_else(|| {
+        panic!("{ROOT_VAR} is not set: run the tests with `bash scripts/test.sh`, which unpacks Sendmail")
+    });
+    PathBuf::from(root)
+}
+
+pub struct Sendmail {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// The port clients submit to (runs the milter).
+    pub smtp_port: u16,
+    /// The milter-free re-injection port of packaging/sendmail/msys-milter.mc.
+    pub reinject_port: u16,
+}
+
+impl Sendmail {
+    /// Start Sendmail relaying everything to `[127.0.0.1]:relay_port`, with the milter of
+    /// packaging/sendmail/msys-milter.mc at `milter_port` (`None`: no milter at all).
+    pub fn start(milter_port: Option<u16>, relay_port: u16) -> Sendmail {
+        assert_private_network();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Sendmail::try_start(milter_port, relay_port) {
+                Ok(sendmail) => return sendmail,
+                Err(log) if attempt < 4 => eprintln!("Sendmail did not start (retrying): {log}"),
+                Err(log) => panic!("sendmail start failed:\n{log}"),
+            }
+        }
+    }
+
+    fn try_start(milter_port: Option<u16>, relay_port: u16) -> Result<Sendmail, String> {
+        let root = root();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Sendmail refuses a queue directory others can read.
+        let queue = d.join("queue");
+        std::fs::create_dir(&queue).unwrap();
+        std::fs::set_permissions(&queue, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        // Host names come from this file only: no DNS query can leave.
+        std::fs::write(d.join("service.switch"), "hosts files\naliases files\n").unwrap();
+        std::fs::write(d.join("hosts"), "127.0.0.1 localhost mta.e2e.test\n").unwrap();
+        let smtp_port = free_port();
+        let reinject_port = free_port();
+        let cf_dir = root.join("usr/share/sendmail/cf");
+        let dd = d.display();
+        let mut mc = format!(
+            "divert(-1)\n\
+             include(`{}/m4/cf.m4')dnl\n\
+             divert(0)dnl\n\
+             VERSIONID(`msys-milter end-to-end test')dnl\n\
+             OSTYPE(`linux')dnl\n\
+             define(`confDOMAIN_NAME', `mta.e2e.test')dnl\n\
+             define(`QUEUE_DIR', `{dd}/queue')dnl\n\
+             define(`STATUS_FILE', `{dd}/statistics')dnl\n\
+             define(`confPID_FILE', `{dd}/sendmail.pid')dnl\n\
+             define(`confSERVICE_SWITCH_FILE', `{dd}/service.switch')dnl\n\
+             define(`confHOSTS_FILE', `{dd}/hosts')dnl\n\
+             define(`confDONT_PROBE_INTERFACES', `True')dnl\n\
+             define(`confBIND_OPTS', `-DNSRCH -DEFNAMES')dnl\n\
+             undefine(`ALIAS_FILE')dnl\n\
+             define(`SMART_HOST', `relay:[127.0.0.1]')dnl\n\
+             define(`RELAY_MAILER_ARGS', `TCP $h {relay_port}')dnl\n\
+             FEATURE(`no_default_msa')dnl\n\
+             FEATURE(`nocanonify')dnl\n\
+             FEATURE(`accept_unresolvable_domains')dnl\n\
+             DAEMON_OPTIONS(`Family=inet, Name=MTA, Port={smtp_port}, Addr=127.0.0.1')dnl\n",
+            cf_dir.display()
+        );
+        if let Some(port) = milter_port {
+            mc.push_str(
+                &packaging_mc()
+                    .replace("inet:8895@127.0.0.1", &format!("inet:{port}@127.0.0.1"))
+                    .replace("Port=10026", &format!("Port={reinject_port}")),
+            );
+        }
+        mc.push_str("MAILER(`smtp')dnl\n");
+        std::fs::write(d.join("sendmail.mc"), &mc).unwrap();
+        let cf = Command::new("m4")
+            .arg(d.join("sendmail.mc"))
+            .output()
+            .expect("m4 (scripts/test.sh installs it)");
+        assert!(
+            cf.status.success(),
+            "m4: {}",
+            String::from_utf8_lossy(&cf.stderr)
+        );
+        std::fs::write(d.join("sendmail.cf"), &cf.stdout).unwrap();
+        let stderr = std::fs::File::create(d.join("stderr")).unwrap();
+        // Its own UTS namespace: a fully qualified host name, so Sendmail never waits
+        // to qualify its name at start.
+        let child = Command::new("unshare")
+            .arg("--uts")
+            .arg("--")
+            .arg("sh")
+            .arg("-c")
+            .arg("hostname mta.e2e.test && exec \"$@\"")
+            .arg("sh")
+            .arg(root.join("usr/libexec/sendmail/sendmail"))
+            .arg("-C")
+            .arg(d.join("sendmail.cf"))
+            .arg("-bD")
+            .arg("-X")
+            .arg(d.join("traffic"))
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().unwrap())
+            .stderr(stderr)
+            .spawn()
+            .expect("unshare (util-linux)");
+        let mut sendmail = Sendmail {
+            dir,
+            child,
+            smtp_port,
+            reinject_port,
+        };
+        let ports = if milter_port.is_some() {
+            vec![smtp_port, reinject_port]
+        } else {
+            vec![smtp_port]
+        };
+        for port in ports {
+            if let Err(e) = sendmail.wait_for_port(port) {
+                return Err(format!("{e}\n{}", sendmail.log()));
+            }
+        }
+        Ok(sendmail)
+    }
+
+    fn wait_for_port(&mut self, port: u16) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "sendmail exited ({status}) before listening on {port}"
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("sendmail did not listen on {port}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// What Sendmail printed, and its SMTP traffic log (`-X`): every command and line
+    /// of every session, the re-injected copies included. Sendmail logs to syslog,
+    /// which the namespace does not have.
+    pub fn log(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("stderr"), read("traffic"))
+    }
+
+    /// The SMTP traffic log (`-X`).
+    pub fn traffic(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("traffic")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Sendmail {
+    fn drop(&mut self) {
+        // SIGTERM: the daemon stops; unshare exec'd into it, so this is Sendmail itself.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- Sendmail log ---\n{}", self.log());
+        }
+    }
+}
+
+/// The `.mc` lines of the package, as README tells Sendmail admins to add them.
+fn packaging_mc() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/sendmail/msys-milter.mc");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

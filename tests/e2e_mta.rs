@@ -111,7 +111,14 @@ fn cc_and_archive_with_names_and_dedupe(kind: MtaKind) {
     let api = "X-MSYS-API: {\"cc\": [{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"},\n \
                {\"email\": \"cc2@example.com\", \"name\": \"Zoë Ünal\"}, \"TO@example.org\"],\n \
                \"archive\": [{\"email\": \"arch@example.com\", \"name\": \"Archive\"}, \"Cc1@Example.com\"]}\n";
-    let msg = message(&format!("Cc: old@example.com\n{api}"), "hello\n");
+    // Three Cc: headers: the first is changed, the others deleted (highest index first,
+    // as Sendmail only marks a deleted header and Postfix renumbers).
+    let msg = message(
+        &format!(
+            "Cc: old@example.com\nCc: old2@example.com\nX-Other: 1\nCc: old3@example.com\n{api}"
+        ),
+        "hello\n",
+    );
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
     e.wait_for_exactly(4);
@@ -135,7 +142,7 @@ fn cc_and_archive_with_names_and_dedupe(kind: MtaKind) {
             "{}",
             cc[0]
         );
-        assert!(!cc[0].contains("old@example.com"));
+        assert!(!cc[0].contains("old"), "{}", cc[0]);
         assert!(got.header("X-MSYS-API").is_empty());
         assert!(got.header("Bcc").is_empty());
         assert_bounce_address(&got.mail_from, "bounces.example.net");
@@ -239,10 +246,13 @@ fn bcc_copies_each_get_their_own_bcc(kind: MtaKind) {
     ] {
         let got = e.capture.message_for(rcpt);
         assert_eq!(got.header("To"), ["Someone <to@example.org>"], "{rcpt}");
-        assert_eq!(
-            got.header("Cc"),
-            ["cc1@example.com, CC Two <cc2@example.com>"],
-            "{rcpt}"
+        // Exactly one space after the colon: the MTA adds it to a milter's header value
+        // unless the value's leading space is negotiated (SMFIP_HDR_LEADSPC).
+        assert!(
+            got.text()
+                .contains("\r\nCc: cc1@example.com, CC Two <cc2@example.com>\r\n"),
+            "{rcpt}: {}",
+            got.text()
         );
         assert!(
             got.header("X-MSYS-API").is_empty() && got.header("X-MSYS-Reinjected").is_empty(),

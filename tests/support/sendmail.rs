@@ -176,6 +176,34 @@ impl Sendmail {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The quarantined messages: (recipient, quarantine reason) for each recipient of
+    /// each. Sendmail renames a quarantined queue file from `qf<ID>` to `hf<ID>`; in it
+    /// a `q` line holds the reason and each `R` line a recipient (`R<flags>:<address>`).
+    pub fn quarantined(&self) -> Vec<(String, String)> {
+        let mut held = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("queue")) else {
+            return held;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if !entry.file_name().to_string_lossy().starts_with("hf") {
+                continue;
+            }
+            // Not UTF-8: Sendmail writes macro references as single bytes.
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            let reason = text
+                .lines()
+                .find_map(|l| l.strip_prefix('q'))
+                .unwrap_or_default();
+            for line in text.lines().filter(|l| l.starts_with('R')) {
+                let address = line.split_once(':').map_or(line, |(_, a)| a);
+                let address = address.trim_start_matches('<').trim_end_matches('>');
+                held.push((address.to_owned(), reason.to_owned()));
+            }
+        }
+        held
+    }
 }
 
 impl Drop for Sendmail {

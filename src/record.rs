@@ -19,9 +19,23 @@ pub struct Handed {
     pub copies: Vec<(Option<String>, usize)>,
 }
 
-/// The queue id in an MTA's reply to a message (`250 2.0.0 Ok: queued as 4Xk2Lq0Zz`).
+/// The queue id in an MTA's reply to a message: Postfix's `250 2.0.0 Ok: queued as
+/// 4Xk2Lq0Zz`, Sendmail's `250 2.0.0 6B2GqOcU028373 Message accepted for delivery`.
 pub fn queue_id_of_reply(reply: &str) -> Option<String> {
-    let (_, tail) = reply.split_once("queued as ")?;
+    let tail = match reply.split_once("queued as ") {
+        Some((_, tail)) => tail,
+        None => {
+            let words: Vec<&str> = reply.split_whitespace().collect();
+            match words.as_slice() {
+                [code, _, id, "Message", "accepted", "for", "delivery", ..]
+                    if code.starts_with('2') =>
+                {
+                    *id
+                }
+                _ => return None,
+            }
+        }
+    };
     let id: String = tail
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric())
@@ -140,5 +154,13 @@ mod tests {
             Some("ABC123")
         );
         assert_eq!(queue_id_of_reply("/usr/sbin/sendmail exited 0"), None);
+        assert_eq!(
+            queue_id_of_reply("250 2.0.0 6B2GqOcU028373 Message accepted for delivery").as_deref(),
+            Some("6B2GqOcU028373")
+        );
+        assert_eq!(
+            queue_id_of_reply("550 5.0.0 X Message accepted for delivery"),
+            None
+        );
     }
 }

@@ -10,12 +10,23 @@ use serde_json::Value;
 use support::anymail::{Anymail, SECRET};
 use support::e2e::E2e;
 use support::message;
+use support::mta::MtaKind;
+
+under_each_mta!(
+    a_hard_bounce_is_an_event_and_suppresses_the_recipient,
+    a_delay_is_an_event_and_suppresses_nobody,
+    a_remote_dsn_passes_the_milter_untouched_and_is_an_out_of_band_bounce,
+    a_spam_complaint_suppresses_the_recipient_for_non_transactional_mail_only,
+    deliveries_of_an_original_and_its_bcc_copy_come_from_the_mta_log,
+    a_mailto_unsubscribe_suppresses_the_recipient,
+);
 
 const DEAD: &str = "550 5.1.1 <dead@example.org>: Recipient address rejected: User unknown in local recipient table";
 const FULL: &str = "452 4.2.2 <full@example.org>: Recipient address rejected: Mailbox full";
 
-fn start(anymail: &Anymail) -> E2e {
-    E2e::start_feedback(
+fn start(kind: MtaKind, anymail: &Anymail) -> E2e {
+    E2e::start_feedback_under(
+        kind,
         &format!(
             "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
              [[sending_domain]]\nname = \"example.com\"\n\
@@ -25,7 +36,12 @@ fn start(anymail: &Anymail) -> E2e {
         &[("dead@", DEAD), ("full@", FULL)],
         // Retry deferred mail at once and warn of a delay after a second, so the
         // delay DSN comes within the test's time.
-        "delay_warning_time = 1s\nqueue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n",
+        match kind {
+            MtaKind::Postfix => {
+                "delay_warning_time = 1s\nqueue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n"
+            }
+            MtaKind::Sendmail => "define(`confTO_QUEUEWARN', `1s')dnl\n",
+        },
     )
 }
 
@@ -56,10 +72,9 @@ fn sparkpost_event(e: &Value) -> &Value {
         .unwrap_or(&Value::Null)
 }
 
-#[test]
-fn a_hard_bounce_is_an_event_and_suppresses_the_recipient() {
+fn a_hard_bounce_is_an_event_and_suppresses_the_recipient(kind: MtaKind) {
     let anymail = Anymail::start();
-    let e = start(&anymail);
+    let e = start(kind, &anymail);
     e.send(
         "app@example.com",
         &["dead@example.org"],
@@ -97,10 +112,9 @@ fn a_hard_bounce_is_an_event_and_suppresses_the_recipient() {
     assert_campaign_refused(&e, "dead@example.org");
 }
 
-#[test]
-fn a_delay_is_an_event_and_suppresses_nobody() {
+fn a_delay_is_an_event_and_suppresses_nobody(kind: MtaKind) {
     let anymail = Anymail::start();
-    let e = start(&anymail);
+    let e = start(kind, &anymail);
     e.send(
         "app@example.com",
         &["full@example.org"],
@@ -121,10 +135,9 @@ fn a_delay_is_an_event_and_suppresses_nobody() {
     .unwrap();
 }
 
-#[test]
-fn a_remote_dsn_passes_the_milter_untouched_and_is_an_out_of_band_bounce() {
+fn a_remote_dsn_passes_the_milter_untouched_and_is_an_out_of_band_bounce(kind: MtaKind) {
     let anymail = Anymail::start();
-    let e = start(&anymail);
+    let e = start(kind, &anymail);
     e.send(
         "app@example.com",
         &["someone@gmail.example"],
@@ -168,10 +181,9 @@ fn a_remote_dsn_passes_the_milter_untouched_and_is_an_out_of_band_bounce() {
 
 /// A mailbox provider's feedback loop mails an ARF report to the bounce domain; the
 /// report's copy of the message carries our signed X-MSFBL header.
-#[test]
-fn a_spam_complaint_suppresses_the_recipient_for_non_transactional_mail_only() {
+fn a_spam_complaint_suppresses_the_recipient_for_non_transactional_mail_only(kind: MtaKind) {
     let anymail = Anymail::start();
-    let e = start(&anymail);
+    let e = start(kind, &anymail);
     let who = "complainer@example.org";
     e.send("app@example.com", &[who], &campaign_message(who))
         .unwrap();
@@ -217,13 +229,12 @@ fn a_spam_complaint_suppresses_the_recipient_for_non_transactional_mail_only() {
     e.capture.wait_for_deliveries(2);
 }
 
-/// Postfix's log says the original and its bcc copy were delivered: a `delivery` event
+/// The MTA's log says the original and its bcc copy were delivered: a `delivery` event
 /// for each, with the queue id of each (the original's from the milter, the copy's from
 /// the re-injection listener's reply), read by anymail as "delivered".
-#[test]
-fn deliveries_of_an_original_and_its_bcc_copy_come_from_the_mta_log() {
+fn deliveries_of_an_original_and_its_bcc_copy_come_from_the_mta_log(kind: MtaKind) {
     let anymail = Anymail::start();
-    let e = start(&anymail);
+    let e = start(kind, &anymail);
     let msg = message(
         "From: News <news@example.com>\nTo: to@example.org\nSubject: Winter sale\nX-MSYS-API: {\"campaign_id\": \"winter\", \"bcc\": [\"hidden@example.org\"]}\n",
         "Hello\n",
@@ -251,10 +262,16 @@ fn deliveries_of_an_original_and_its_bcc_copy_come_from_the_mta_log() {
         assert_eq!(raw["num_retries"], "0");
         assert_eq!(raw["campaign_id"], "winter");
         assert!(raw["queue_time"].as_str().unwrap().parse::<u64>().is_ok());
-        let log = e.postfix().log();
+        let log = e.mta.log();
         let qid = raw["queue_id"].as_str().unwrap();
+        let sent = match kind {
+            MtaKind::Postfix => "status=sent",
+            MtaKind::Sendmail => "stat=Sent",
+        };
         assert!(
-            log.contains(&format!("{qid}: to=<{rcpt}>")) && log.contains("status=sent"),
+            log.lines().any(|l| l.contains(&format!("{qid}: to="))
+                && l.contains(&format!("<{rcpt}>"))
+                && l.contains(sent)),
             "{log}"
         );
     }
@@ -265,11 +282,11 @@ fn deliveries_of_an_original_and_its_bcc_copy_come_from_the_mta_log() {
 /// The `mailto:` form of List-Unsubscribe: the recipient's mail client sends a message
 /// to `unsub+<id>@<bounce domain>` with the signed token in the subject; it comes
 /// through Postfix to the LMTP listener: `list_unsubscribe`, and no more campaigns.
-#[test]
-fn a_mailto_unsubscribe_suppresses_the_recipient() {
+fn a_mailto_unsubscribe_suppresses_the_recipient(kind: MtaKind) {
     let anymail = Anymail::start();
     let http_port = support::postfix::free_port();
-    let e = E2e::start_feedback(
+    let e = E2e::start_feedback_under(
+        kind,
         &format!(
             "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
              [tracking]\nbase_url = \"http://127.0.0.1:{http_port}\"\nsecrets = [\"e2e-secret-0123456789\"]\n\

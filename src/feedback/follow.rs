@@ -1,6 +1,6 @@
-//! Following the MTA's log: `status=sent` lines become `delivery` events, `deferred`
-//! ones `delay`, and `bounced`/`expired` ones `bounce` when no DSN will come back to a
-//! bounce address of ours. Lines are matched by queue id against the injections the
+//! Following the MTA's log (Postfix's or Sendmail's): sent lines become `delivery`
+//! events, deferred ones `delay`, and bounced/expired ones `bounce` when no DSN will
+//! come back to a bounce address of ours. Lines are matched by queue id against the injections the
 //! store indexed. The position is committed with the events it produced (exactly once
 //! across restarts); rotation (a new file at the path) and truncation are followed.
 
@@ -193,7 +193,7 @@ impl Follower {
     /// Turn a chunk of whole lines into events; commit them with the new position.
     async fn process(&mut self, chunk: &[u8], next: Position) -> Result<(), StoreError> {
         let text = String::from_utf8_lossy(chunk);
-        let attempts: Vec<maillog::Attempt> = text.lines().filter_map(maillog::parse).collect();
+        let attempts: Vec<maillog::Attempt> = text.lines().flat_map(maillog::attempts).collect();
         let mut commit = Commit {
             cursor: Some((CURSOR.to_owned(), next.render())),
             ..Commit::default()

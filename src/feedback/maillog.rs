@@ -1,6 +1,8 @@
-//! Postfix's delivery log lines (`maillog_file` or syslog), pure: a line in, the
-//! delivery attempt it reports out. Only the smtp/lmtp/local delivery agents' lines with
-//! `status=` matter; everything else is `None` quickly.
+//! The MTA's delivery log lines, pure: a line in, the delivery attempts it reports out.
+//! Postfix (`maillog_file` or syslog): the smtp/lmtp/local delivery agents' lines with
+//! `status=`, one recipient each. Sendmail (syslog, `sm-mta` on Debian): lines with
+//! `stat=`, which may name several recipients delivered together. Everything else is
+//! skipped quickly.
 
 /// How a delivery attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,23 +39,28 @@ impl Attempt<'_> {
     }
 }
 
-/// Read one log line.
+/// The delivery attempts one log line reports, Postfix's or Sendmail's.
+pub fn attempts(line: &str) -> Vec<Attempt<'_>> {
+    if line.contains(", status=") {
+        parse(line).into_iter().collect()
+    } else if line.contains(", stat=") {
+        sendmail(line).unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Read one Postfix log line.
 pub fn parse(line: &str) -> Option<Attempt<'_>> {
     // Cheap rejection first: most lines are not delivery results.
-    let status_at = line.find(", status=")?;
-    let tag_end = line.find("]: ")?;
-    let program = line[..tag_end].rsplit(' ').next()?;
-    if !program.contains("postfix") {
+    if !line.contains(", status=") {
         return None;
     }
-    let rest = &line[tag_end + 3..];
-    let (queue_id, fields) = rest.split_once(": ")?;
-    if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    let (program, queue_id, fields) = tagged(line)?;
+    if !program.starts_with("postfix") {
         return None;
     }
-    let fields_end = status_at.checked_sub(tag_end + 3 + queue_id.len() + 2)?;
-    let head = fields.get(..fields_end)?;
-    let tail = &fields[fields_end + ", status=".len()..];
+    let (head, tail) = fields.split_once(", status=")?;
     let (status_word, text) = tail.split_once(' ').unwrap_or((tail, ""));
     let status = match status_word {
         "sent" => Status::Sent,
@@ -62,42 +69,132 @@ pub fn parse(line: &str) -> Option<Attempt<'_>> {
         "expired" => Status::Expired,
         _ => return None,
     };
-    let text = text
-        .trim()
-        .strip_prefix('(')
-        .and_then(|t| t.strip_suffix(')'))
-        .unwrap_or(text.trim());
-    let mut to = None;
-    let mut ip = None;
-    let mut delay = None;
-    let mut dsn = None;
-    for field in head.split(", ") {
-        let Some((key, value)) = field.split_once('=') else {
-            continue;
-        };
-        match key {
-            "to" => to = Some(value.trim_start_matches('<').trim_end_matches('>')),
-            "relay" => {
-                ip = value
-                    .split_once('[')
-                    .and_then(|(_, rest)| rest.split_once(']'))
-                    .map(|(ip, _)| ip)
-                    .filter(|ip| !ip.is_empty());
-            }
-            "delay" => delay = value.parse().ok(),
-            "dsn" => dsn = Some(value),
-            _ => {}
-        }
-    }
+    let f = Fields::read(head);
     Some(Attempt {
         queue_id,
-        to: to?,
-        ip,
-        delay,
-        dsn,
+        to: f.to?.trim_start_matches('<').trim_end_matches('>'),
+        ip: f.ip,
+        delay: f.delay.and_then(|d| d.parse().ok()),
+        dsn: f.dsn,
         status,
-        text,
+        text: in_parentheses(text),
     })
+}
+
+/// Read one Sendmail log line, e.g. `sm-mta[812]: 6B2GqOcU028373: to=<a@example.org>,<b@example.org>,
+/// delay=00:00:01, xdelay=00:00:01, mailer=relay, pri=120432, relay=mx.example.org.
+/// [192.0.2.10], dsn=2.0.0, stat=Sent (6B2Gq... Message accepted for delivery)`.
+fn sendmail(line: &str) -> Option<Vec<Attempt<'_>>> {
+    let (program, queue_id, fields) = tagged(line)?;
+    // The MTA daemon; not the submission queue runner (sm-msp-queue), whose queue ids
+    // are not the ones the milter saw.
+    if !(program == "sendmail" || program == "sm-mta") {
+        return None;
+    }
+    let (head, stat) = fields.split_once(", stat=")?;
+    let f = Fields::read(head);
+    let (status, text) = if let Some(text) = stat.strip_prefix("Sent") {
+        (Status::Sent, in_parentheses(text))
+    } else if let Some(text) = stat.strip_prefix("Deferred") {
+        (Status::Deferred, text.trim_start_matches(':').trim())
+    } else if f.dsn.is_some_and(|d| d.starts_with('5')) {
+        (Status::Bounced, stat.trim())
+    } else {
+        // `queued` and the like: not a delivery result.
+        return None;
+    };
+    let delay = f.delay.and_then(sendmail_delay);
+    let attempts = f
+        .to?
+        .split(',')
+        .map(|address| address.trim().trim_start_matches('<').trim_end_matches('>'))
+        .filter(|address| !address.is_empty())
+        .map(|address| Attempt {
+            queue_id,
+            to: address,
+            ip: f.ip,
+            delay,
+            dsn: f.dsn,
+            status,
+            text,
+        })
+        .collect();
+    Some(attempts)
+}
+
+/// `... PROGRAM[PID]: QUEUEID: FIELDS` as (program, queue id, fields).
+fn tagged(line: &str) -> Option<(&str, &str, &str)> {
+    let tag_end = line.find("]: ")?;
+    let tag = line[..tag_end].rsplit(' ').next()?;
+    let program = tag.split('[').next()?;
+    let (queue_id, fields) = line[tag_end + 3..].split_once(": ")?;
+    if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some((program, queue_id, fields))
+}
+
+/// The fields before the status, as written.
+struct Fields<'a> {
+    to: Option<&'a str>,
+    /// The remote address: the last bracketed part of `relay=` (Postfix
+    /// `mx.example.org[192.0.2.10]:25`, Sendmail `mx.example.org. [192.0.2.10]`).
+    ip: Option<&'a str>,
+    delay: Option<&'a str>,
+    dsn: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    fn read(head: &'a str) -> Self {
+        let mut f = Fields {
+            to: None,
+            ip: None,
+            delay: None,
+            dsn: None,
+        };
+        for field in head.split(", ") {
+            let Some((key, value)) = field.split_once('=') else {
+                continue;
+            };
+            match key {
+                "to" => f.to = Some(value),
+                "relay" => {
+                    f.ip = value
+                        .rsplit_once('[')
+                        .and_then(|(_, rest)| rest.split_once(']'))
+                        .map(|(ip, _)| ip)
+                        .filter(|ip| !ip.is_empty());
+                }
+                "delay" => f.delay = Some(value),
+                "dsn" => f.dsn = Some(value),
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// ` (text)` as `text`; other text trimmed.
+fn in_parentheses(text: &str) -> &str {
+    let text = text.trim();
+    text.strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or(text)
+}
+
+/// Sendmail's `delay=` (`HH:MM:SS`, `D+HH:MM:SS` past a day) in seconds.
+fn sendmail_delay(value: &str) -> Option<f64> {
+    let (days, clock) = match value.split_once('+') {
+        Some((days, clock)) => (days.parse::<u64>().ok()?, clock),
+        None => (0, value),
+    };
+    let mut seconds = 0u64;
+    for part in clock.split(':') {
+        seconds = seconds
+            .checked_mul(60)?
+            .checked_add(part.parse::<u64>().ok()?)?;
+    }
+    Some(days.checked_mul(86_400)?.checked_add(seconds)? as f64)
 }
 
 #[cfg(test)]
@@ -134,6 +231,56 @@ mod tests {
 
         let orig_to = "Dec  2 14:00:04 mta postfix/lmtp[9]: 6DEF: to=<x@y.example>, orig_to=<alias@y.example>, relay=127.0.0.1[127.0.0.1]:2424, delay=0.01, delays=0/0/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)";
         assert_eq!(parse(orig_to).unwrap().to, "x@y.example");
+    }
+
+    #[test]
+    fn sendmail_8_17_lines() {
+        let sent = "Dec  2 16:52:24 mta sm-mta[28374]: 6B2GqOcU028373: to=<cc@example.com>,<To@example.org>, delay=00:00:01, xdelay=00:00:00, mailer=relay, pri=120432, relay=mx.example.org. [192.0.2.10], dsn=2.0.0, stat=Sent (6B2GqOdU028375 Message accepted for delivery)";
+        let got = attempts(sent);
+        let to: Vec<&str> = got.iter().map(|a| a.to).collect();
+        assert_eq!(to, ["cc@example.com", "To@example.org"]);
+        for a in &got {
+            assert_eq!(a.queue_id, "6B2GqOcU028373");
+            assert_eq!(a.ip, Some("192.0.2.10"));
+            assert_eq!(a.delay, Some(1.0));
+            assert_eq!(a.dsn, Some("2.0.0"));
+            assert_eq!(a.status, Status::Sent);
+            assert_eq!(a.text, "6B2GqOdU028375 Message accepted for delivery");
+        }
+
+        let deferred = "Dec  2 16:52:25 mta sendmail[28380]: 6B2GqOcV028379: to=<full@example.org>, delay=1+02:03:04, xdelay=00:00:00, mailer=relay, pri=120432, relay=[127.0.0.1] [127.0.0.1], dsn=4.2.2, stat=Deferred: 452 4.2.2 <full@example.org>: Recipient address rejected: Mailbox full";
+        let [a] = attempts(deferred).try_into().unwrap();
+        assert_eq!(a.status, Status::Deferred);
+        assert_eq!(a.ip, Some("127.0.0.1"));
+        assert_eq!(a.delay, Some(93_784.0));
+        assert_eq!(
+            a.reply(),
+            "452 4.2.2 <full@example.org>: Recipient address rejected: Mailbox full"
+        );
+
+        let bounced = "Dec  2 16:52:26 mta sm-mta[28381]: 6B2GqOcW028380: to=<dead@example.org>, delay=00:00:00, xdelay=00:00:00, mailer=relay, pri=120432, relay=[127.0.0.1] [127.0.0.1], dsn=5.1.1, stat=User unknown";
+        let [a] = attempts(bounced).try_into().unwrap();
+        assert_eq!(
+            (a.status, a.text, a.to),
+            (Status::Bounced, "User unknown", "dead@example.org")
+        );
+
+        let refused = "Dec  2 16:52:27 mta sm-mta[1]: 6B2GqOcX: to=<a@b.example>, delay=00:00:00, mailer=relay, pri=1, relay=b.example, dsn=4.0.0, stat=Deferred: Connection refused by b.example";
+        let [a] = attempts(refused).try_into().unwrap();
+        assert_eq!((a.ip, a.reply()), (None, "Connection refused by b.example"));
+    }
+
+    #[test]
+    fn other_sendmail_lines_are_skipped() {
+        for line in [
+            "Dec  2 16:52:24 mta sm-mta[1]: 6B2GqOcU028373: from=<a@b.example>, size=300, class=0, nrcpts=1, msgid=<x@y>, proto=ESMTP, daemon=MTA, relay=localhost [127.0.0.1]",
+            "Dec  2 16:52:24 mta sm-mta[1]: 6B2GqOcU028373: to=<a@b.example>, delay=00:00:00, mailer=relay, pri=1, stat=queued",
+            "Dec  2 16:52:24 mta sm-msp-queue[2]: 6B2Gq: to=root, ctladdr=root (0/0), delay=00:00:00, mailer=relay, pri=1, relay=[127.0.0.1] [127.0.0.1], dsn=2.0.0, stat=Sent (ok)",
+            "Dec  2 16:52:24 mta sm-mta[1]: 6B2GqOcU028373: Milter: data, reject=550 5.6.0 JSON parsing error",
+            "Dec  2 16:52:24 mta sm-mta[1]: : to=<a@b>, stat=Sent",
+        ] {
+            assert!(attempts(line).is_empty(), "{line}");
+        }
     }
 
     #[test]

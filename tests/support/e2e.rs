@@ -3,6 +3,7 @@
 use super::capture::Capture;
 use super::mta::{Mta, MtaKind};
 use super::postfix::{Postfix, free_port};
+use super::sendmail::Sendmail;
 use super::{Milter, send};
 
 /// Capture server, an MTA with the milter, the milter with `toml` (its re-injection
@@ -24,12 +25,7 @@ impl E2e {
         let capture = Capture::start();
         let milter_port = free_port();
         let mta = Mta::start(kind, Some(milter_port), capture.port);
-        // As README tells Sendmail admins: its re-injection port runs no milter and it
-        // cannot strip the loop marker, so the copies carry none.
-        let marker = match kind {
-            MtaKind::Postfix => "",
-            MtaKind::Sendmail => "loop_marker = false\n",
-        };
+        let marker = loop_marker(kind);
         let milter = Milter::start_on(
             milter_port,
             &format!(
@@ -53,23 +49,47 @@ impl E2e {
     /// goes to the milter's LMTP listener; the capture server answers `replies` to some
     /// recipients; `main_cf` is appended to Postfix's main.cf.
     pub fn start_feedback(toml: &str, replies: &[(&str, &str)], main_cf: &str) -> E2e {
+        E2e::start_feedback_under(MtaKind::Postfix, toml, replies, main_cf)
+    }
+
+    /// As [`E2e::start_feedback`] under `kind`; `extra` is appended to its configuration
+    /// (Postfix: main.cf; Sendmail: sendmail.mc), and its log is `[feedback] mta_log`.
+    pub fn start_feedback_under(
+        kind: MtaKind,
+        toml: &str,
+        replies: &[(&str, &str)],
+        extra: &str,
+    ) -> E2e {
         let capture = Capture::start_with_replies(replies);
         let milter_port = free_port();
         let lmtp_port = free_port();
-        let postfix =
-            Postfix::start_with(Some(milter_port), capture.port, Some(lmtp_port), main_cf);
+        let mta = match kind {
+            MtaKind::Postfix => Mta::Postfix(Postfix::start_with(
+                Some(milter_port),
+                capture.port,
+                Some(lmtp_port),
+                extra,
+            )),
+            MtaKind::Sendmail => Mta::Sendmail(Sendmail::start_with(
+                Some(milter_port),
+                capture.port,
+                Some(lmtp_port),
+                extra,
+            )),
+        };
+        let marker = loop_marker(kind);
         let milter = Milter::start_on(
             milter_port,
             &format!(
-                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\nsecret = \"e2e-reinject-secret-0123456789\"\n\
+                "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\nsecret = \"e2e-reinject-secret-0123456789\"\n{marker}\
                  [feedback]\nlmtp = \"127.0.0.1:{lmtp_port}\"\nreporting_mta = [\"mta.e2e.test\"]\nmta_log = \"{}\"\n",
-                postfix.reinject_port,
-                postfix.maillog_path().display()
+                mta.reinject_port(),
+                mta.maillog_path().display()
             ),
         );
         E2e {
             capture,
-            mta: Mta::Postfix(postfix),
+            mta,
             milter,
         }
     }
@@ -107,6 +127,15 @@ impl E2e {
     pub fn assert_nothing_delivered(&self) {
         std::thread::sleep(std::time::Duration::from_secs(1));
         assert!(self.capture.all().is_empty(), "{:#?}", self.capture.all());
+    }
+}
+
+/// The `[reinject]` line README gives each MTA's admins: Sendmail's re-injection port
+/// runs no milter and Sendmail cannot strip the loop marker, so its copies carry none.
+fn loop_marker(kind: MtaKind) -> &'static str {
+    match kind {
+        MtaKind::Postfix => "",
+        MtaKind::Sendmail => "loop_marker = false\n",
     }
 }
 

@@ -49,6 +49,22 @@ impl Mta {
         }
     }
 
+    /// The MTA's log file, as `[feedback] mta_log` follows it.
+    pub fn maillog_path(&self) -> std::path::PathBuf {
+        match self {
+            Mta::Postfix(p) => p.maillog_path(),
+            Mta::Sendmail(s) => s.maillog_path(),
+        }
+    }
+
+    /// Everything the MTA logged, for a failing test's message.
+    pub fn log(&self) -> String {
+        match self {
+            Mta::Postfix(p) => p.log(),
+            Mta::Sendmail(s) => s.log(),
+        }
+    }
+
     /// The Postfix instance; for Postfix-only scenarios.
     pub fn postfix(&self) -> &Postfix {
         match self {

@@ -33,11 +33,22 @@ impl Sendmail {
     /// Start Sendmail relaying everything to `[127.0.0.1]:relay_port`, with the milter of
     /// packaging/sendmail/msys-milter.mc at `milter_port` (`None`: no milter at all).
     pub fn start(milter_port: Option<u16>, relay_port: u16) -> Sendmail {
+        Sendmail::start_with(milter_port, relay_port, None, "")
+    }
+
+    /// As [`Sendmail::start`], the bounce domain's mail to msys-milter's LMTP listener at
+    /// `lmtp_port` (packaging/sendmail/msys-milter-feedback.mc), and `extra` .mc lines.
+    pub fn start_with(
+        milter_port: Option<u16>,
+        relay_port: u16,
+        lmtp_port: Option<u16>,
+        extra: &str,
+    ) -> Sendmail {
         assert_private_network();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Sendmail::try_start(milter_port, relay_port) {
+            match Sendmail::try_start(milter_port, relay_port, lmtp_port, extra) {
                 Ok(sendmail) => return sendmail,
                 Err(log) if attempt < 4 => eprintln!("Sendmail did not start (retrying): {log}"),
                 Err(log) => panic!("sendmail start failed:\n{log}"),
@@ -45,7 +56,12 @@ impl Sendmail {
         }
     }
 
-    fn try_start(milter_port: Option<u16>, relay_port: u16) -> Result<Sendmail, String> {
+    fn try_start(
+        milter_port: Option<u16>,
+        relay_port: u16,
+        lmtp_port: Option<u16>,
+        extra: &str,
+    ) -> Result<Sendmail, String> {
         let root = root();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -86,11 +102,18 @@ impl Sendmail {
         );
         if let Some(port) = milter_port {
             mc.push_str(
-                &packaging_mc()
+                &packaging_file("msys-milter.mc")
                     .replace("inet:8895@127.0.0.1", &format!("inet:{port}@127.0.0.1"))
                     .replace("Port=10026", &format!("Port={reinject_port}")),
             );
         }
+        if let Some(port) = lmtp_port {
+            mc.push_str(
+                &packaging_file("msys-milter-feedback.mc")
+                    .replace("A=TCP $h 2424", &format!("A=TCP $h {port}")),
+            );
+        }
+        mc.push_str(extra);
         mc.push_str("MAILER(`smtp')dnl\n");
         std::fs::write(d.join("sendmail.mc"), &mc).unwrap();
         let cf = Command::new("m4")
@@ -104,14 +127,25 @@ impl Sendmail {
         );
         std::fs::write(d.join("sendmail.cf"), &cf.stdout).unwrap();
         let stderr = std::fs::File::create(d.join("stderr")).unwrap();
+        let dev = d.join("dev");
+        std::fs::create_dir(&dev).unwrap();
+        collect_syslog(&dev.join("log"), &d.join("maillog"));
         // Its own UTS namespace: a fully qualified host name, so Sendmail never waits
-        // to qualify its name at start.
+        // to qualify its name at start. Its own mount namespace: a /dev whose `log` is
+        // the collector's socket (Sendmail logs only through syslog(3)), with the few
+        // devices Sendmail opens bound from the real /dev.
+        let setup = "set -e; hostname mta.e2e.test; mount --make-rprivate /; \
+                     for n in null zero random urandom full; do \
+                     touch \"$DEV/$n\"; mount --bind \"/dev/$n\" \"$DEV/$n\"; done; \
+                     mount --rbind \"$DEV\" /dev; exec \"$@\"";
         let child = Command::new("unshare")
             .arg("--uts")
+            .arg("--mount")
             .arg("--")
             .arg("sh")
             .arg("-c")
-            .arg("hostname mta.e2e.test && exec \"$@\"")
+            .arg(setup)
+            .env("DEV", &dev)
             .arg("sh")
             .arg(root.join("usr/libexec/sendmail/sendmail"))
             .arg("-C")
@@ -159,13 +193,22 @@ impl Sendmail {
         Ok(())
     }
 
-    /// What Sendmail printed, and its SMTP traffic log (`-X`): every command and line
-    /// of every session, the re-injected copies included. Sendmail logs to syslog,
-    /// which the namespace does not have.
+    /// What Sendmail printed, its log, and its SMTP traffic log (`-X`: every command
+    /// and line of every session, the re-injected copies included).
     pub fn log(&self) -> String {
         let read =
             |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!("{}{}", read("stderr"), read("traffic"))
+        format!(
+            "{}--- syslog ---\n{}--- traffic ---\n{}",
+            read("stderr"),
+            read("maillog"),
+            read("traffic")
+        )
+    }
+
+    /// Sendmail's syslog messages as a syslog daemon writes them to mail.log.
+    pub fn maillog_path(&self) -> PathBuf {
+        self.dir.path().join("maillog")
     }
 
     /// The SMTP traffic log (`-X`).
@@ -220,7 +263,39 @@ impl Drop for Sendmail {
 }
 
 /// The `.mc` lines of the package, as README tells Sendmail admins to add them.
-fn packaging_mc() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/sendmail/msys-milter.mc");
+fn packaging_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/sendmail")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Receive syslog datagrams on `socket` and append them to `file` as rsyslog writes
+/// mail.log (`Dec  2 16:52:24 mta.e2e.test sm-mta[812]: ...`). The thread lives as long
+/// as the test process.
+fn collect_syslog(socket: &Path, file: &Path) {
+    use std::io::Write as _;
+    let receiver = std::os::unix::net::UnixDatagram::bind(socket).unwrap();
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = receiver.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            // `<PRI>Mmm dd hh:mm:ss TAG[PID]: MESSAGE`
+            let text = text.split_once('>').map_or(&*text, |(_, t)| t);
+            let (stamp, message) = if text.len() > 16 && text.is_char_boundary(16) {
+                text.split_at(16)
+            } else {
+                ("", text)
+            };
+            let line = format!("{stamp}mta.e2e.test {}\n", message.trim_end());
+            if out.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
 }

@@ -464,3 +464,25 @@ async fn feedback_for_the_bounce_domains_passes_untouched() {
     let reply = reply.to_string_lossy();
     assert!(reply.contains("Unconfigured Sending Domain"), "{reply}");
 }
+
+/// The daemon and a CLI verb may open a new store at the same moment: each waits for
+/// the other's migration instead of running it again ("table already exists").
+#[test]
+fn stores_opened_at_once_on_a_new_file_migrate_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let openers: Vec<_> = (0..8)
+        .map(|_| {
+            let path = path.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                SqliteStore::open(&path, Durability::Full).map(|_| ())
+            })
+        })
+        .collect();
+    for opener in openers {
+        opener.join().unwrap().unwrap();
+    }
+}

@@ -286,7 +286,17 @@ fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
         .enumerate()
         .skip(usize::try_from(version).unwrap_or(0))
     {
-        let tx = conn.transaction().map_err(err(path))?;
+        // Another process (the daemon and a CLI verb, started together) may migrate the
+        // same file: take the write lock first, then look again.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err(path))?;
+        let now: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err(path))?;
+        if now > i64::try_from(n).unwrap_or(i64::MAX) {
+            continue;
+        }
         tx.execute_batch(sql).map_err(err(path))?;
         tx.pragma_update(
             None,

@@ -9,6 +9,9 @@ command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -
 # OpenDKIM, the baseline of the signing benchmark (its service is not started: the
 # benchmark runs its own instance).
 [ -x /usr/sbin/opendkim ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends opendkim >/dev/null
+# Sendmail, unpacked from Debian's packages (never installed; they conflict with postfix).
+MSYS_TEST_SENDMAIL_ROOT="$(bash scripts/unpack-sendmail.sh)"
+export MSYS_TEST_SENDMAIL_ROOT
 cargo build --release --examples --locked
 cargo bench --no-run --locked
 out=$(mktemp)
@@ -31,6 +34,8 @@ out=$(mktemp)
     echo
     # The MTA runs in a network namespace that has only loopback.
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench postfix' 2>/dev/null
+    echo
+    unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench sendmail' 2>/dev/null
     cat bench/notes.md
 } | tee "$out"
 mv "$out" BENCHMARKS.md

@@ -8,89 +8,23 @@
 //!    SMTP transaction latency (end of DATA includes the milter's end of message, which
 //!    hands over every copy before answering) and the milter's CPU per copy.
 
+#[allow(dead_code)] // Each benchmark uses its own subset.
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use common::{Killed, campaign_message, median, null_milter, smtp_sink, submit, wait_for_port};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::Milter;
 use support::postfix::{Postfix, free_port};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Wait (at most 10 s) until something listens on loopback `port`.
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn smtp_sink() -> (Killed, u16) {
-    let port = free_port();
-    let child = Command::new("/usr/sbin/smtp-sink")
-        .args(["-u", "postfix", &format!("127.0.0.1:{port}"), "1024"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "smtp-sink");
-    (Killed(child), port)
-}
-
-fn null_milter(port: u16) -> Killed {
-    let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/release/examples/null_milter");
-    assert!(
-        exe.exists(),
-        "build it first: cargo build --release --examples"
-    );
-    let child = Command::new(exe).arg(port.to_string()).spawn().unwrap();
-    wait_for_port(port, "the do-nothing milter");
-    Killed(child)
-}
-
 /// One round: smtp-source sends `count` messages in `sessions` sessions; the time until
 /// Postfix's queue is empty again (everything delivered to the sink).
 fn round(postfix: &Postfix, message: &std::path::Path, count: usize, sessions: usize) -> f64 {
-    let start = Instant::now();
-    let out = Command::new("/usr/sbin/smtp-source")
-        .args([
-            "-s",
-            &sessions.to_string(),
-            "-m",
-            &count.to_string(),
-            "-f",
-            "app@example.com",
-            "-t",
-            "to@example.org",
-            "-F",
-        ])
-        .arg(message)
-        .arg(format!("127.0.0.1:{}", postfix.smtp_port))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "smtp-source: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    while !postfix.queue_is_empty() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    count as f64 / start.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    submit(postfix.smtp_port, message, count, sessions, || {
+        postfix.queue_is_empty()
+    })
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -113,22 +47,7 @@ fn throughput() {
     let (_sink, sink_port) = smtp_sink();
     let dir = tempfile::tempdir().unwrap();
     let message = dir.path().join("message.txt");
-    // About 3 KB: a text part and an HTML part with 10 links.
-    let text = "Hello, this is a benchmark message.\n".repeat(20);
-    let links: String = (0..10)
-        .map(|i| {
-            format!(
-                "<p><a href=\"https://shop.example.com/item/{i}\">Item {i}</a> is on offer.</p>\n"
-            )
-        })
-        .collect();
-    std::fs::write(
-        &message,
-        format!(
-            "Subject: benchmark\nMIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"b\"\nX-MSYS-API: {{\"campaign_id\": \"bench\", \"cc\": [{{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"}}, \"cc2@example.com\"]}}\n\n--b\nContent-Type: text/plain\n\n{text}\n--b\nContent-Type: text/html; charset=utf-8\n\n<html><body>\n{links}</body></html>\n--b--\n"
-        ),
-    )
-    .unwrap();
+    campaign_message(&message);
 
     let plain = Postfix::start(None, sink_port);
     let null_port = free_port();

@@ -22,12 +22,6 @@ install_packages() {
     command -v unshare >/dev/null || missing+=(util-linux)
     # The tests signal the daemon with kill(1).
     [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
-    # The private Sendmail's .cf is built with m4; its binary needs these libraries
-    # (sendmail-bin's Depends, which do not conflict with postfix).
-    command -v m4 >/dev/null || missing+=(m4)
-    for lib in libwrap0 libdb5.3 liblockfile1 libnsl2 libsasl2-2; do
-        dpkg -s "$lib" >/dev/null 2>&1 || missing+=("$lib")
-    done
     [ ${#missing[@]} -eq 0 ] && return
     need_root
     echo "scripts/test.sh: installing ${missing[*]}"
@@ -39,27 +33,11 @@ install_packages() {
     if [ -f /etc/postfix/main.cf ]; then postfix stop >/dev/null 2>&1 || true; fi
 }
 
-# Sendmail for the end-to-end tests under Sendmail: Debian's packages conflict with
-# postfix, so they are downloaded and unpacked (dpkg -x), never installed. The tests
-# run it only inside their loopback-only namespace, in a UTS namespace of its own.
-unpack_sendmail() {
-    local root="$PWD/target/sendmail-root"
-    if [ ! -x "$root/usr/libexec/sendmail/sendmail" ]; then
-        local debs="$PWD/target/sendmail-debs"
-        rm -rf "$debs" "$root"
-        mkdir -p "$debs" "$root"
-        # apt's sandbox user must be able to write the download directory.
-        chmod 777 "$debs"
-        (cd "$debs" && { apt-get download -qq sendmail-bin sendmail-base sendmail-cf ||
-            { apt-get update -qq && apt-get download -qq sendmail-bin sendmail-base sendmail-cf; }; })
-        for deb in "$debs"/*.deb; do dpkg -x "$deb" "$root"; done
-    fi
-    export MSYS_TEST_SENDMAIL_ROOT="$root"
-}
-
 install_packages
 need_root
-unpack_sendmail
+# Sendmail for the scenarios run under Sendmail too (unpacked, never installed).
+MSYS_TEST_SENDMAIL_ROOT="$(bash scripts/unpack-sendmail.sh)"
+export MSYS_TEST_SENDMAIL_ROOT
 # Build and fetch everything outside the namespace (it has no network): crates, and
 # django-anymail (the real webhook consumer of the event tests) in a throwaway venv.
 cargo build --all-targets --locked

@@ -44,11 +44,27 @@ impl Sendmail {
         lmtp_port: Option<u16>,
         extra: &str,
     ) -> Sendmail {
+        Sendmail::launch(milter_port, relay_port, lmtp_port, extra, true)
+    }
+
+    /// As [`Sendmail::start_with`] without the SMTP traffic log, which would weigh on
+    /// a benchmark.
+    pub fn start_for_benchmark(milter_port: Option<u16>, relay_port: u16, extra: &str) -> Sendmail {
+        Sendmail::launch(milter_port, relay_port, None, extra, false)
+    }
+
+    fn launch(
+        milter_port: Option<u16>,
+        relay_port: u16,
+        lmtp_port: Option<u16>,
+        extra: &str,
+        traffic: bool,
+    ) -> Sendmail {
         assert_private_network();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Sendmail::try_start(milter_port, relay_port, lmtp_port, extra) {
+            match Sendmail::try_start(milter_port, relay_port, lmtp_port, extra, traffic) {
                 Ok(sendmail) => return sendmail,
                 Err(log) if attempt < 4 => eprintln!("Sendmail did not start (retrying): {log}"),
                 Err(log) => panic!("sendmail start failed:\n{log}"),
@@ -61,6 +77,7 @@ impl Sendmail {
         relay_port: u16,
         lmtp_port: Option<u16>,
         extra: &str,
+        traffic: bool,
     ) -> Result<Sendmail, String> {
         let root = root();
         let dir = tempfile::tempdir().unwrap();
@@ -97,7 +114,7 @@ impl Sendmail {
              FEATURE(`no_default_msa')dnl\n\
              FEATURE(`nocanonify')dnl\n\
              FEATURE(`accept_unresolvable_domains')dnl\n\
-             DAEMON_OPTIONS(`Family=inet, Name=MTA, Port={smtp_port}, Addr=127.0.0.1')dnl\n",
+             DAEMON_OPTIONS(`Family=inet, Name=MTA, Port={smtp_port}, Addr=127.0.0.1, Listen=1024')dnl\n",
             cf_dir.display()
         );
         if let Some(port) = milter_port {
@@ -138,7 +155,8 @@ impl Sendmail {
                      for n in null zero random urandom full; do \
                      touch \"$DEV/$n\"; mount --bind \"/dev/$n\" \"$DEV/$n\"; done; \
                      mount --rbind \"$DEV\" /dev; exec \"$@\"";
-        let child = Command::new("unshare")
+        let mut command = Command::new("unshare");
+        command
             .arg("--uts")
             .arg("--mount")
             .arg("--")
@@ -150,9 +168,11 @@ impl Sendmail {
             .arg(root.join("usr/libexec/sendmail/sendmail"))
             .arg("-C")
             .arg(d.join("sendmail.cf"))
-            .arg("-bD")
-            .arg("-X")
-            .arg(d.join("traffic"))
+            .arg("-bD");
+        if traffic {
+            command.arg("-X").arg(d.join("traffic"));
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().unwrap())
             .stderr(stderr)
@@ -218,6 +238,15 @@ impl Sendmail {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// No message is in the queue (every one delivered).
+    pub fn queue_is_empty(&self) -> bool {
+        std::fs::read_dir(self.dir.path().join("queue")).is_ok_and(|entries| {
+            !entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("qf"))
+        })
     }
 
     /// The quarantined messages: (recipient, quarantine reason) for each recipient of

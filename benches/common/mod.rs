@@ -1,0 +1,110 @@
+//! What the MTA benchmarks share: a sink, the do-nothing milter, smtp-source rounds.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::support::postfix::free_port;
+
+/// A child process killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait (at most 10 s) until something listens on loopback `port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn smtp_sink() -> (Killed, u16) {
+    let port = free_port();
+    let child = Command::new("/usr/sbin/smtp-sink")
+        .args(["-u", "postfix", &format!("127.0.0.1:{port}"), "1024"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "smtp-sink");
+    (Killed(child), port)
+}
+
+pub fn null_milter(port: u16) -> Killed {
+    let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/release/examples/null_milter");
+    assert!(
+        exe.exists(),
+        "build it first: cargo build --release --examples"
+    );
+    let child = Command::new(exe).arg(port.to_string()).spawn().unwrap();
+    wait_for_port(port, "the do-nothing milter");
+    Killed(child)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Submit `count` copies of `message` in `sessions` sessions with smtp-source to
+/// `127.0.0.1:port`, then wait until `drained()`; the rate in messages a second.
+pub fn submit(
+    port: u16,
+    message: &std::path::Path,
+    count: usize,
+    sessions: usize,
+    drained: impl Fn() -> bool,
+) -> f64 {
+    let start = Instant::now();
+    let out = Command::new("/usr/sbin/smtp-source")
+        .args([
+            "-s",
+            &sessions.to_string(),
+            "-m",
+            &count.to_string(),
+            "-f",
+            "app@example.com",
+            "-t",
+            "to@example.org",
+            "-F",
+        ])
+        .arg(message)
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtp-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    while !drained() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The throughput benchmarks' message, about 3 KB: a text part and an HTML part with
+/// 10 links; X-MSYS-API with 2 cc.
+pub fn campaign_message(path: &std::path::Path) {
+    let text = "Hello, this is a benchmark message.\n".repeat(20);
+    let links: String = (0..10)
+        .map(|i| {
+            format!(
+                "<p><a href=\"https://shop.example.com/item/{i}\">Item {i}</a> is on offer.</p>\n"
+            )
+        })
+        .collect();
+    std::fs::write(
+        path,
+        format!(
+            "Subject: benchmark\nMIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"b\"\nX-MSYS-API: {{\"campaign_id\": \"bench\", \"cc\": [{{\"email\": \"cc1@example.com\", \"name\": \"CC 1\"}}, \"cc2@example.com\"]}}\n\n--b\nContent-Type: text/plain\n\n{text}\n--b\nContent-Type: text/html; charset=utf-8\n\n<html><body>\n{links}</body></html>\n--b--\n"
+        ),
+    )
+    .unwrap();
+}

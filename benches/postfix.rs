@@ -13,7 +13,10 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, campaign_message, median, null_milter, smtp_sink, submit, wait_for_port};
+use common::{
+    Killed, campaign_message, median, null_milter, print_milter_rows, smtp_sink, submit,
+    wait_for_port,
+};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::Milter;
@@ -122,14 +125,7 @@ fn throughput() {
     println!(
         "{count} messages a round (3 KB: a text part and an HTML part with 10 links; X-MSYS-API with 2 cc: msys-milter adds 2 recipients, a Cc: header and a bounce address), 20 sessions, median of {rounds} alternating rounds; msgs/s (messages submitted) from the first message sent until Postfix's queue is empty.\n"
     );
-    println!("| Postfix | msgs/s | vs no milter | vs do-nothing milter |");
-    println!("|---|---|---|---|");
-    println!("| no milter | {a:.0} | 1.00 | - |");
-    println!(
-        "| do-nothing indymilter milter | {b:.0} | {:.2} | 1.00 |",
-        b / a
-    );
-    println!("| msys-milter | {c:.0} | {:.2} | {:.2} |", c / a, c / b);
+    print_milter_rows("Postfix", a, b, c);
     println!(
         "| msys-milter, open and click tracking on (the 2 cc copies become personalised copies, re-injected) | {d:.0} | {:.2} | {:.2} |",
         d / a,

@@ -9,7 +9,7 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{campaign_message, median, null_milter, smtp_sink, submit};
+use common::{campaign_message, median, null_milter, print_milter_rows, smtp_sink, submit};
 use support::Milter;
 use support::postfix::free_port;
 use support::sendmail::Sendmail;
@@ -66,12 +66,5 @@ fn main() {
     println!(
         "Sendmail 8.17.1.9 (Debian's packages, unpacked), configured with packaging/sendmail/msys-milter.mc; {count} messages a round (the message of the Postfix table), 20 sessions, median of {rounds} alternating rounds; msgs/s from the first message sent until Sendmail's queue is empty. Sendmail forks a process per connection and per delivery.\n"
     );
-    println!("| Sendmail | msgs/s | vs no milter | vs do-nothing milter |");
-    println!("|---|---|---|---|");
-    println!("| no milter | {a:.0} | 1.00 | - |");
-    println!(
-        "| do-nothing indymilter milter | {b:.0} | {:.2} | 1.00 |",
-        b / a
-    );
-    println!("| msys-milter | {c:.0} | {:.2} | {:.2} |", c / a, c / b);
+    print_milter_rows("Sendmail", a, b, c);
 }

@@ -108,3 +108,20 @@ pub fn campaign_message(path: &std::path::Path) {
     )
     .unwrap();
 }
+
+/// The rows every MTA throughput table starts with: no milter, the do-nothing milter,
+/// msys-milter (msgs/s and the ratios).
+pub fn print_milter_rows(mta: &str, none: f64, null: f64, msys: f64) {
+    println!("| {mta} | msgs/s | vs no milter | vs do-nothing milter |");
+    println!("|---|---|---|---|");
+    println!("| no milter | {none:.0} | 1.00 | - |");
+    println!(
+        "| do-nothing indymilter milter | {null:.0} | {:.2} | 1.00 |",
+        null / none
+    );
+    println!(
+        "| msys-milter | {msys:.0} | {:.2} | {:.2} |",
+        msys / none,
+        msys / null
+    );
+}

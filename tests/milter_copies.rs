@@ -215,3 +215,28 @@ async fn the_body_is_skipped_when_no_copy_needs_it_and_bounded_when_one_does() {
     );
     conn.close().await.unwrap();
 }
+
+/// Sendmail's setup (`loop_marker = false`): the copies carry their own Bcc: and the
+/// feedback header, and no loop marker, which Sendmail could not strip on delivery.
+#[tokio::test]
+async fn without_the_loop_marker_copies_carry_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let sendmail = fake_sendmail(dir.path());
+    let addr = support::start_in_process(&format!(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsendmail = \"{}\"\nloop_marker = false\n",
+        sendmail.display()
+    ))
+    .await;
+    let mut conn = connect(addr).await;
+    let (_, status, _) = send(&mut conn, &[b"Hello\r\n"]).await;
+    assert_eq!(status, Status::Continue);
+    for (rcpt, bcc) in [
+        ("b1@example.com", "Bee One <b1@example.com>"),
+        ("b2@example.com", "b2@example.com"),
+    ] {
+        let msg = std::fs::read_to_string(dir.path().join(format!("msg.{rcpt}"))).unwrap();
+        assert!(msg.contains(&format!("\nBcc: {bcc}\nX-MSFBL: ")), "{msg}");
+        assert!(!msg.contains("X-MSYS-Reinjected"), "{msg}");
+    }
+    conn.close().await.unwrap();
+}

@@ -65,9 +65,51 @@ fn plain_message_gets_a_bounce_address_and_no_header(kind: MtaKind) {
     assert_bounce_address(&got.mail_from, "bounces.example.net");
     assert!(got.header("X-MSYS-API").is_empty(), "{}", got.text());
     assert_eq!(got.header("Subject"), ["e2e"]);
-    // Postfix adds Message-Id and Date when missing.
+    // The MTA adds Message-Id and Date when missing.
     assert_eq!(got.header("Message-Id").len(), 1);
-    assert!(e.milter.log().contains("accepted"));
+    let log = e.milter.log();
+    assert!(log.contains("accepted"), "{log}");
+    // Configured as README says: the milter has nothing to warn about.
+    let version = match kind {
+        MtaKind::Postfix => "mta_version=\"Postfix",
+        MtaKind::Sendmail => "mta_version=\"8.17",
+    };
+    assert!(
+        log.contains(version) && !log.contains("loop_marker"),
+        "{log}"
+    );
+}
+
+/// A Sendmail admin who keeps the loop marker on is told, once, to turn it off.
+#[test]
+fn sendmail_with_the_loop_marker_on_is_told_to_turn_it_off() {
+    let capture = Capture::start();
+    let milter_port = free_port();
+    let mta = Mta::start(MtaKind::Sendmail, Some(milter_port), capture.port);
+    let milter = Milter::start_on(
+        milter_port,
+        &format!(
+            "{BOUNCES}[reinject]\nsmtp = \"127.0.0.1:{}\"\n",
+            mta.reinject_port()
+        ),
+    );
+    let e = E2e {
+        capture,
+        mta,
+        milter,
+    };
+    for _ in 0..2 {
+        e.send("app@example.com", &["to@example.org"], &message("", "x\n"))
+            .unwrap();
+    }
+    e.capture.wait_for_deliveries(2);
+    let log = e.milter.log();
+    assert_eq!(
+        log.matches("set `loop_marker = false` in [reinject]")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 fn header_rejections_reach_the_client_exactly(kind: MtaKind) {

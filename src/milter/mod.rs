@@ -36,7 +36,8 @@ const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_MAIL
 /// Macros we read, each at the stage the MTA knows it. Asking for any macro empties the
 /// MTA's default lists, so every one we need is named here.
 const MACROS: [(MacroStage, &CStr); 3] = [
-    (MacroStage::Mail, c"{auth_authen} {mail_addr}"),
+    // `v`, the MTA's version: Postfix's is "Postfix 3.7.11", Sendmail's "8.17.1.9".
+    (MacroStage::Mail, c"{auth_authen} {mail_addr} v"),
     (MacroStage::Rcpt, c"i {rcpt_addr}"),
     (MacroStage::Eom, c"i"),
 ];
@@ -148,6 +149,9 @@ async fn handle_body(cx: &mut Context<Session>, chunk: Bytes, shared: Arc<Shared
 async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
     let started = std::time::Instant::now();
     let queue_id = queue_id(&cx.macros);
+    if let Some(version) = cx.macros.get(c"v") {
+        shared.note_mta(&version.to_string_lossy());
+    }
     let (status, outcome) = end_of_message(cx, &shared, &queue_id).await;
     crate::metrics::global().message(outcome, started.elapsed().as_secs_f64());
     status

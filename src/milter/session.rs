@@ -12,6 +12,7 @@ use crate::render::{Rendered, render};
 use crate::store::Store;
 use indymilter::{ActionError, ContextActions, EomActions, ProtoOpts};
 use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// State shared by all sessions.
@@ -22,6 +23,8 @@ pub struct Shared {
     /// The marker secret made at start when none is configured; kept across reloads so
     /// copies in flight stay recognisable.
     generated_secret: String,
+    /// The MTA's version was looked at (once per process).
+    mta_noted: AtomicBool,
 }
 
 /// What a configuration reload replaces; a message uses one snapshot from start to end.
@@ -44,6 +47,7 @@ impl Shared {
             store,
             settings: RwLock::new(Arc::new(Settings::new(config, &generated_secret))),
             generated_secret,
+            mta_noted: AtomicBool::new(false),
         };
         Ok(shared)
     }
@@ -53,6 +57,24 @@ impl Shared {
         match self.settings.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Look at the MTA's version (the `v` macro) once: Sendmail cannot strip the copies'
+    /// loop marker on delivery, so with it on every copy would show the marker.
+    pub fn note_mta(&self, version: &str) {
+        if self.mta_noted.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // Sendmail's `v` is its bare version number; Postfix's starts with its name.
+        let sendmail = version.starts_with(|c: char| c.is_ascii_digit());
+        tracing::info!(mta_version = version, "MTA version");
+        if sendmail && self.settings().config.reinject.loop_marker {
+            tracing::warn!(
+                mta_version = version,
+                "the MTA is Sendmail, which cannot strip the X-MSYS-Reinjected loop marker from \
+                 personalised copies: set `loop_marker = false` in [reinject] (README, section Sendmail)"
+            );
         }
     }
 

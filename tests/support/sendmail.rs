@@ -118,17 +118,25 @@ impl Sendmail {
             cf_dir.display()
         );
         if let Some(port) = milter_port {
-            mc.push_str(
-                &packaging_file("msys-milter.mc")
-                    .replace("inet:8895@127.0.0.1", &format!("inet:{port}@127.0.0.1"))
-                    .replace("Port=10026", &format!("Port={reinject_port}")),
+            let lines = packaging_file("msys-milter.mc");
+            let lines = replace_in(
+                &lines,
+                "inet:8895@127.0.0.1",
+                &format!("inet:{port}@127.0.0.1"),
             );
+            mc.push_str(&replace_in(
+                &lines,
+                "Port=10026",
+                &format!("Port={reinject_port}"),
+            ));
         }
         if let Some(port) = lmtp_port {
-            mc.push_str(
-                &packaging_file("msys-milter-feedback.mc")
-                    .replace("A=TCP $h 2424", &format!("A=TCP $h {port}")),
-            );
+            let lines = packaging_file("msys-milter-feedback.mc");
+            mc.push_str(&replace_in(
+                &lines,
+                "A=TCP $h 2424",
+                &format!("A=TCP $h {port}"),
+            ));
         }
         mc.push_str(extra);
         mc.push_str("MAILER(`smtp')dnl\n");
@@ -289,6 +297,16 @@ impl Drop for Sendmail {
             eprintln!("--- Sendmail log ---\n{}", self.log());
         }
     }
+}
+
+/// `text` with `from` replaced: the package's lines must still say `from`, or the test
+/// would run with a port nobody listens on.
+fn replace_in(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "the packaged .mc lines no longer contain `{from}`"
+    );
+    text.replace(from, to)
 }
 
 /// The `.mc` lines of the package, as README tells Sendmail admins to add them.

@@ -38,9 +38,12 @@ if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify /usr/lib/systemd/system/msys-milter.service
 fi
 
-# The installed daemon behind a private Postfix, inside the loopback-only namespace.
+# The installed daemon behind a private Postfix, then a private Sendmail (unpacked, never
+# installed), inside the loopback-only namespace; one at a time (one installed port).
 cargo build --tests --locked
-unshare --net -- sh -c 'ip link set lo up && exec cargo test --offline --locked --test package -- --include-ignored' \
+MSYS_TEST_SENDMAIL_ROOT="$(bash scripts/unpack-sendmail.sh)"
+export MSYS_TEST_SENDMAIL_ROOT
+unshare --net -- sh -c 'ip link set lo up && exec cargo test --offline --locked --test package -- --include-ignored --test-threads=1' \
     || fail "the installed daemon did not pass mail"
 
 dpkg --purge msys-milter

@@ -1,13 +1,14 @@
 //! The installed Debian package (scripts/test-package.sh installs it, runs this test
 //! inside the loopback-only namespace, then purges it): the binary started exactly as
 //! the unit's ExecStart says, as the unit's user, with the installed configuration,
-//! behind a private Postfix; a message goes through it.
+//! behind a private Postfix, then a private Sendmail; a message goes through it. The two
+//! tests share the installed configuration's port: run them one at a time.
 
 mod support;
 
 use support::capture::Capture;
 use support::message;
-use support::postfix::Postfix;
+use support::mta::{Mta, MtaKind};
 
 const UNIT: &str = "/usr/lib/systemd/system/msys-milter.service";
 
@@ -20,7 +21,17 @@ fn unit_value(unit: &str, key: &str) -> String {
 
 #[test]
 #[ignore = "needs the installed package: run scripts/test-package.sh"]
-fn the_installed_package_runs_as_its_unit_says() {
+fn the_installed_package_runs_as_its_unit_says_behind_postfix() {
+    the_installed_package_runs_as_its_unit_says(MtaKind::Postfix);
+}
+
+#[test]
+#[ignore = "needs the installed package: run scripts/test-package.sh"]
+fn the_installed_package_runs_as_its_unit_says_behind_sendmail() {
+    the_installed_package_runs_as_its_unit_says(MtaKind::Sendmail);
+}
+
+fn the_installed_package_runs_as_its_unit_says(kind: MtaKind) {
     let unit = std::fs::read_to_string(UNIT).expect("the package is installed");
     let exec = unit_value(&unit, "ExecStart");
     let user = unit_value(&unit, "User");
@@ -52,9 +63,9 @@ fn the_installed_package_runs_as_its_unit_says() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let capture = Capture::start();
-    let postfix = Postfix::start(Some(8895), capture.port);
+    let mta = Mta::start(kind, Some(8895), capture.port);
     let result = support::send(
-        postfix.smtp_port,
+        mta.smtp_port(),
         "app@example.com",
         &["to@example.org"],
         &message("X-MSYS-API: {\"campaign_id\": \"installed\"}\n", "Hello\n"),

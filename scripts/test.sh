@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (Postfix, iproute2), builds, then runs
-# every test (unit, in-process, end-to-end through a private Postfix) inside a private
-# network namespace that has only loopback, so no test can reach another host or a DNS
-# server. Usage: bash scripts/test.sh [extra cargo test arguments]
+# The whole test suite: installs what it needs (Postfix, iproute2, ...), unpacks a
+# private Sendmail, builds, then runs every test (unit, in-process, end-to-end through a
+# private Postfix and a private Sendmail) inside a private network namespace that has
+# only loopback, so no test can reach another host or a DNS server. Usage: bash scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -145,6 +145,17 @@ fn a_sandbox_message_and_its_copies_are_held_and_reach_nobody(kind: MtaKind) {
         );
     }
     e.assert_nothing_delivered();
+    // Released as README says, both reach their recipients.
+    match &e.mta {
+        Mta::Postfix(postfix) => {
+            postfix.postsuper(&["-H", "ALL"]);
+            postfix.postfix(&["flush"]);
+        }
+        Mta::Sendmail(sendmail) => sendmail.release_quarantined(),
+    }
+    e.wait_for_exactly(2);
+    e.capture.message_for("to@example.org");
+    e.capture.message_for("hidden@example.org");
 }
 
 /// The held messages: (recipient, why held) for each.

@@ -170,7 +170,18 @@ impl Postfix {
 
     /// Run `postfix -c CONF <args>`; fails the test with the log on error.
     pub fn postfix(&self, args: &[&str]) {
-        let out = Command::new("/usr/sbin/postfix")
+        self.run("/usr/sbin/postfix", args);
+    }
+
+    /// Run `postsuper -c CONF <args>` (e.g. `-H ALL` releases held mail).
+    pub fn postsuper(&self, args: &[&str]) {
+        self.run("/usr/sbin/postsuper", args);
+    }
+
+    /// Run one of Postfix's commands on this instance; fails the test with the log on
+    /// error.
+    fn run(&self, command: &str, args: &[&str]) {
+        let out = Command::new(command)
             .arg("-c")
             .arg(self.conf_dir())
             .args(args)
@@ -178,7 +189,7 @@ impl Postfix {
             .unwrap();
         assert!(
             out.status.success(),
-            "postfix {args:?} failed: {}\n{}",
+            "{command} {args:?} failed: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );

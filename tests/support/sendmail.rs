@@ -257,6 +257,47 @@ impl Sendmail {
         })
     }
 
+    /// Release every quarantined message and deliver it, with the commands README gives
+    /// (`sendmail -Q -qQ -qI<id>`, then a queue run for it). Run as Sendmail always
+    /// runs here: in a UTS namespace with the FQDN host name.
+    pub fn release_quarantined(&self) {
+        let queue = self.dir.path().join("queue");
+        let ids: Vec<String> = std::fs::read_dir(&queue)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("hf").map(str::to_owned)
+            })
+            .collect();
+        let sendmail = root().join("usr/libexec/sendmail/sendmail");
+        for id in ids {
+            for args in [vec!["-Q", "-qQ"], vec!["-q"]] {
+                let out = Command::new("unshare")
+                    .args([
+                        "--uts",
+                        "--",
+                        "sh",
+                        "-c",
+                        "hostname mta.e2e.test && exec \"$@\"",
+                        "sh",
+                    ])
+                    .arg(&sendmail)
+                    .arg("-C")
+                    .arg(self.dir.path().join("sendmail.cf"))
+                    .args(&args)
+                    .arg(format!("-qI{id}"))
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "sendmail {args:?} -qI{id}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     /// The quarantined messages: (recipient, quarantine reason) for each recipient of
     /// each. Sendmail renames a quarantined queue file from `qf<ID>` to `hf<ID>`; in it
     /// a `q` line holds the reason and each `R` line a recipient (`R<flags>:<address>`).

@@ -14,8 +14,8 @@ mod common;
 mod support;
 
 use common::{
-    Killed, campaign_message, median, null_milter, print_milter_rows, smtp_sink, submit,
-    wait_for_port,
+    Killed, bench_messages, campaign_message, median, null_milter, print_milter_rows, smtp_sink,
+    submit, wait_for_port,
 };
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,10 +42,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn throughput() {
-    let count: usize = std::env::var("BENCH_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+    let count = bench_messages().unwrap_or(5000);
     let rounds = 3;
     let (_sink, sink_port) = smtp_sink();
     let dir = tempfile::tempdir().unwrap();
@@ -251,10 +248,7 @@ fn opendkim(port: u16, dir: &std::path::Path) -> Killed {
 /// msys-milter signing vs OpenDKIM signing the same messages with the same RSA-2048
 /// key, through Postfix, side by side; and the signing CPU per message in process.
 fn dkim() {
-    let count: usize = std::env::var("BENCH_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+    let count = bench_messages().unwrap_or(5000);
     let rounds = 3;
     let (_sink, sink_port) = smtp_sink();
     let dir = tempfile::tempdir().unwrap();

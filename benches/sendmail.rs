@@ -9,7 +9,9 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{campaign_message, median, null_milter, print_milter_rows, smtp_sink, submit};
+use common::{
+    bench_messages, campaign_message, median, null_milter, print_milter_rows, smtp_sink, submit,
+};
 use support::Milter;
 use support::postfix::free_port;
 use support::sendmail::Sendmail;
@@ -27,10 +29,7 @@ fn main() {
         );
         return;
     }
-    let count: usize = std::env::var("BENCH_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(2000, |n: usize| n / 2);
+    let count = bench_messages().map_or(2000, |n| n / 2);
     let rounds = 3;
     let (_sink, sink_port) = smtp_sink();
     let dir = tempfile::tempdir().unwrap();

@@ -24,17 +24,10 @@ pub struct Handed {
 pub fn queue_id_of_reply(reply: &str) -> Option<String> {
     let tail = match reply.split_once("queued as ") {
         Some((_, tail)) => tail,
-        None => {
-            let words: Vec<&str> = reply.split_whitespace().collect();
-            match words.as_slice() {
-                [code, _, id, "Message", "accepted", "for", "delivery", ..]
-                    if code.starts_with('2') =>
-                {
-                    *id
-                }
-                _ => return None,
-            }
+        None if reply.starts_with('2') && reply.contains(" Message accepted for delivery") => {
+            reply.split_whitespace().nth(2)?
         }
+        None => return None,
     };
     let id: String = tail
         .chars()

@@ -257,6 +257,17 @@ const BCC_API: &str = "X-MSYS-API: {\"cc\": [\"cc1@example.com\", {\"email\": \"
     \"bcc\": [\"bcc1@example.com\", {\"email\": \"bcc2@example.com\", \"name\": \"Bé Two\"}, \"CC1@example.com\"],\n \
     \"archive\": [\"arch@example.com\"]}\n";
 
+/// Who gets a message with BCC_API: the To: recipient, 2 cc, 2 bcc (one is already a
+/// cc), the archive.
+const BCC_API_RCPTS: [&str; 6] = [
+    "to@example.org",
+    "cc1@example.com",
+    "cc2@example.com",
+    "bcc1@example.com",
+    "bcc2@example.com",
+    "arch@example.com",
+];
+
 /// A body that exercises dot-stuffing and 8-bit transport.
 const BODY: &str = "Hello.\n.leading dot\n..two dots\n.\nGrüße, 8-bit UTF-8 ✓\n";
 
@@ -278,14 +289,7 @@ fn bcc_copies_each_get_their_own_bcc(kind: MtaKind) {
     let primary = e.capture.message_for("to@example.org");
     let tid = assert_bounce_address(&primary.mail_from, "bounces.example.net");
     let message_id = primary.header("Message-Id");
-    for rcpt in [
-        "to@example.org",
-        "cc1@example.com",
-        "cc2@example.com",
-        "bcc1@example.com",
-        "bcc2@example.com",
-        "arch@example.com",
-    ] {
+    for rcpt in BCC_API_RCPTS {
         let got = e.capture.message_for(rcpt);
         assert_eq!(got.header("To"), ["Someone <to@example.org>"], "{rcpt}");
         // Exactly one space after the colon: the MTA adds it to a milter's header value
@@ -380,14 +384,7 @@ fn copies_that_cannot_be_handed_over_tempfail_the_message_until_the_listener_is_
     e.send("app@example.com", &["to@example.org"], &msg)
         .unwrap();
     e.capture.wait_for_deliveries(6);
-    for rcpt in [
-        "to@example.org",
-        "cc1@example.com",
-        "cc2@example.com",
-        "bcc1@example.com",
-        "bcc2@example.com",
-        "arch@example.com",
-    ] {
+    for rcpt in BCC_API_RCPTS {
         e.capture.message_for(rcpt);
     }
 }

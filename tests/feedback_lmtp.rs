@@ -195,6 +195,22 @@ fn config() -> Arc<Config> {
     )
 }
 
+/// The LMTP side of the feedback loop on `store`, keeping at most `keep_max` unread
+/// messages in `keep_dir`.
+fn inbound(store: Arc<dyn Store>, keep_dir: &std::path::Path, keep_max: usize) -> Arc<Inbound> {
+    Arc::new(Inbound {
+        config: config(),
+        store,
+        ids: Arc::new(IdGenerator::new(1)),
+        our_mtas: vec!["mta.e2e.test".into()],
+        keep: Keep {
+            dir: keep_dir.to_owned(),
+            max: keep_max,
+        },
+        log_reports_delays: false,
+    })
+}
+
 fn dsn(tid: &str) -> Vec<u8> {
     std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -242,17 +258,7 @@ async fn a_dsn_becomes_a_bounce_event_and_a_suppression_entry() {
         })
         .await
         .unwrap();
-    let inbound = Arc::new(Inbound {
-        config: config(),
-        store: Arc::clone(&store),
-        ids: Arc::new(IdGenerator::new(1)),
-        our_mtas: vec!["mta.e2e.test".into()],
-        keep: Keep {
-            dir: dir.path().join("kept"),
-            max: 2,
-        },
-        log_reports_delays: false,
-    });
+    let inbound = inbound(Arc::clone(&store), &dir.path().join("kept"), 2);
     let out = converse(
         Arc::clone(&inbound),
         &lmtp_message("bounces+777@bounces.example.net", &dsn("777")),
@@ -336,17 +342,7 @@ async fn a_store_that_fails_answers_451() {
         .unwrap();
     // Reads still work, writes fail: the worst moment.
     sqlite.close();
-    let inbound = Arc::new(Inbound {
-        config: config(),
-        store: sqlite,
-        ids: Arc::new(IdGenerator::new(1)),
-        our_mtas: vec!["mta.e2e.test".into()],
-        keep: Keep {
-            dir: dir.path().join("kept"),
-            max: 10,
-        },
-        log_reports_delays: false,
-    });
+    let inbound = inbound(sqlite, &dir.path().join("kept"), 10);
     let out = converse(
         inbound,
         &lmtp_message("bounces+777@bounces.example.net", &dsn("777")),

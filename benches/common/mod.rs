@@ -52,6 +52,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Messages a round when `BENCH_MESSAGES` says (bench/run.sh's knob for a quicker run).
+pub fn bench_messages() -> Option<usize> {
+    std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// Submit `count` copies of `message` in `sessions` sessions with smtp-source to
 /// `127.0.0.1:port`, then wait until `drained()`; the rate in messages a second.
 pub fn submit(

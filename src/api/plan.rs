@@ -303,12 +303,11 @@ pub fn plan_parsed(
     let tid = transmission_id.to_string();
 
     let engagement = Engagement::new(api.as_ref(), config);
-    let marker = |rcpt: &str| -> Vec<(String, String)> {
-        if !config.reinject.loop_marker {
-            return Vec::new();
-        }
-        let value = marker_value(secret, &tid, rcpt, facts.received_at);
-        vec![(MARKER_HEADER.to_owned(), value)]
+    let marker = |rcpt: &str| {
+        config.reinject.loop_marker.then(|| {
+            let value = marker_value(secret, &tid, rcpt, facts.received_at);
+            (MARKER_HEADER.to_owned(), value)
+        })
     };
     let mut recipients = Vec::new();
     let mut copies = Vec::new();
@@ -319,7 +318,7 @@ pub fn plan_parsed(
             copies.push(CopyPlan {
                 address: address.clone(),
                 rcpt_type: RcptType::To,
-                extra_headers: marker(address),
+                extra_headers: marker(address).into_iter().collect(),
             });
             Delivery::Copy
         } else {

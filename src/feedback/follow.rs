@@ -1,7 +1,7 @@
 //! Following the MTA's log (Postfix's or Sendmail's): sent lines become `delivery`
 //! events, deferred ones `delay`, and bounced/expired ones `bounce` when no DSN will
-//! come back to a bounce address of ours. Lines are matched by queue id against the injections the
-//! store indexed. The position is committed with the events it produced (exactly once
+//! come back to a bounce address of ours. Lines are matched by queue id against the
+//! injections the store indexed. The position is committed with the events it produced (exactly once
 //! across restarts); rotation (a new file at the path) and truncation are followed.
 
 use super::classify::{self, BounceClass};

@@ -63,7 +63,8 @@ impl Shared {
     /// Look at the MTA's version (the `v` macro) once: Sendmail cannot strip the copies'
     /// loop marker on delivery, so with it on every copy would show the marker.
     pub fn note_mta(&self, version: &str) {
-        if self.mta_noted.swap(true, Ordering::Relaxed) {
+        // A load first: after the first message this is all it costs.
+        if self.mta_noted.load(Ordering::Relaxed) || self.mta_noted.swap(true, Ordering::Relaxed) {
             return;
         }
         // Sendmail's `v` is its bare version number; Postfix's starts with its name.

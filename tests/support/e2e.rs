@@ -3,7 +3,6 @@
 use super::capture::Capture;
 use super::mta::{Mta, MtaKind};
 use super::postfix::{Postfix, free_port};
-use super::sendmail::Sendmail;
 use super::{Milter, send};
 
 /// Capture server, an MTA with the milter, the milter with `toml` (its re-injection
@@ -63,20 +62,13 @@ impl E2e {
         let capture = Capture::start_with_replies(replies);
         let milter_port = free_port();
         let lmtp_port = free_port();
-        let mta = match kind {
-            MtaKind::Postfix => Mta::Postfix(Postfix::start_with(
-                Some(milter_port),
-                capture.port,
-                Some(lmtp_port),
-                extra,
-            )),
-            MtaKind::Sendmail => Mta::Sendmail(Sendmail::start_with(
-                Some(milter_port),
-                capture.port,
-                Some(lmtp_port),
-                extra,
-            )),
-        };
+        let mta = Mta::start_with(
+            kind,
+            Some(milter_port),
+            capture.port,
+            Some(lmtp_port),
+            extra,
+        );
         let marker = loop_marker(kind);
         let milter = Milter::start_on(
             milter_port,

@@ -20,9 +20,32 @@ impl Mta {
     /// Start `kind` relaying to `[127.0.0.1]:relay_port`, calling the milter at
     /// `milter_port` (`None`: no milter), as its example configuration says.
     pub fn start(kind: MtaKind, milter_port: Option<u16>, relay_port: u16) -> Mta {
+        Mta::start_with(kind, milter_port, relay_port, None, "")
+    }
+
+    /// As [`Mta::start`], the bounce domains' mail to msys-milter's LMTP listener at
+    /// `lmtp_port`, and `extra` configuration lines (Postfix: main.cf; Sendmail:
+    /// sendmail.mc).
+    pub fn start_with(
+        kind: MtaKind,
+        milter_port: Option<u16>,
+        relay_port: u16,
+        lmtp_port: Option<u16>,
+        extra: &str,
+    ) -> Mta {
         match kind {
-            MtaKind::Postfix => Mta::Postfix(Postfix::start(milter_port, relay_port)),
-            MtaKind::Sendmail => Mta::Sendmail(Sendmail::start(milter_port, relay_port)),
+            MtaKind::Postfix => Mta::Postfix(Postfix::start_with(
+                milter_port,
+                relay_port,
+                lmtp_port,
+                extra,
+            )),
+            MtaKind::Sendmail => Mta::Sendmail(Sendmail::start_with(
+                milter_port,
+                relay_port,
+                lmtp_port,
+                extra,
+            )),
         }
     }
 

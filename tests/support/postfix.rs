@@ -22,6 +22,20 @@ fn example(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Start an MTA with `try_start`, again (on other ports) if it fails: a port picked
+/// free can be taken by another test's connection before the MTA binds it.
+pub fn start_retrying<T>(mta: &str, mut try_start: impl FnMut() -> Result<T, String>) -> T {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_start() {
+            Ok(started) => return started,
+            Err(log) if attempt < 4 => eprintln!("{mta} did not start (retrying): {log}"),
+            Err(log) => panic!("{mta} did not start:\n{log}"),
+        }
+    }
+}
+
 /// Refuse to start an MTA outside a private network namespace: it would resolve its
 /// host name and could reach other hosts. `scripts/test.sh` runs the tests inside one.
 pub fn assert_private_network() {
@@ -71,17 +85,9 @@ impl Postfix {
     ) -> Postfix {
         assert_private_network();
         assert_postfix_installed();
-        // A port picked free can be taken by another test's connection before Postfix
-        // binds it: then start again on other ports.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match Postfix::try_start(milter_port, relay_port, lmtp_port, extra) {
-                Ok(postfix) => return postfix,
-                Err(log) if attempt < 4 => eprintln!("Postfix did not start (retrying): {log}"),
-                Err(log) => panic!("postfix start failed:\n{log}"),
-            }
-        }
+        start_retrying("Postfix", || {
+            Postfix::try_start(milter_port, relay_port, lmtp_port, extra)
+        })
     }
 
     fn try_start(
@@ -219,6 +225,19 @@ impl Postfix {
     /// Postfix's own log file (`maillog_file`).
     pub fn maillog_path(&self) -> PathBuf {
         self.dir.path().join("maillog")
+    }
+
+    /// Postfix's log once `done` holds for it (postlogd writes a line a moment after
+    /// the event), or after 10 s as it is then.
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if done(&log) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     pub fn log(&self) -> String {

@@ -6,7 +6,7 @@
 //! to the capture server. It runs in the foreground (`-bD`) inside a UTS namespace with
 //! an FQDN host name, in the tests' loopback-only network namespace.
 
-use super::postfix::{assert_private_network, free_port};
+use super::postfix::{assert_private_network, free_port, start_retrying};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -61,15 +61,9 @@ impl Sendmail {
         traffic: bool,
     ) -> Sendmail {
         assert_private_network();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match Sendmail::try_start(milter_port, relay_port, lmtp_port, extra, traffic) {
-                Ok(sendmail) => return sendmail,
-                Err(log) if attempt < 4 => eprintln!("Sendmail did not start (retrying): {log}"),
-                Err(log) => panic!("sendmail start failed:\n{log}"),
-            }
-        }
+        start_retrying("Sendmail", || {
+            Sendmail::try_start(milter_port, relay_port, lmtp_port, extra, traffic)
+        })
     }
 
     fn try_start(

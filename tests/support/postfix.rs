@@ -6,13 +6,33 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A loopback port nobody listens on right now.
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768-60999), so no
+/// outgoing connection's local port takes a picked port before its server binds it
+/// (that raced once in CI: the kernel's port-0 pick is from the ephemeral range).
+const PICKED_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A loopback port nobody listens on right now, and never handed out before by this
+/// process: tests running in parallel never pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PICKED_PORTS.end - PICKED_PORTS.start);
+    // Processes start at different places (their pid), so two test binaries run at
+    // once seldom walk the same ports.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PICKED_PORTS.start + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PICKED_PORTS:?}");
 }
 
 fn example(name: &str) -> String {

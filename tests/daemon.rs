@@ -1,6 +1,8 @@
 //! The `msys-milter` binary: runs with built-in defaults, stops cleanly on SIGTERM and
 //! removes its UNIX socket, and its CLI errors say what to do.
 
+mod support;
+
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -268,11 +270,7 @@ fn sighup_reloads_the_configuration_and_a_bad_file_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("msys.toml");
     std::fs::write(&file, "[[sending_domain]]\nname = \"example.com\"\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::postfix::free_port();
     let mut child = Command::new(BIN)
         .args([
             "--config",

@@ -80,16 +80,18 @@ fn plain_message_gets_a_bounce_address_and_no_header(kind: MtaKind) {
     );
 }
 
-/// A Sendmail admin who keeps the loop marker on is told, once, to turn it off.
+/// A Sendmail admin who keeps the loop marker on, or gives a pool a transport, is told
+/// once to take it out.
 #[test]
-fn sendmail_with_the_loop_marker_on_is_told_to_turn_it_off() {
+fn a_sendmail_admin_is_told_once_what_sendmail_cannot_do() {
     let capture = Capture::start();
     let milter_port = free_port();
     let mta = Mta::start(MtaKind::Sendmail, Some(milter_port), capture.port);
     let milter = Milter::start_on(
         milter_port,
         &format!(
-            "{BOUNCES}[reinject]\nsmtp = \"127.0.0.1:{}\"\n",
+            "{BOUNCES}[[ip_pool]]\nname = \"pool_a\"\ntransport = \"smtp_pool_a:\"\n\
+             [[ip_pool]]\nname = \"pool_b\"\n[reinject]\nsmtp = \"127.0.0.1:{}\"\n",
             mta.reinject_port()
         ),
     );
@@ -110,6 +112,12 @@ fn sendmail_with_the_loop_marker_on_is_told_to_turn_it_off() {
         1,
         "{log}"
     );
+    let pool_warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("remove `transport` from this [[ip_pool]]"))
+        .collect();
+    assert_eq!(pool_warnings.len(), 1, "{log}");
+    assert!(pool_warnings[0].contains("pool_a"), "{log}");
 }
 
 fn header_rejections_reach_the_client_exactly(kind: MtaKind) {

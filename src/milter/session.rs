@@ -60,8 +60,10 @@ impl Shared {
         }
     }
 
-    /// Look at the MTA's version (the `v` macro) once: Sendmail cannot strip the copies'
-    /// loop marker on delivery, so with it on every copy would show the marker.
+    /// Look at the MTA's version (the `v` macro) once and name what Sendmail cannot do
+    /// with this configuration: strip the copies' loop marker on delivery (with it on,
+    /// every copy shows the marker), or route by pool (a pool's `X-MSYS-Route` header
+    /// would reach recipients).
     pub fn note_mta(&self, version: &str) {
         // A load first: after the first message this is all it costs.
         if self.mta_noted.load(Ordering::Relaxed) || self.mta_noted.swap(true, Ordering::Relaxed) {
@@ -70,11 +72,28 @@ impl Shared {
         // Sendmail's `v` is its bare version number; Postfix's starts with its name.
         let sendmail = version.starts_with(|c: char| c.is_ascii_digit());
         tracing::info!(mta_version = version, "MTA version");
-        if sendmail && self.settings().config.reinject.loop_marker {
+        if !sendmail {
+            return;
+        }
+        let settings = self.settings();
+        if settings.config.reinject.loop_marker {
             tracing::warn!(
                 mta_version = version,
                 "the MTA is Sendmail, which cannot strip the X-MSYS-Reinjected loop marker from \
                  personalised copies: set `loop_marker = false` in [reinject] (README, section Sendmail)"
+            );
+        }
+        for pool in settings
+            .config
+            .ip_pools
+            .iter()
+            .filter(|p| p.transport.is_some())
+        {
+            tracing::warn!(
+                mta_version = version,
+                ip_pool = pool.name,
+                "the MTA is Sendmail, which does not route by pool and cannot strip the \
+                 X-MSYS-Route header: remove `transport` from this [[ip_pool]] (README, section Sendmail)"
             );
         }
     }

@@ -28,7 +28,8 @@ dpkg-query -W -f='${Conffiles}\n' msys-milter | grep -q ' */etc/msys-milter/msys
 for f in /usr/share/man/man8/msys-milter.8.gz /usr/share/man/man5/msys-milter.toml.5.gz \
          /usr/lib/systemd/system/msys-milter.service /usr/share/doc/msys-milter/README.Debian \
          /usr/share/doc/msys-milter/examples/sendmail/msys-milter.mc \
-         /usr/share/doc/msys-milter/examples/sendmail/msys-milter-feedback.mc; do
+         /usr/share/doc/msys-milter/examples/sendmail/msys-milter-feedback.mc \
+         /usr/share/doc/msys-milter/behaviour.md; do
     [ -f "$f" ] || fail "missing $f"
 done
 zcat /usr/share/man/man8/msys-milter.8.gz | grep -q 'dkim\\-keygen' || fail "msys-milter(8) lacks the subcommands"

@@ -15,8 +15,8 @@ use std::sync::Arc;
 /// Smallest RSA key accepted (RFC 8301 requires 1024; 2048 is today's floor).
 pub const MIN_RSA_BITS: usize = 2048;
 
-/// Signed when present: SPEC's list. `From`, `To`, `Subject`, `Reply-To` are also
-/// oversigned (listed once more than they occur), so none can be added later.
+/// Signed when present (the default of `[[dkim_key]] headers`). `From`, `To`, `Subject`,
+/// `Reply-To` are also oversigned (listed once more than they occur), so none can be added later.
 const OVERSIGNED: &[&str] = &["From", "To", "Subject", "Reply-To"];
 const SIGNED: &[&str] = &[
     "Cc",

@@ -1,4 +1,4 @@
-//! Unit tests of the pure core's header handling: every reply text of SPEC.md section 3,
+//! Unit tests of the pure core's header handling: every reply text of docs/behaviour.md section 2,
 //! unfolding, RFC 2047, the reference documents' own examples, hostile input.
 
 use msys_milter::api::header::{Known, parse, parse_header_values, unfold};

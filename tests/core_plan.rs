@@ -1,5 +1,5 @@
 //! Unit tests of the plan: recipients and dedupe, Cc header edits, MAIL FROM rewriting,
-//! sending domains and subaccounts (SPEC.md sections 4 and 5).
+//! sending domains and subaccounts (docs/behaviour.md, sections 3 and 4).
 
 use msys_milter::api::copies::HeaderField;
 use msys_milter::api::copies::render_copy;

@@ -1,6 +1,6 @@
 //! The `X-MSYS-API` header: unfold, decode RFC 2047, parse JSON, validate into [`SmtpApi`].
-//! Validation runs in the order SPEC.md section 3 fixes, so the first problem found is the
-//! one reported.
+//! Validation runs in the order docs/behaviour.md section 2 fixes, so the first problem found
+//! is the one reported.
 
 use super::recipients::{Recipient, is_valid_mailbox};
 use super::reply::{JsonType, Rejection};

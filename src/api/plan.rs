@@ -64,7 +64,7 @@ pub fn parse_api(facts: &MessageFacts, config: &Config) -> ParsedApi {
     )
 }
 
-/// What the delivered messages carry beyond the shared edits (SPEC section 6).
+/// What the delivered messages carry beyond the shared edits (docs/behaviour.md section 5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Engagement {
     pub open_tracking: bool,
@@ -570,7 +570,7 @@ fn check_sending_domain(
     }
 }
 
-/// The rewritten MAIL FROM (SPEC section 5), or `None` to leave it alone.
+/// The rewritten MAIL FROM (docs/behaviour.md section 4), or `None` to leave it alone.
 fn bounce_address(facts: &MessageFacts, config: &Config, transmission_id: u64) -> Option<String> {
     if !config.envelope.rewrite || facts.mail_from.is_empty() {
         return None;

@@ -1,4 +1,4 @@
-//! SMTP replies for every way the core can refuse a message (SPEC.md section 3).
+//! SMTP replies for every way the core can refuse a message (docs/behaviour.md section 2).
 
 use std::fmt;
 
@@ -74,7 +74,7 @@ impl JsonType {
     }
 }
 
-/// Why a message is refused. Each maps to exactly one reply of SPEC.md section 3.
+/// Why a message is refused. Each maps to exactly one reply of docs/behaviour.md section 2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
     HeaderRepeated,

@@ -10,7 +10,7 @@ pub use values::{Domain, LocalPart, NodeId, SocketSpec};
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Envelope {
-    /// The default bounce domain (SPEC section 5, step 3).
+    /// The default bounce domain (docs/behaviour.md section 4, step 3).
     pub bounce_domain: Option<Domain>,
     pub bounce_local_part: LocalPart,
     /// Rewrite MAIL FROM to a bounce address at all.
@@ -74,7 +74,7 @@ impl Default for Reinject {
     }
 }
 
-/// Open/click tracking and List-Unsubscribe (SPEC section 6).
+/// Open/click tracking and List-Unsubscribe (docs/behaviour.md section 5).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tracking {

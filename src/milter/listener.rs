@@ -1,5 +1,5 @@
 //! Listening sockets. TCP connections get two fixes measured on this project
-//! (ARCHITECTURE.md): TCP_NODELAY, so several end-of-message actions are not held back
+//! (docs/architecture.md): TCP_NODELAY, so several end-of-message actions are not held back
 //! for the MTA's delayed ACK (~44 ms a message), and TCP_QUICKACK re-armed after every
 //! read, because Postfix leaves Nagle on and its second write would otherwise wait ~42 ms
 //! for our delayed ACK.

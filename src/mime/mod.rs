@@ -18,7 +18,7 @@ pub enum MimeError {
     Html(#[from] html::HtmlError),
 }
 
-/// The AMPHTML rule (SPEC section 3) is broken.
+/// The AMPHTML rule (docs/behaviour.md section 2) is broken.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("text/x-amp-html must be inside multipart/alternative")]
 pub struct AmpError;
@@ -288,7 +288,7 @@ pub fn rewrite(
     Prepared::new(headers, body)?.rewrite(opts, links)
 }
 
-/// SPEC section 3: a `text/x-amp-html` part must be a child of a `multipart/alternative`
+/// docs/behaviour.md section 2: a `text/x-amp-html` part must be a child of a `multipart/alternative`
 /// that also holds a `text/html` or `text/plain` part.
 pub fn check_amp(headers: &[HeaderField], body: &[u8]) -> Result<(), AmpError> {
     let (raw, _) = whole_message(headers, body);

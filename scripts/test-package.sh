@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the Debian package, lint it, install it on this (throwaway, root) machine, check
 # what it installed, run the installed daemon as its unit says behind a private
-# Postfix (in a loopback-only network namespace), purge it and check nothing is left.
+# Postfix and a private Sendmail (in a loopback-only network namespace), install it again
+# (an upgrade) and remove it (state, configuration and user stay), purge it and check
+# nothing is left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -46,6 +48,23 @@ MSYS_TEST_SENDMAIL_ROOT="$(bash scripts/unpack-sendmail.sh)"
 export MSYS_TEST_SENDMAIL_ROOT
 unshare --net -- sh -c 'ip link set lo up && exec cargo test --offline --locked --test package -- --include-ignored --test-threads=1' \
     || fail "the installed daemon did not pass mail"
+
+# What the daemon committed survives an upgrade (the same package installed again) and a
+# removal; so does an admin's edit of the configuration. Only a purge takes them.
+store=/var/lib/msys-milter/msys-milter.db
+[ -s "$store" ] || fail "the installed daemon left no store at $store"
+echo "# edited by the admin" >> /etc/msys-milter/msys-milter.toml
+before=$(md5sum "$store")
+DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold "$deb" >/dev/null
+[ "$(md5sum "$store")" = "$before" ] || fail "the upgrade changed or took the store"
+grep -q '^# edited by the admin$' /etc/msys-milter/msys-milter.toml || fail "the upgrade lost the admin's edit"
+[ "$(stat -c '%U:%G %a' /etc/msys-milter/msys-milter.toml)" = "root:msys-milter 640" ] || fail "config owner/mode after upgrade: $(stat -c '%U:%G %a' /etc/msys-milter/msys-milter.toml)"
+getent passwd msys-milter >/dev/null || fail "the upgrade removed the user"
+dpkg --remove msys-milter >/dev/null
+[ ! -e /usr/sbin/msys-milter ] || fail "/usr/sbin/msys-milter left after remove"
+[ -f /etc/msys-milter/msys-milter.toml ] || fail "remove took the configuration (a conffile: only purge may)"
+[ "$(md5sum "$store")" = "$before" ] || fail "remove changed or took the store (only purge may)"
+getent passwd msys-milter >/dev/null || fail "remove took the user (only purge may)"
 
 dpkg --purge msys-milter
 for f in /usr/sbin/msys-milter /etc/msys-milter /var/lib/msys-milter /var/log/msys-milter \

@@ -2,7 +2,7 @@
 //! as the code gives it, so the page cannot drift from the code.
 
 use msys_milter::api::Rejection;
-use msys_milter::api::reply::{JsonType, internal_error};
+use msys_milter::api::reply::{JsonType, copies_failed, internal_error, store_failed};
 
 fn behaviour_page() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/behaviour.md");
@@ -75,7 +75,7 @@ fn every_reply_of_the_code_is_in_the_behaviour_page_word_for_word() {
         .filter(|r| listed(r))
         .map(|r| r.reply().to_string())
         .collect();
-    replies.push(internal_error().to_string());
+    replies.extend([internal_error(), store_failed(), copies_failed()].map(|r| r.to_string()));
     let missing: Vec<&String> = replies
         .iter()
         .filter(|reply| !page.contains(&format!("`{reply}`")))

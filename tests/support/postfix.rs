@@ -14,20 +14,14 @@ const PICKED_PORTS: std::ops::Range<u16> = 20000..32000;
 /// A loopback port nobody listens on right now, and never handed out before by this
 /// process: tests running in parallel never pick the same one.
 pub fn free_port() -> u16 {
+    use std::sync::LazyLock;
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let span = u32::from(PICKED_PORTS.end - PICKED_PORTS.start);
+    const SPAN: u32 = (PICKED_PORTS.end - PICKED_PORTS.start) as u32;
     // Processes start at different places (their pid), so two test binaries run at
     // once seldom walk the same ports.
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id() % span,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    for _ in 0..span {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
-        let port = PICKED_PORTS.start + offset as u16;
+    static NEXT: LazyLock<AtomicU32> = LazyLock::new(|| AtomicU32::new(std::process::id() % SPAN));
+    for _ in 0..SPAN {
+        let port = PICKED_PORTS.start + (NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

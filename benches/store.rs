@@ -41,8 +41,7 @@ fn message_commit(n: u64) -> Commit {
     Commit {
         events,
         transmission: Some(t),
-        suppress: Vec::new(),
-        cursor: None,
+        ..Commit::default()
     }
 }
 

@@ -39,6 +39,8 @@ pub struct TrackingEvent {
     pub recipient: String,
     pub link_index: u16,
     pub url: String,
+    /// The link's `data-msys-linkname` (empty: none).
+    pub link_name: String,
     pub visitor: Visitor,
 }
 
@@ -76,42 +78,45 @@ impl StoreSink {
             })
         };
         let mut commit = Commit::default();
-        let target = Some(e.url.as_str()).filter(|u| !u.is_empty());
+        let r = t.recipient(&e.recipient);
+        let link = events::Link {
+            url: Some(e.url.as_str()).filter(|u| !u.is_empty()),
+            name: Some(e.link_name.as_str()).filter(|n| !n.is_empty()),
+        };
         match e.kind {
             EventType::LinkUnsubscribe => {
                 commit.events.push(events::track(
                     EventType::Click,
                     stamp()?,
                     &t,
-                    &e.recipient,
+                    &r,
                     &e.visitor,
-                    target,
+                    link,
                 ));
                 commit.events.push(events::unsubscribe(
                     e.kind,
                     stamp()?,
                     &t,
-                    &e.recipient,
+                    &r,
                     Some(&e.visitor),
+                    link,
                 ));
             }
             EventType::ListUnsubscribe => {
+                // One-click (a POST: who made it) or mailto: (a mail: no client).
+                let visitor = Some(&e.visitor).filter(|v| v.ip_address.is_some());
                 commit.events.push(events::unsubscribe(
                     e.kind,
                     stamp()?,
                     &t,
-                    &e.recipient,
-                    None,
+                    &r,
+                    visitor,
+                    events::Link::default(),
                 ));
             }
-            kind => commit.events.push(events::track(
-                kind,
-                stamp()?,
-                &t,
-                &e.recipient,
-                &e.visitor,
-                target,
-            )),
+            kind => commit
+                .events
+                .push(events::track(kind, stamp()?, &t, &r, &e.visitor, link)),
         }
         let source = match e.kind {
             EventType::ListUnsubscribe => Some(SOURCE_LIST_UNSUBSCRIBE),
@@ -266,6 +271,7 @@ async fn record(
         recipient: data.recipient,
         link_index: data.link_index,
         url: data.url,
+        link_name: data.link_name,
         visitor,
     };
     let result = state.sink.record(event).await;

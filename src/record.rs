@@ -4,6 +4,7 @@
 
 use crate::api::plan::{Delivery, MessageFacts, Plan, from_header_address};
 use crate::api::recipients::RcptType;
+use crate::config::Config;
 use crate::events::{self, Recipient, Stamp, Transmission};
 use crate::ids::IdError;
 use crate::store::Commit;
@@ -17,6 +18,8 @@ pub struct Handed {
     pub original_size: Option<usize>,
     /// Per copy, in the plan's order: its queue id (from the MTA's reply) and size.
     pub copies: Vec<(Option<String>, usize)>,
+    /// The message has an AMPHTML part.
+    pub amp_enabled: bool,
 }
 
 /// The queue id in an MTA's reply to a message: Postfix's `250 2.0.0 Ok: queued as
@@ -46,17 +49,30 @@ fn subject(facts: &MessageFacts) -> Option<String> {
     message.subject().map(str::to_owned)
 }
 
-/// The shared facts of the plan's transmission.
-pub fn transmission(plan: &Plan, facts: &MessageFacts, now_ms: u64) -> Transmission {
+/// The shared facts of the plan's transmission (its recipients are added as they are
+/// recorded).
+pub fn transmission(
+    plan: &Plan,
+    facts: &MessageFacts,
+    handed: &Handed,
+    config: &Config,
+    now_ms: u64,
+) -> Transmission {
     let api = plan.api.as_ref();
     let options = api.map(|a| &a.options);
+    let friendly_from = facts.from_header().as_deref().and_then(from_header_address);
+    let sending_domain = friendly_from
+        .as_deref()
+        .and_then(|a| a.rsplit_once('@'))
+        .map(|(_, d)| d.to_ascii_lowercase());
     Transmission {
         transmission_id: plan.transmission_id.clone(),
         campaign_id: api.and_then(|a| a.campaign_id.clone()),
         tags: api.map(|a| a.tags.clone()).unwrap_or_default(),
         metadata: api.and_then(|a| a.metadata.clone()).unwrap_or_default(),
         subaccount_id: plan.subaccount_id,
-        friendly_from: facts.from_header().as_deref().and_then(from_header_address),
+        friendly_from,
+        sending_domain,
         msg_from: plan
             .mail_from
             .clone()
@@ -66,6 +82,16 @@ pub fn transmission(plan: &Plan, facts: &MessageFacts, now_ms: u64) -> Transmiss
         injection_ms: now_ms,
         transactional: plan.transactional(),
         sandbox: options.and_then(|o| o.sandbox).unwrap_or(false),
+        sending_ip: config
+            .sending_ip(plan.ip_pool.as_deref())
+            .map(|ip| ip.to_string()),
+        customer_id: Some(config.events.customer_id.clone()),
+        click_tracking: plan.engagement.click_tracking,
+        open_tracking: plan.engagement.open_tracking,
+        // The initial-open pixel goes in with the other one.
+        initial_pixel: plan.engagement.open_tracking,
+        amp_enabled: handed.amp_enabled,
+        recipients: Default::default(),
     }
 }
 
@@ -78,10 +104,11 @@ pub fn accepted(
     plan: &Plan,
     facts: &MessageFacts,
     handed: &Handed,
+    config: &Config,
     now_ms: u64,
     mut next_id: impl FnMut() -> Result<u64, IdError>,
 ) -> Result<Commit, IdError> {
-    let t = transmission(plan, facts, now_ms);
+    let mut t = transmission(plan, facts, handed, config, now_ms);
     let timestamp = now_ms / 1000;
     let mut stamp = || -> Result<Stamp, IdError> {
         Ok(Stamp {
@@ -111,6 +138,7 @@ pub fn accepted(
             queue_id,
             msg_size,
         };
+        t.add_recipient(&recipient);
         events.push(events::injection(stamp()?, &t, &recipient));
     }
     for r in &plan.suppressed {
@@ -121,14 +149,14 @@ pub fn accepted(
             queue_id: handed.queue_id.clone(),
             msg_size: None,
         };
+        t.add_recipient(&recipient);
         events.push(events::injection(stamp()?, &t, &recipient));
         events.push(events::suppressed(stamp()?, &t, &recipient));
     }
     Ok(Commit {
         events,
         transmission: Some(t),
-        suppress: Vec::new(),
-        cursor: None,
+        ..Commit::default()
     })
 }
 

@@ -20,6 +20,8 @@ pub struct Rendered {
     pub copies: Vec<Copy>,
     /// The original's `DKIM-Signature` value, inserted first (index 0).
     pub signature: Option<String>,
+    /// The message has an AMPHTML part.
+    pub amp_enabled: bool,
 }
 
 /// Links of one recipient's message, when tracking is configured.
@@ -138,15 +140,18 @@ pub fn render(
     config: &Config,
     now: u64,
 ) -> Result<Rendered, Rejection> {
-    if !body.is_empty() && mime::check_amp(&facts.headers, body).is_err() {
-        return Err(Rejection::AmpPlacement);
-    }
+    // The body is read for every multipart message, so an AMP part is always seen.
+    let amp_enabled = !body.is_empty()
+        && mime::check_amp(&facts.headers, body).map_err(|_| Rejection::AmpPlacement)?;
     let settings = LinkSettings::new(plan, config, now);
     fn links<'a>(settings: &'a Option<LinkSettings>, rcpt: &'a str) -> Option<Links<'a>> {
         settings.as_ref().map(|s| s.for_recipient(rcpt))
     }
     let engagement = &plan.engagement;
-    let mut rendered = Rendered::default();
+    let mut rendered = Rendered {
+        amp_enabled,
+        ..Rendered::default()
+    };
 
     // Parsed once; each recipient's body is rewritten from it.
     let prepared = if engagement.rewrites_body() {

@@ -146,6 +146,7 @@ async fn a_signed_target_that_is_no_web_url_is_refused() {
                 recipient: "a@b".into(),
                 link_index: 0,
                 url: target.into(),
+                link_name: String::new(),
                 expires: u32::MAX,
             },
         );

@@ -202,12 +202,17 @@ async fn suppressed_recipients_are_removed_with_their_events() {
             .unwrap()
             .starts_with("bounces+")
     );
-    // Every scalar is a string; ids are unique.
+    // Every scalar is a string but the four flags SparkPost sends as booleans; ids are
+    // unique.
     let mut ids = std::collections::HashSet::new();
     for (_, e) in &events {
         for (k, v) in e.as_object().unwrap() {
-            if k != "rcpt_meta" && k != "rcpt_tags" {
-                assert!(v.is_string(), "{k}: {v}");
+            match k.as_str() {
+                "rcpt_meta" | "rcpt_tags" => {}
+                "click_tracking" | "open_tracking" | "initial_pixel" | "amp_enabled" => {
+                    assert!(v.is_boolean(), "{k}: {v}")
+                }
+                _ => assert!(v.is_string(), "{k}: {v}"),
             }
         }
         assert!(ids.insert(e["event_id"].as_str().unwrap().to_owned()));
@@ -216,6 +221,14 @@ async fn suppressed_recipients_are_removed_with_their_events() {
     let tid = injection["transmission_id"].as_str().unwrap();
     let t: Transmission = store.transmission(tid).await.unwrap().unwrap();
     assert_eq!(t.campaign_id.as_deref(), Some("spring"));
+    // And every recipient's own message, for the events that come later.
+    let cc = t.recipient("CC@example.org");
+    assert_eq!(cc.rcpt_type, Some("cc"));
+    assert_eq!(cc.message_id, events[1].1["message_id"].as_str().unwrap());
+    assert_eq!(cc.queue_id.as_deref(), Some("4QUEUEID"));
+    let sup2 = t.recipient("sup2@example.org");
+    assert_eq!(sup2.rcpt_type, Some("cc"));
+    assert_eq!(t.recipient("nobody@example.org").message_id, "");
 }
 
 #[tokio::test]

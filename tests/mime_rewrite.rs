@@ -176,7 +176,7 @@ fn base64_part_at_depth_three_and_other_parts_byte_for_byte() {
             .contains("https://t.example/c/0")
     );
     assert!(max_line(&out) <= 76);
-    assert_eq!(check_amp(&headers, &out), Ok(()));
+    assert_eq!(check_amp(&headers, &out), Ok(true));
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn amp_rule_both_ways() {
         "Content-Type: multipart/alternative; boundary=a\n\n--a\nContent-Type: text/plain\n\nx\n--a\n{amp}\n--a--\n"
     );
     let (h, b) = split(&good);
-    assert_eq!(check_amp(&h, &b), Ok(()));
+    assert_eq!(check_amp(&h, &b), Ok(true));
     let no_sibling =
         format!("Content-Type: multipart/alternative; boundary=a\n\n--a\n{amp}\n--a--\n");
     let in_mixed = format!(

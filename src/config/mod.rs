@@ -18,6 +18,8 @@ pub struct Envelope {
     /// The pool of messages that name none (SparkPost: the account's default dedicated
     /// pool); `options.ip_pool = "sp_shared"` still takes the MTA's default route.
     pub default_ip_pool: Option<String>,
+    /// The address the default route sends from (events' `sending_ip`).
+    pub sending_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for Envelope {
@@ -27,6 +29,7 @@ impl Default for Envelope {
             bounce_local_part: LocalPart::default(),
             rewrite: true,
             default_ip_pool: None,
+            sending_ip: None,
         }
     }
 }
@@ -160,6 +163,8 @@ pub struct Events {
     pub jsonl: Option<PathBuf>,
     /// Days delivered events stay in the store (`events tail`, `events replay`).
     pub retention_days: u32,
+    /// SparkPost's `customer_id` in every event (its account number there).
+    pub customer_id: String,
 }
 
 impl Default for Events {
@@ -167,6 +172,7 @@ impl Default for Events {
         Self {
             jsonl: None,
             retention_days: 7,
+            customer_id: crate::events::DEFAULT_CUSTOMER_ID.to_owned(),
         }
     }
 }
@@ -302,6 +308,9 @@ pub struct IpPool {
     /// `smtp_pool_a:[relay.example]:25`. A pool without one takes the default route.
     #[serde(default)]
     pub transport: Option<String>,
+    /// The address this pool's transport sends from (events' `sending_ip`).
+    #[serde(default)]
+    pub sending_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -666,6 +675,15 @@ impl Config {
 
     pub fn ip_pool_names(&self) -> Vec<String> {
         self.ip_pools.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The address mail of `pool` leaves from: the pool's `sending_ip`, else the default
+    /// route's (`[envelope] sending_ip`); `None` when not configured.
+    pub fn sending_ip(&self, pool: Option<&str>) -> Option<std::net::IpAddr> {
+        pool.filter(|p| *p != "sp_shared")
+            .and_then(|p| self.ip_pools.iter().find(|c| c.name == p))
+            .and_then(|c| c.sending_ip)
+            .or(self.envelope.sending_ip)
     }
 
     pub fn dkim_key_names(&self) -> Vec<String> {

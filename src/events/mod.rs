@@ -1,12 +1,14 @@
 //! Events in SparkPost's webhook format (pure): what happened to a message, built from
 //! the facts of its transmission, serialised exactly as SparkPost's consumers parse it.
-//! Every scalar is a JSON string; `timestamp` is Unix seconds; `rcpt_meta` an object
-//! and `rcpt_tags` an array, also when empty.
+//! Every scalar is a JSON string but the four message flags SparkPost sends as booleans
+//! (`click_tracking`, `open_tracking`, `initial_pixel`, `amp_enabled`); `timestamp` is
+//! Unix seconds; `rcpt_meta` an object and `rcpt_tags` an array, also when empty.
 
 pub mod sink;
 pub mod webhook;
 
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// SparkPost's event types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,9 +141,76 @@ pub struct Transmission {
     pub injection_ms: u64,
     pub transactional: bool,
     pub sandbox: bool,
+    /// The From: header's domain.
+    pub sending_domain: Option<String>,
+    /// The address the message leaves from, when configured (`sending_ip` of its pool).
+    pub sending_ip: Option<String>,
+    /// `[events] customer_id`.
+    pub customer_id: Option<String>,
+    pub click_tracking: bool,
+    pub open_tracking: bool,
+    /// The `initial_open` pixel was put at the top of the HTML.
+    pub initial_pixel: bool,
+    /// The message has an AMPHTML part.
+    pub amp_enabled: bool,
+    /// Every recipient's own message, by lower-cased address: what later events about
+    /// the recipient (opens, clicks, bounces, complaints) say of it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub recipients: BTreeMap<String, RecipientFacts>,
+}
+
+/// One recipient's message, as stored with its transmission.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RecipientFacts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcpt_type: Option<String>,
+    pub message_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg_size: Option<u64>,
+}
+
+/// `cc`, `bcc`, `archive` as the static names events use; anything else is none.
+pub fn static_rcpt_type(kind: Option<&str>) -> Option<&'static str> {
+    match kind? {
+        "cc" => Some("cc"),
+        "bcc" => Some("bcc"),
+        "archive" => Some("archive"),
+        _ => None,
+    }
 }
 
 impl Transmission {
+    /// Remember `r`'s message for the events that come later.
+    pub fn add_recipient(&mut self, r: &Recipient) {
+        self.recipients.insert(
+            r.raw.to_lowercase(),
+            RecipientFacts {
+                rcpt_type: r.rcpt_type.map(str::to_owned),
+                message_id: r.message_id.clone(),
+                queue_id: r.queue_id.clone(),
+                msg_size: r.msg_size.map(|s| s as u64),
+            },
+        );
+    }
+
+    /// Recipient `raw` with what the transmission knows of its message (nothing for a
+    /// transmission stored before recipients were, or an address it did not go to).
+    pub fn recipient(&self, raw: &str) -> Recipient {
+        let facts = self.recipients.get(&raw.to_lowercase());
+        Recipient {
+            raw: raw.to_owned(),
+            rcpt_type: facts.and_then(|f| static_rcpt_type(f.rcpt_type.as_deref())),
+            message_id: facts.map(|f| f.message_id.clone()).unwrap_or_default(),
+            queue_id: facts.and_then(|f| f.queue_id.clone()),
+            msg_size: facts
+                .and_then(|f| f.msg_size)
+                .and_then(|s| usize::try_from(s).ok()),
+        }
+    }
+
     /// The stored form.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -244,14 +313,15 @@ fn routing_domain(rcpt: &str) -> Option<String> {
     rcpt.rsplit_once('@').map(|(_, d)| d.to_lowercase())
 }
 
-/// The fields every event of a recipient starts with.
+/// The fields every event of a recipient starts with, its message's included.
 fn base(
     kind: EventType,
     stamp: Stamp,
     t: &Transmission,
-    rcpt: &str,
+    r: &Recipient,
     meta_limit: Option<usize>,
 ) -> Map<String, Value> {
+    let rcpt = r.raw.as_str();
     let mut m = Map::new();
     m.insert("type".into(), s(kind.as_str()));
     m.insert("event_id".into(), s(stamp.event_id.to_string()));
@@ -259,7 +329,12 @@ fn base(
     m.insert("transmission_id".into(), s(&t.transmission_id));
     m.insert("rcpt_to".into(), s(rcpt.to_lowercase()));
     m.insert("raw_rcpt_to".into(), s(rcpt));
+    message_fields(&mut m, r);
     put_opt(&mut m, "campaign_id", t.campaign_id.as_deref());
+    m.insert(
+        "customer_id".into(),
+        s(t.customer_id.as_deref().unwrap_or(DEFAULT_CUSTOMER_ID)),
+    );
     m.insert(
         "rcpt_tags".into(),
         Value::Array(t.tags.iter().map(s).collect()),
@@ -276,18 +351,34 @@ fn base(
     if !t.msg_from.is_empty() {
         m.insert("msg_from".into(), s(&t.msg_from));
     }
+    put_opt(&mut m, "sending_domain", t.sending_domain.as_deref());
     put_opt(&mut m, "subject", t.subject.as_deref());
     put_opt(&mut m, "ip_pool", t.ip_pool.as_deref());
-    put_opt(&mut m, "routing_domain", routing_domain(rcpt).as_deref());
+    put_opt(&mut m, "sending_ip", t.sending_ip.as_deref());
+    let domain = routing_domain(rcpt);
+    put_opt(&mut m, "routing_domain", domain.as_deref());
+    put_opt(&mut m, "recipient_domain", domain.as_deref());
     if t.injection_ms > 0 {
         m.insert("injection_time".into(), s(iso8601(t.injection_ms)));
     }
     m.insert("transactional".into(), flag(t.transactional));
+    m.insert("click_tracking".into(), Value::Bool(t.click_tracking));
+    m.insert("open_tracking".into(), Value::Bool(t.open_tracking));
+    m.insert("initial_pixel".into(), Value::Bool(t.initial_pixel));
+    m.insert("amp_enabled".into(), Value::Bool(t.amp_enabled));
+    // Every message msys-milter sees came in and goes out by SMTP.
+    m.insert("recv_method".into(), s("esmtp"));
+    if kind != EventType::Injection {
+        m.insert("delv_method".into(), s("esmtp"));
+    }
     if t.sandbox {
         m.insert("sandbox".into(), s("true"));
     }
     m
 }
+
+/// SparkPost's `customer_id` when `[events] customer_id` is not set.
+pub const DEFAULT_CUSTOMER_ID: &str = "1";
 
 fn event(kind: EventType, stamp: Stamp, t: &Transmission, fields: Map<String, Value>) -> Event {
     Event {
@@ -299,10 +390,12 @@ fn event(kind: EventType, stamp: Stamp, t: &Transmission, fields: Map<String, Va
     }
 }
 
-/// The fields of one delivered message to one recipient.
+/// The fields of one delivered message to one recipient (what is known of it).
 fn message_fields(m: &mut Map<String, Value>, r: &Recipient) {
     put_opt(m, "rcpt_type", r.rcpt_type);
-    m.insert("message_id".into(), s(&r.message_id));
+    if !r.message_id.is_empty() {
+        m.insert("message_id".into(), s(&r.message_id));
+    }
     put_opt(m, "queue_id", r.queue_id.as_deref());
     if let Some(size) = r.msg_size {
         m.insert("msg_size".into(), s(size.to_string()));
@@ -311,17 +404,33 @@ fn message_fields(m: &mut Map<String, Value>, r: &Recipient) {
 
 /// `injection`: the message was accepted for this recipient.
 pub fn injection(stamp: Stamp, t: &Transmission, r: &Recipient) -> Event {
-    let mut m = base(EventType::Injection, stamp, t, &r.raw, None);
-    message_fields(&mut m, r);
-    m.insert("recv_method".into(), s("esmtp"));
+    let m = base(EventType::Injection, stamp, t, r, None);
     event(EventType::Injection, stamp, t, m)
+}
+
+/// What a delivery attempt told: the remote server, how long the message had been
+/// queued, how many attempts failed before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// The remote server's address.
+    pub ip_address: Option<String>,
+    /// Milliseconds from injection to this attempt.
+    pub queue_time_ms: Option<u64>,
+    pub num_retries: u32,
+}
+
+fn attempt_fields(m: &mut Map<String, Value>, a: &Attempt) {
+    put_opt(m, "ip_address", a.ip_address.as_deref());
+    if let Some(ms) = a.queue_time_ms {
+        m.insert("queue_time".into(), s(ms.to_string()));
+    }
+    m.insert("num_retries".into(), s(a.num_retries.to_string()));
 }
 
 /// `bounce` for a recipient on the suppression list (after its `injection`), as
 /// SparkPost reports it: bounce class 25, error code 554.
 pub fn suppressed(stamp: Stamp, t: &Transmission, r: &Recipient) -> Event {
-    let mut m = base(EventType::Bounce, stamp, t, &r.raw, None);
-    message_fields(&mut m, r);
+    let mut m = base(EventType::Bounce, stamp, t, r, None);
     m.insert("bounce_class".into(), s("25"));
     m.insert("error_code".into(), s("554"));
     m.insert("reason".into(), s(SUPPRESSED_REASON));
@@ -340,37 +449,31 @@ pub struct Bounce {
     pub raw_reason: String,
 }
 
-/// `bounce`, `out_of_band` or `delay` from a DSN or bounce message.
-pub fn bounce(kind: EventType, stamp: Stamp, t: &Transmission, rcpt: &str, b: &Bounce) -> Event {
-    let mut m = base(kind, stamp, t, rcpt, None);
+/// `bounce`, `out_of_band` or `delay`, from the MTA's log or a returned message.
+pub fn bounce(
+    kind: EventType,
+    stamp: Stamp,
+    t: &Transmission,
+    r: &Recipient,
+    b: &Bounce,
+    a: &Attempt,
+) -> Event {
+    let mut m = base(kind, stamp, t, r, None);
     m.insert("bounce_class".into(), s(b.bounce_class.to_string()));
     if let Some(code) = b.error_code {
         m.insert("error_code".into(), s(code.to_string()));
     }
-    m.insert("reason".into(), s(redact_addresses(&b.raw_reason)));
+    m.insert("reason".into(), s(redact(&b.raw_reason)));
     m.insert("raw_reason".into(), s(&b.raw_reason));
-    m.insert("num_retries".into(), s("0"));
+    attempt_fields(&mut m, a);
     event(kind, stamp, t, m)
 }
 
 /// `delivery`: the MTA handed the message to the recipient's server.
-pub fn delivery(
-    stamp: Stamp,
-    t: &Transmission,
-    r: &Recipient,
-    ip_address: Option<&str>,
-    queue_time_ms: Option<u64>,
-    num_retries: u32,
-) -> Event {
+pub fn delivery(stamp: Stamp, t: &Transmission, r: &Recipient, a: &Attempt) -> Event {
     let kind = EventType::Delivery;
-    let mut m = base(kind, stamp, t, &r.raw, None);
-    message_fields(&mut m, r);
-    put_opt(&mut m, "ip_address", ip_address);
-    if let Some(ms) = queue_time_ms {
-        m.insert("queue_time".into(), s(ms.to_string()));
-    }
-    m.insert("num_retries".into(), s(num_retries.to_string()));
-    m.insert("delv_method".into(), s("esmtp"));
+    let mut m = base(kind, stamp, t, r, None);
+    attempt_fields(&mut m, a);
     event(kind, stamp, t, m)
 }
 
@@ -378,20 +481,26 @@ pub fn delivery(
 pub fn spam_complaint(
     stamp: Stamp,
     t: &Transmission,
-    rcpt: &str,
+    r: &Recipient,
     fbtype: &str,
     report_by: Option<&str>,
     report_to: &str,
 ) -> Event {
     let kind = EventType::SpamComplaint;
-    let mut m = base(kind, stamp, t, rcpt, None);
+    let mut m = base(kind, stamp, t, r, None);
     m.insert("fbtype".into(), s(fbtype));
     put_opt(&mut m, "report_by", report_by);
     m.insert("report_to".into(), s(report_to));
     event(kind, stamp, t, m)
 }
 
-/// SparkPost's `reason`: the reply with every address written as `...@...`.
+/// SparkPost's `reason`: the reply with every address written as `...@...` and every
+/// IPv4 address as `a.b.c.d`.
+pub fn redact(text: &str) -> String {
+    redact_ips(&redact_addresses(text))
+}
+
+/// The reply with every e-mail address written as `...@...`.
 pub fn redact_addresses(text: &str) -> String {
     text.split_inclusive(|c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c))
         .map(|word| {
@@ -407,6 +516,40 @@ pub fn redact_addresses(text: &str) -> String {
         .collect()
 }
 
+/// Every run of digits and dots that is an IPv4 address, as `a.b.c.d`. Other numbers
+/// (status codes `5.1.1`, versions) stay.
+fn redact_ips(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let (before, from) = rest.split_at(start);
+        out.push_str(before);
+        let end = from
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(from.len());
+        let run = &from[..end];
+        // A run glued to a letter or digit group before it (`x1.2.3.4`) is a name.
+        let glued = before
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !glued
+            && run
+                .trim_end_matches('.')
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok()
+        {
+            out.push_str("a.b.c.d");
+            out.push_str(&run[run.trim_end_matches('.').len()..]);
+        } else {
+            out.push_str(run);
+        }
+        rest = &from[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// What a request to the HTTP endpoint tells about who made it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Visitor {
@@ -416,37 +559,59 @@ pub struct Visitor {
     pub machine: bool,
 }
 
-/// `open`, `initial_open` or `click` (`target` for clicks).
+/// A followed link: its target and its `data-msys-linkname`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link<'a> {
+    pub url: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+fn link_fields(m: &mut Map<String, Value>, link: Link<'_>) {
+    put_opt(m, "target_link_url", link.url);
+    put_opt(m, "target_link_name", link.name);
+}
+
+/// `open`, `initial_open` or `click` (`link` for clicks).
 pub fn track(
     kind: EventType,
     stamp: Stamp,
     t: &Transmission,
-    rcpt: &str,
+    r: &Recipient,
     visitor: &Visitor,
-    target: Option<&str>,
+    link: Link<'_>,
 ) -> Event {
-    let mut m = base(kind, stamp, t, rcpt, Some(TRACK_META_LIMIT));
+    let mut m = base(kind, stamp, t, r, Some(TRACK_META_LIMIT));
     put_opt(&mut m, "user_agent", visitor.user_agent.as_deref());
     put_opt(&mut m, "ip_address", visitor.ip_address.as_deref());
-    put_opt(&mut m, "target_link_url", target);
+    link_fields(&mut m, link);
     m.insert("machine_open".into(), s(visitor.machine.to_string()));
     event(kind, stamp, t, m)
 }
 
-/// `list_unsubscribe` (one-click or mailto:) or `link_unsubscribe`.
+/// `list_unsubscribe` (one-click, with its `visitor`, or mailto:) or `link_unsubscribe`
+/// (with the followed `link`).
 pub fn unsubscribe(
     kind: EventType,
     stamp: Stamp,
     t: &Transmission,
-    rcpt: &str,
+    r: &Recipient,
     visitor: Option<&Visitor>,
+    link: Link<'_>,
 ) -> Event {
-    let mut m = base(kind, stamp, t, rcpt, None);
-    m.insert("mailfrom".into(), s(rcpt));
-    if kind == EventType::LinkUnsubscribe
-        && let Some(ua) = visitor.and_then(|v| v.user_agent.as_deref())
-    {
-        m.insert("user_agent".into(), s(ua));
+    let mut m = base(kind, stamp, t, r, None);
+    m.insert("mailfrom".into(), s(&r.raw));
+    put_opt(
+        &mut m,
+        "ip_address",
+        visitor.and_then(|v| v.ip_address.as_deref()),
+    );
+    if kind == EventType::LinkUnsubscribe {
+        put_opt(
+            &mut m,
+            "user_agent",
+            visitor.and_then(|v| v.user_agent.as_deref()),
+        );
+        link_fields(&mut m, link);
     }
     event(kind, stamp, t, m)
 }

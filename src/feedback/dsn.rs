@@ -13,6 +13,11 @@ pub struct Report {
     pub recipients: Vec<RecipientReport>,
     /// Facts from the returned original message (or its headers), when included.
     pub original: Original,
+    /// The report's `Date:` (Unix seconds): when it was written, i.e. at the attempt
+    /// that gave up or was delayed.
+    pub date: Option<u64>,
+    /// `Arrival-Date` (Unix seconds): when the reporting MTA received the original.
+    pub arrival: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,6 +44,31 @@ pub struct RecipientReport {
     /// The remote server's reply (`Diagnostic-Code` without its type).
     pub diagnostic: Option<String>,
     pub remote_mta: Option<String>,
+    /// `Last-Attempt-Date` (Unix seconds).
+    pub last_attempt: Option<u64>,
+}
+
+impl RecipientReport {
+    /// The remote server's address when `Remote-MTA` gives one (`192.0.2.1`, or a name
+    /// followed by `[192.0.2.1]`), not a host name.
+    pub fn remote_ip(&self) -> Option<String> {
+        let mta = self.remote_mta.as_deref()?.trim();
+        let inner = match mta.rsplit_once('[') {
+            Some((_, rest)) => rest.split(']').next()?,
+            None => mta,
+        };
+        let inner = inner.strip_prefix("IPv6:").unwrap_or(inner);
+        inner
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| ip.to_string())
+    }
+}
+
+/// An RFC 5322 date field's value as Unix seconds.
+fn date_value(value: &str) -> Option<u64> {
+    let date = mail_parser::DateTime::parse_rfc822(value.trim())?;
+    u64::try_from(date.to_timestamp()).ok()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +129,7 @@ pub fn parse(raw: &[u8]) -> Report {
                     status: None,
                     diagnostic: message.subject().map(str::to_owned),
                     remote_mta: None,
+                    last_attempt: None,
                 })
                 .into_iter()
                 .collect(),
@@ -163,6 +194,7 @@ fn delivery_status(message: &Message) -> Option<Report> {
                     .map(|s| s.split_whitespace().next().unwrap_or("").to_owned()),
                 diagnostic: field(&block, "diagnostic-code").map(strip_type),
                 remote_mta: field(&block, "remote-mta").map(strip_type),
+                last_attempt: field(&block, "last-attempt-date").and_then(|d| date_value(&d)),
             })
         })
         .collect();
@@ -171,6 +203,10 @@ fn delivery_status(message: &Message) -> Option<Report> {
         reporting_mta,
         recipients,
         original,
+        date: message
+            .date()
+            .and_then(|d| u64::try_from(d.to_timestamp()).ok()),
+        arrival: field(&per_message, "arrival-date").and_then(|d| date_value(&d)),
     })
 }
 
@@ -329,6 +365,7 @@ fn plain_text(m: &Message) -> Option<Report> {
                     Action::Failed
                 },
                 remote_mta: None,
+                last_attempt: None,
             });
         }
     };
@@ -355,6 +392,8 @@ fn plain_text(m: &Message) -> Option<Report> {
         reporting_mta: None,
         recipients,
         original,
+        date: m.date().and_then(|d| u64::try_from(d.to_timestamp()).ok()),
+        arrival: None,
     })
 }
 

@@ -5,7 +5,7 @@
 //! across restarts); rotation (a new file at the path) and truncation are followed.
 
 use super::classify::{self, BounceClass};
-use super::maillog::{self, Status};
+use super::maillog::{self, LineTime, Status};
 use super::{FeedbackAddress, feedback_address};
 use crate::config::Config;
 use crate::events::{self, Bounce, EventType, Recipient, Stamp, Transmission};
@@ -29,8 +29,6 @@ pub struct Follower {
     pub store: Arc<dyn Store>,
     pub ids: Arc<IdGenerator>,
     pub config: Arc<Config>,
-    /// Deferrals seen per (queue id, recipient), for `num_retries`.
-    retries: HashMap<(String, String), u32>,
 }
 
 /// Where in which file.
@@ -68,7 +66,6 @@ impl Follower {
             store,
             ids,
             config,
-            retries: HashMap::new(),
         }
     }
 
@@ -202,7 +199,7 @@ impl Follower {
             let mut ids: Vec<String> = attempts.iter().map(|a| a.queue_id.to_owned()).collect();
             ids.sort();
             ids.dedup();
-            let queued: HashMap<(String, String), Queued> = self
+            let mut queued: HashMap<(String, String), Queued> = self
                 .store
                 .queued(&ids)
                 .await?
@@ -212,7 +209,7 @@ impl Follower {
             let mut transmissions: HashMap<String, Option<Transmission>> = HashMap::new();
             let now = crate::ids::unix_secs();
             for a in &attempts {
-                let Some(q) = queued.get(&(a.queue_id.to_owned(), a.to.to_lowercase())) else {
+                let Some(q) = queued.get_mut(&(a.queue_id.to_owned(), a.to.to_lowercase())) else {
                     continue;
                 };
                 if !transmissions.contains_key(&q.transmission_id) {
@@ -227,7 +224,7 @@ impl Follower {
                 };
                 let stamp = Stamp {
                     event_id,
-                    timestamp: now,
+                    timestamp: attempt_time(a.time, now),
                 };
                 self.attempt(a, q, t, stamp, &mut commit);
             }
@@ -238,18 +235,19 @@ impl Follower {
         Ok(())
     }
 
+    /// The events (and suppression) of one attempt. `q.retries` counts the deferrals so
+    /// far, those of this chunk included; the store adds the new ones with the commit.
     fn attempt(
-        &mut self,
+        &self,
         a: &maillog::Attempt,
-        q: &Queued,
+        q: &mut Queued,
         t: &Transmission,
         stamp: Stamp,
         commit: &mut Commit,
     ) {
-        let key = (q.queue_id.clone(), q.rcpt.clone());
         let recipient = Recipient {
             raw: q.raw_rcpt.clone(),
-            rcpt_type: static_rcpt_type(q.rcpt_type.as_deref()),
+            rcpt_type: events::static_rcpt_type(q.rcpt_type.as_deref()),
             message_id: q.message_id.clone().unwrap_or_default(),
             queue_id: Some(q.queue_id.clone()),
             msg_size: q.msg_size.and_then(|s| usize::try_from(s).ok()),
@@ -260,16 +258,20 @@ impl Follower {
             error_code: classify::reply_code(reply),
             raw_reason: reply.to_owned(),
         };
+        let facts = events::Attempt {
+            ip_address: a.ip.map(str::to_owned),
+            queue_time_ms: a.delay.map(|d| (d * 1000.0).round() as u64),
+            num_retries: q.retries,
+        };
         match a.status {
             Status::Sent => {
-                let retries = self.retries.remove(&key).unwrap_or(0);
-                let queue_ms = a.delay.map(|d| (d * 1000.0).round() as u64);
-                commit.events.push(events::delivery(
-                    stamp, t, &recipient, a.ip, queue_ms, retries,
-                ));
+                commit
+                    .events
+                    .push(events::delivery(stamp, t, &recipient, &facts));
             }
             Status::Deferred => {
-                *self.retries.entry(key).or_insert(0) += 1;
+                q.retries += 1;
+                commit.retried.push((q.queue_id.clone(), q.rcpt.clone()));
                 let class = match classify::classify(a.dsn, reply) {
                     c if c.is_hard() => BounceClass::SoftBounce,
                     c => c,
@@ -278,12 +280,12 @@ impl Follower {
                     EventType::Delay,
                     stamp,
                     t,
-                    &q.raw_rcpt,
+                    &recipient,
                     &bounce(class),
+                    &facts,
                 ));
             }
             Status::Bounced | Status::Expired => {
-                self.retries.remove(&key);
                 // Mail with our bounce address gets a DSN through the LMTP listener,
                 // which reports it; only mail without one is reported from the log.
                 if matches!(
@@ -297,8 +299,9 @@ impl Follower {
                     EventType::Bounce,
                     stamp,
                     t,
-                    &q.raw_rcpt,
+                    &recipient,
                     &bounce(class),
+                    &facts,
                 ));
                 if class.is_hard() {
                     commit.suppress.push(SuppressionEntry::new(
@@ -319,11 +322,55 @@ impl Follower {
     }
 }
 
-fn static_rcpt_type(kind: Option<&str>) -> Option<&'static str> {
-    match kind? {
-        "cc" => Some("cc"),
-        "bcc" => Some("bcc"),
-        "archive" => Some("archive"),
-        _ => None,
+/// Unix seconds of an attempt from its line's time stamp (a traditional one is local
+/// time of the last year that does not put it in the future); `now` when the line has
+/// none or it lies ahead of the clock.
+pub fn attempt_time(time: Option<LineTime>, now: u64) -> u64 {
+    let at = match time {
+        Some(LineTime::Exact(ms)) => Some(ms / 1000),
+        Some(LineTime::Local {
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        }) => {
+            let this_year = local_year(now);
+            let at = |year| local_time(year, month, day, hour, minute, second);
+            match at(this_year) {
+                // A December line read in January is last year's.
+                Some(t) if t > now + 86_400 => at(this_year - 1),
+                t => t,
+            }
+        }
+        None => None,
+    };
+    at.filter(|t| *t <= now + 60).unwrap_or(now)
+}
+
+fn local_year(now: u64) -> i32 {
+    let t = libc::time_t::try_from(now).unwrap_or(0);
+    // SAFETY: `localtime_r` writes only into `tm`, which lives for the call.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return 1970;
     }
+    tm.tm_year + 1900
+}
+
+/// The Unix time of a local wall-clock time (the system's time zone, DST decided by
+/// the date).
+fn local_time(year: i32, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<u64> {
+    let int = |v: u32| libc::c_int::try_from(v).ok();
+    // SAFETY: a zeroed `tm` is a valid value; `mktime` reads and normalises it in place.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = year - 1900;
+    tm.tm_mon = int(month)? - 1;
+    tm.tm_mday = int(day)?;
+    tm.tm_hour = int(hour)?;
+    tm.tm_min = int(minute)?;
+    tm.tm_sec = int(second)?;
+    tm.tm_isdst = -1;
+    let t = unsafe { libc::mktime(&mut tm) };
+    u64::try_from(t).ok()
 }

@@ -110,6 +110,7 @@ impl Inbound {
             recipient: data.recipient,
             link_index: 0,
             url: String::new(),
+            link_name: String::new(),
             visitor: crate::events::Visitor::default(),
         };
         match crate::http::EventSink::record(&sink, event).await {
@@ -136,6 +137,45 @@ impl Inbound {
                 Err(STORE_FAILED.into())
             }
         }
+    }
+
+    /// The configured names of our MTA and those the milter learnt (`j`).
+    async fn our_mtas(&self) -> Vec<String> {
+        let mut names = self.our_mtas.clone();
+        match self.store.cursor(super::MTA_NAMES_CURSOR).await {
+            Ok(Some(value)) => names.extend(super::mta_names(&value)),
+            Ok(None) => {}
+            // The configured names still hold; the DSN is then judged by them alone.
+            Err(e) => tracing::warn!("feedback: cannot read the MTA's names: {e}"),
+        }
+        names
+    }
+
+    /// Deferrals so far of the report's recipients, from what the log follower counted.
+    async fn retries(
+        &self,
+        t: &crate::events::Transmission,
+        report: &dsn::Report,
+    ) -> Result<super::Retries, Reply> {
+        let mut queue_ids: Vec<String> = report
+            .recipients
+            .iter()
+            .filter_map(|r| t.recipient(&r.recipient).queue_id)
+            .collect();
+        queue_ids.sort();
+        queue_ids.dedup();
+        if queue_ids.is_empty() {
+            return Ok(super::Retries::new());
+        }
+        let rows = self.store.queued(&queue_ids).await.map_err(|e| {
+            tracing::error!(transmission_id = %t.transmission_id, "feedback: {e}");
+            Reply::from(STORE_FAILED)
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter(|q| q.transmission_id == t.transmission_id)
+            .map(|q| (q.rcpt, q.retries))
+            .collect())
     }
 
     /// Commit what a message yields; a store failure is the MTA's cue to retry.
@@ -200,8 +240,9 @@ impl Inbound {
             return Err(self.kept(raw, "no transmission id"));
         };
         let transmission = self.transmission(&tid, raw, "unknown transmission").await?;
+        let our_mtas = self.our_mtas().await;
         // With the log followed, our own MTA's delay warnings would count deferrals twice.
-        let own_delays = self.log_reports_delays && super::in_band(report, &self.our_mtas);
+        let own_delays = self.log_reports_delays && super::in_band(report, &our_mtas);
         let filtered;
         let report = if own_delays {
             let mut r = report.clone();
@@ -212,10 +253,12 @@ impl Inbound {
             report
         };
         let now = crate::ids::unix_secs();
-        let (commit, found) = super::commit(report, &transmission, &self.our_mtas, now, || {
-            self.ids.next()
-        })
-        .map_err(|e| no_event_id(&tid, &e))?;
+        let retries = self.retries(&transmission, report).await?;
+        let (commit, found) =
+            super::commit(report, &transmission, &our_mtas, &retries, now, || {
+                self.ids.next()
+            })
+            .map_err(|e| no_event_id(&tid, &e))?;
         if found.is_empty() {
             return Err(self.kept(raw, "no failed or delayed recipient"));
         }

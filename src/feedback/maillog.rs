@@ -27,6 +27,100 @@ pub struct Attempt<'a> {
     pub status: Status,
     /// The text in parentheses after the status: the server's reply or Postfix's note.
     pub text: &'a str,
+    /// When the line was written: the time of the attempt.
+    pub time: Option<LineTime>,
+}
+
+/// A log line's time stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineTime {
+    /// RFC 3339 (`2026-12-02T14:00:02.123456+00:00`, rsyslog's precise format): Unix
+    /// milliseconds.
+    Exact(u64),
+    /// The traditional syslog stamp (`Dec  2 14:00:01`, Postfix's `maillog_file` too):
+    /// local time with no year.
+    Local {
+        month: u32,
+        day: u32,
+        hour: u32,
+        minute: u32,
+        second: u32,
+    },
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// The time stamp a log line starts with, if it has one.
+pub fn line_time(line: &str) -> Option<LineTime> {
+    let head = line.get(..line.len().min(40))?;
+    if head.as_bytes().first()?.is_ascii_digit() {
+        return rfc3339(head.split(' ').next()?).map(LineTime::Exact);
+    }
+    let mut words = head.split_whitespace();
+    let word = words.next()?;
+    let month = MONTHS.iter().position(|m| *m == word)? as u32 + 1;
+    let day: u32 = words.next()?.parse().ok()?;
+    let mut clock = words.next()?.split(':').map(|p| p.parse::<u32>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    ((1..=31).contains(&day) && hour < 24 && minute < 60 && second <= 60).then_some(
+        LineTime::Local {
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        },
+    )
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)` as Unix milliseconds.
+fn rfc3339(stamp: &str) -> Option<u64> {
+    let num = |s: &str| -> Option<i64> {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-');
+    let (y, mo, da) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let zone_at = time.find(['Z', 'z', '+', '-'])?;
+    let (clock, zone) = time.split_at(zone_at);
+    let (clock, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut c = clock.split(':');
+    let (h, mi, se) = (num(c.next()?)?, num(c.next()?)?, num(c.next()?)?);
+    let millis = if frac.is_empty() {
+        0
+    } else {
+        num(&format!("{:0<3}", &frac[..frac.len().min(3)]))?
+    };
+    let offset_minutes = match zone.as_bytes().first()? {
+        b'Z' | b'z' => 0,
+        sign => {
+            let (oh, om) = zone[1..].split_once(':')?;
+            let minutes = num(oh)? * 60 + num(om)?;
+            if *sign == b'-' { -minutes } else { minutes }
+        }
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let days = days_from_civil(y, mo as u32, da as u32);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_minutes * 60;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 impl Attempt<'_> {
@@ -75,6 +169,7 @@ fn postfix(line: &str) -> Option<Attempt<'_>> {
         dsn: f.dsn,
         status,
         text: in_parentheses(text),
+        time: line_time(line),
     })
 }
 
@@ -101,6 +196,7 @@ fn sendmail(line: &str) -> Option<Vec<Attempt<'_>>> {
         return None;
     };
     let delay = f.delay.and_then(sendmail_delay);
+    let time = line_time(line);
     let attempts = f
         .to?
         .split(',')
@@ -114,6 +210,7 @@ fn sendmail(line: &str) -> Option<Vec<Attempt<'_>>> {
             dsn: f.dsn,
             status,
             text,
+            time,
         })
         .collect();
     Some(attempts)
@@ -197,6 +294,46 @@ fn sendmail_delay(value: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_times() {
+        assert_eq!(
+            line_time("Dec  2 14:00:01 mta postfix/smtp[1]: x"),
+            Some(LineTime::Local {
+                month: 12,
+                day: 2,
+                hour: 14,
+                minute: 0,
+                second: 1
+            })
+        );
+        // 2026-12-02T14:00:02.123Z
+        let exact = 1_796_220_002_123;
+        assert_eq!(
+            line_time("2026-12-02T14:00:02.123456+00:00 mta postfix/smtp[1]: x"),
+            Some(LineTime::Exact(exact))
+        );
+        assert_eq!(
+            line_time("2026-12-02T15:30:02.123+01:30 mta x"),
+            Some(LineTime::Exact(exact))
+        );
+        assert_eq!(
+            line_time("2026-12-02T14:00:02Z mta x"),
+            Some(LineTime::Exact(exact - 123))
+        );
+        for bad in [
+            "",
+            "Foo  2 14:00:01 x",
+            "Dec 32 14:00:01 x",
+            "2026-13-02T14:00:02Z x",
+            "2026-12-02T14:00 x",
+            "Dec  2 25:00:00",
+        ] {
+            assert_eq!(line_time(bad), None, "{bad}");
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
 
     #[test]
     fn postfix_3_7_lines() {

@@ -88,6 +88,16 @@ pub fn transmission_of(
     }
 }
 
+/// The store cursor holding the host names our MTA calls itself (the milter's `j`
+/// macro: Postfix's `$myhostname`, Sendmail's `$j`), space-separated: remembered so a
+/// DSN that comes right after a restart is still known as ours.
+pub const MTA_NAMES_CURSOR: &str = "mta_names";
+
+/// The names in the stored value.
+pub fn mta_names(value: &str) -> Vec<String> {
+    value.split_whitespace().map(str::to_owned).collect()
+}
+
 /// Does the report come from our own MTA (it gave up: in-band)?
 pub fn in_band(report: &Report, our_mtas: &[String]) -> bool {
     report.kind == ReportKind::Dsn && is_ours(report.reporting_mta.as_deref(), our_mtas)
@@ -106,6 +116,10 @@ pub struct Finding {
     pub class: BounceClass,
     /// The reply as received (or the status code when there is no reply).
     pub reason: String,
+    /// The remote server's address, when the report gives it.
+    pub ip_address: Option<String>,
+    /// When the attempt was made (Unix seconds), when the report says.
+    pub attempted: Option<u64>,
 }
 
 /// The events and suppression entries a report yields for transmission `t`.
@@ -146,16 +160,24 @@ pub fn findings(report: &Report, our_mtas: &[String]) -> Vec<Finding> {
                     .clone()
                     .or_else(|| r.status.clone())
                     .unwrap_or_default(),
+                ip_address: r.remote_ip(),
+                attempted: r.last_attempt.or(report.date),
             })
         })
         .collect()
 }
 
-/// Build the commit for a report about transmission `t`.
+/// Deferred attempts so far per recipient (lower-cased), as the store counted them from
+/// the MTA's log.
+pub type Retries = std::collections::HashMap<String, u32>;
+
+/// Build the commit for a report about transmission `t`. Each event carries the time
+/// of the attempt the report tells of (never later than `now`).
 pub fn commit(
     report: &Report,
     t: &Transmission,
     our_mtas: &[String],
+    retries: &Retries,
     now: u64,
     mut next_id: impl FnMut() -> Result<u64, IdError>,
 ) -> Result<(Commit, Vec<Finding>), IdError> {
@@ -168,16 +190,28 @@ pub fn commit(
             error_code: classify::reply_code(&raw_reason),
             raw_reason: raw_reason.clone(),
         };
+        let at = finding.attempted.filter(|t| *t <= now).unwrap_or(now);
         let stamp = Stamp {
             event_id: next_id()?,
-            timestamp: now,
+            timestamp: at,
+        };
+        let attempt = events::Attempt {
+            ip_address: finding.ip_address.clone(),
+            queue_time_ms: (t.injection_ms > 0)
+                .then(|| (at * 1000).checked_sub(t.injection_ms))
+                .flatten(),
+            num_retries: retries
+                .get(&finding.recipient.to_lowercase())
+                .copied()
+                .unwrap_or(0),
         };
         commit.events.push(events::bounce(
             finding.kind,
             stamp,
             t,
-            &finding.recipient,
+            &t.recipient(&finding.recipient),
             &bounce,
+            &attempt,
         ));
         if finding.class.is_hard() {
             let kind = if t.transactional {
@@ -248,7 +282,7 @@ pub fn complaint_commit(
         events: vec![events::spam_complaint(
             stamp,
             t,
-            rcpt,
+            &t.recipient(rcpt),
             &c.fbtype,
             c.report_by.as_deref(),
             report_to,
@@ -266,7 +300,7 @@ pub fn complaint_commit(
             ),
             now,
         )],
-        cursor: None,
+        ..Commit::default()
     })
 }
 

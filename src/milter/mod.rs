@@ -37,7 +37,8 @@ const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_MAIL
 /// MTA's default lists, so every one we need is named here.
 const MACROS: [(MacroStage, &CStr); 3] = [
     // `v`, the MTA's version: Postfix's is "Postfix 3.7.11", Sendmail's "8.17.1.9".
-    (MacroStage::Mail, c"{auth_authen} {mail_addr} v"),
+    // `j`, its own name (Postfix's `$myhostname`): what its DSNs give as Reporting-MTA.
+    (MacroStage::Mail, c"{auth_authen} {mail_addr} v j"),
     (MacroStage::Rcpt, c"i {rcpt_addr}"),
     (MacroStage::Eom, c"i"),
 ];
@@ -152,6 +153,9 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
     if let Some(version) = cx.macros.get(c"v") {
         shared.note_mta(&version.to_string_lossy());
     }
+    if let Some(name) = cx.macros.get(c"j") {
+        shared.note_mta_name(&name.to_string_lossy()).await;
+    }
     let (status, outcome) = end_of_message(cx, &shared, &queue_id).await;
     crate::metrics::global().message(outcome, started.elapsed().as_secs_f64());
     status
@@ -221,6 +225,7 @@ async fn end_of_message(
         queue_id: Some(queue_id.to_owned()),
         original_size,
         copies: Vec::new(),
+        amp_enabled: rendered.amp_enabled,
     };
     if !copies.is_empty() {
         let kinds: Vec<_> = copies
@@ -280,7 +285,8 @@ async fn commit_events(
 ) -> Result<(), Reply> {
     let now_ms = crate::ids::unix_millis();
     let tid = &plan.transmission_id;
-    let commit = record::accepted(plan, facts, handed, now_ms, || shared.ids.next())
+    let config = &shared.settings().config;
+    let commit = record::accepted(plan, facts, handed, config, now_ms, || shared.ids.next())
         .map_err(|e| {
             tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: no event id: {e}");
             internal_error()

@@ -25,6 +25,8 @@ pub struct Shared {
     generated_secret: String,
     /// The MTA's version was looked at (once per process).
     mta_noted: AtomicBool,
+    /// The MTA's own names (`j`) known to be in the store.
+    mta_names: std::sync::Mutex<Vec<String>>,
 }
 
 /// What a configuration reload replaces; a message uses one snapshot from start to end.
@@ -48,6 +50,7 @@ impl Shared {
             settings: RwLock::new(Arc::new(Settings::new(config, &generated_secret))),
             generated_secret,
             mta_noted: AtomicBool::new(false),
+            mta_names: std::sync::Mutex::new(Vec::new()),
         };
         Ok(shared)
     }
@@ -96,6 +99,48 @@ impl Shared {
                  X-MSYS-Route header: remove `transport` from this [[ip_pool]] (README, section Sendmail)"
             );
         }
+    }
+
+    /// Remember the MTA's own name (the `j` macro) in the store, so the LMTP listener
+    /// knows its DSNs as in-band bounces, also right after a restart. After the first
+    /// message this is one lock and a comparison.
+    pub async fn note_mta_name(&self, name: &str) {
+        use crate::feedback::{MTA_NAMES_CURSOR, mta_names};
+        let name = name.trim();
+        let known = |names: &std::sync::Mutex<Vec<String>>| {
+            names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        };
+        if name.is_empty() || name.contains(char::is_whitespace) || known(&self.mta_names) {
+            return;
+        }
+        let mut names = match self.store.cursor(MTA_NAMES_CURSOR).await {
+            Ok(value) => value.as_deref().map(mta_names).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("cannot read the MTA's names from the store: {e}");
+                return;
+            }
+        };
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name.to_owned());
+            let commit = crate::store::Commit {
+                cursor: Some((MTA_NAMES_CURSOR.to_owned(), names.join(" "))),
+                ..crate::store::Commit::default()
+            };
+            if let Err(e) = self.store.commit(commit).await {
+                // Tried again at the next message.
+                tracing::warn!(mta_name = name, "cannot remember the MTA's name: {e}");
+                return;
+            }
+            tracing::info!(
+                mta_name = name,
+                "the MTA's own name: its DSNs (Reporting-MTA) are in-band bounces"
+            );
+        }
+        *self.mta_names.lock().unwrap_or_else(|p| p.into_inner()) = names;
     }
 
     /// Use a new configuration for messages that start from now on. The socket and the

@@ -22,6 +22,16 @@ pub trait LinkMaker {
     fn unsubscribe_click(&self, index: u16, target: &str) -> String {
         self.click(index, target)
     }
+    /// A link with a `data-msys-linkname` (`name`; empty for none), a plain or an
+    /// unsubscribe one; makers that do not record names make the unnamed URL.
+    fn named_click(&self, index: u16, target: &str, name: &str, unsubscribe: bool) -> String {
+        let _ = name;
+        if unsubscribe {
+            self.unsubscribe_click(index, target)
+        } else {
+            self.click(index, target)
+        }
+    }
 }
 
 impl LinkMaker for crate::tracking::Links<'_> {
@@ -36,6 +46,9 @@ impl LinkMaker for crate::tracking::Links<'_> {
     }
     fn unsubscribe_click(&self, index: u16, target: &str) -> String {
         crate::tracking::Links::unsubscribe_click(self, index, target)
+    }
+    fn named_click(&self, index: u16, target: &str, name: &str, unsubscribe: bool) -> String {
+        crate::tracking::Links::named_click(self, index, target, name, unsubscribe)
     }
 }
 
@@ -145,6 +158,13 @@ pub fn rewrite_html(
     let mut settings = RewriteStrSettings::new();
     if opts.click_tracking {
         settings = settings.append_element_content_handler(element!("a[href], area[href]", |el| {
+            // SparkPost's attribute: the name clicks report as `target_link_name`;
+            // ours to read, not the recipient's to see.
+            let name = el
+                .get_attribute("data-msys-linkname")
+                .map(|n| decode_entities(n.trim()))
+                .unwrap_or_default();
+            el.remove_attribute("data-msys-linkname");
             if el
                 .get_attribute("data-msys-clicktrack")
                 .is_some_and(|v| v.trim() == "0")
@@ -161,11 +181,7 @@ pub fn rewrite_html(
                 .is_some_and(|v| v.trim() == "1");
             // A URL too long for a token stays untracked rather than being cut.
             if is_web_url(&target) && target.len() <= crate::tracking::token::MAX_URL_LEN {
-                let tracked = if unsubscribe {
-                    links.unsubscribe_click(index.get(), &target)
-                } else {
-                    links.click(index.get(), &target)
-                };
+                let tracked = links.named_click(index.get(), &target, &name, unsubscribe);
                 index.set(index.get().saturating_add(1));
                 el.set_attribute("href", &tracked)?;
             }

@@ -289,13 +289,15 @@ pub fn rewrite(
 }
 
 /// docs/behaviour.md section 2: a `text/x-amp-html` part must be a child of a `multipart/alternative`
-/// that also holds a `text/html` or `text/plain` part.
-pub fn check_amp(headers: &[HeaderField], body: &[u8]) -> Result<(), AmpError> {
+/// that also holds a `text/html` or `text/plain` part. `Ok(true)` when the message has
+/// such a part (events' `amp_enabled`).
+pub fn check_amp(headers: &[HeaderField], body: &[u8]) -> Result<bool, AmpError> {
     let (raw, _) = whole_message(headers, body);
     let Some(message) = MessageParser::default().parse(&raw) else {
-        return Ok(());
+        return Ok(false);
     };
     let parts = &message.parts;
+    let mut found = false;
     for (id, part) in parts.iter().enumerate() {
         if !is_type(part, "text", "x-amp-html") {
             continue;
@@ -315,8 +317,9 @@ pub fn check_amp(headers: &[HeaderField], body: &[u8]) -> Result<(), AmpError> {
         if !ok {
             return Err(AmpError);
         }
+        found = true;
     }
-    Ok(())
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -123,6 +123,9 @@ pub struct Commit {
     pub suppress: Vec<SuppressionEntry>,
     /// A reader's position saved with what it read (name, value): exactly once.
     pub cursor: Option<(String, String)>,
+    /// Deferred delivery attempts (queue id, recipient): each adds one to the
+    /// recipient's `retries`.
+    pub retried: Vec<(String, String)>,
 }
 
 /// A recipient handed to the MTA under a queue id (from its `injection` event; the
@@ -137,6 +140,8 @@ pub struct Queued {
     pub message_id: Option<String>,
     pub rcpt_type: Option<String>,
     pub msg_size: Option<u64>,
+    /// Deferred attempts so far.
+    pub retries: u32,
 }
 
 /// A consumer of events with a queue of its own: a webhook or the JSONL file.

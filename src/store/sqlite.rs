@@ -79,6 +79,10 @@ CREATE TABLE cursors (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 ",
+    // Deferrals per recipient, so `num_retries` survives a restart.
+    r"
+ALTER TABLE queued ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// Writes queued at once beyond this wait for the next transaction.
@@ -410,6 +414,12 @@ fn write_commit(
             index_queued(conn, e)?;
         }
     }
+    let mut retried = conn.prepare_cached(
+        "UPDATE queued SET retries = retries + 1 WHERE queue_id = ?1 AND rcpt = ?2",
+    )?;
+    for (queue_id, rcpt) in &commit.retried {
+        retried.execute(params![queue_id, rcpt.to_lowercase()])?;
+    }
     if let Some((name, value)) = &commit.cursor {
         conn.prepare_cached("INSERT OR REPLACE INTO cursors (name, value) VALUES (?1, ?2)")?
             .execute(params![name, value])?;
@@ -615,7 +625,7 @@ impl Store for SqliteStore {
     fn queued<'a>(&'a self, queue_ids: &'a [String]) -> StoreFuture<'a, Vec<Queued>> {
         Self::ready(self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT queue_id, rcpt, raw_rcpt, transmission_id, message_id, rcpt_type, msg_size
+                "SELECT queue_id, rcpt, raw_rcpt, transmission_id, message_id, rcpt_type, msg_size, retries
                  FROM queued WHERE queue_id = ?1",
             )?;
             let mut out = Vec::new();
@@ -629,6 +639,7 @@ impl Store for SqliteStore {
                         message_id: r.get(4)?,
                         rcpt_type: r.get(5)?,
                         msg_size: opt_u64(r.get(6)?),
+                        retries: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
                     })
                 })?;
                 for row in rows {

@@ -4,13 +4,17 @@
 //!
 //! Layout before base64url (no padding): version (1), kind (1), expiry (u32, Unix
 //! seconds), link index (u16), transmission id (u64), recipient length (u8), recipient,
-//! URL (the rest; clicks only), then the first 16 bytes of the HMAC over all of that.
+//! [version 2 only: link name length (u8), link name,] URL (the rest; clicks only), then
+//! the first 16 bytes of the HMAC over all of that. Links without a name keep version 1,
+//! so only named links grow, by their name.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
 
 const VERSION: u8 = 1;
+/// Version 1 with the link's `data-msys-linkname` after the recipient.
+const VERSION_NAMED: u8 = 2;
 const MAC_LEN: usize = 16;
 /// Header bytes before the recipient.
 const FIXED: usize = 1 + 1 + 4 + 2 + 8 + 1;
@@ -21,6 +25,9 @@ const MAX_TOKEN_CHARS: usize = 4096;
 pub const MAX_URL_LEN: usize = 2048;
 /// The longest recipient a token carries (an address has at most 254 octets).
 pub const MAX_RECIPIENT_LEN: usize = 255;
+/// The longest link name a token carries (longer names are cut at a character
+/// boundary): enough for a name, short enough to keep links short.
+pub const MAX_LINK_NAME_LEN: usize = 63;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -70,6 +77,8 @@ pub struct TokenData {
     pub link_index: u16,
     /// The target (clicks; empty otherwise).
     pub url: String,
+    /// The link's `data-msys-linkname` (clicks; empty when it has none).
+    pub link_name: String,
     /// Unix seconds after which the token is refused.
     pub expires: u32,
 }
@@ -114,14 +123,23 @@ impl std::fmt::Debug for Keys {
 pub fn sign(keys: &Keys, data: &TokenData) -> String {
     let rcpt = truncate(&data.recipient, MAX_RECIPIENT_LEN);
     let url = truncate(&data.url, MAX_URL_LEN);
-    let mut payload = Vec::with_capacity(FIXED + rcpt.len() + url.len() + MAC_LEN);
-    payload.push(VERSION);
+    let name = truncate(&data.link_name, MAX_LINK_NAME_LEN);
+    let mut payload = Vec::with_capacity(FIXED + rcpt.len() + 1 + name.len() + url.len() + MAC_LEN);
+    payload.push(if name.is_empty() {
+        VERSION
+    } else {
+        VERSION_NAMED
+    });
     payload.push(data.kind.byte());
     payload.extend_from_slice(&data.expires.to_be_bytes());
     payload.extend_from_slice(&data.link_index.to_be_bytes());
     payload.extend_from_slice(&data.transmission_id.to_be_bytes());
     payload.push(rcpt.len() as u8);
     payload.extend_from_slice(rcpt.as_bytes());
+    if !name.is_empty() {
+        payload.push(name.len() as u8);
+        payload.extend_from_slice(name.as_bytes());
+    }
     payload.extend_from_slice(url.as_bytes());
     let tag = Keys::mac(&keys.0[0], &payload).finalize().into_bytes();
     payload.extend_from_slice(&tag[..MAC_LEN]);
@@ -156,9 +174,11 @@ pub fn verify(keys: &Keys, token: &str, now: u64) -> Result<TokenData, TokenErro
         return Err(TokenError::BadSignature);
     }
     // Signed by us: the layout is ours, but still parse without trusting lengths.
-    if payload[0] != VERSION {
-        return Err(TokenError::Malformed);
-    }
+    let named = match payload[0] {
+        VERSION => false,
+        VERSION_NAMED => true,
+        _ => return Err(TokenError::Malformed),
+    };
     let kind = Kind::from_byte(payload[1]).ok_or(TokenError::Malformed)?;
     let expires = u32::from_be_bytes(
         payload[2..6]
@@ -180,7 +200,17 @@ pub fn verify(keys: &Keys, token: &str, now: u64) -> Result<TokenData, TokenErro
     if rest.len() < rcpt_len {
         return Err(TokenError::Malformed);
     }
-    let (rcpt, url) = rest.split_at(rcpt_len);
+    let (rcpt, rest) = rest.split_at(rcpt_len);
+    let (name, url) = if named {
+        let (&len, rest) = rest.split_first().ok_or(TokenError::Malformed)?;
+        let len = usize::from(len);
+        if rest.len() < len {
+            return Err(TokenError::Malformed);
+        }
+        rest.split_at(len)
+    } else {
+        (&[][..], rest)
+    };
     if u64::from(expires) < now {
         return Err(TokenError::Expired);
     }
@@ -190,6 +220,7 @@ pub fn verify(keys: &Keys, token: &str, now: u64) -> Result<TokenData, TokenErro
         recipient: String::from_utf8(rcpt.to_vec()).map_err(|_| TokenError::Malformed)?,
         link_index,
         url: String::from_utf8(url.to_vec()).map_err(|_| TokenError::Malformed)?,
+        link_name: String::from_utf8(name.to_vec()).map_err(|_| TokenError::Malformed)?,
         expires,
     })
 }
@@ -205,8 +236,33 @@ mod tests {
             recipient: "jöran@example.com".into(),
             link_index: 7,
             url: "https://shop.example.com/item?id=42&utm=mail#top".into(),
+            link_name: String::new(),
             expires: 2_000_000_000,
         }
+    }
+
+    #[test]
+    fn named_links_carry_their_name_and_unnamed_ones_stay_as_they_were() {
+        let keys = Keys::new(&["k1-0123456789abcdef"]).unwrap();
+        let plain = sign(&keys, &data());
+        let named = TokenData {
+            link_name: "Spring sale – hero".into(),
+            ..data()
+        };
+        let t = sign(&keys, &named);
+        assert_eq!(verify(&keys, &t, 0), Ok(named.clone()));
+        // Only the name (and its length byte) is added.
+        let grown = URL_SAFE_NO_PAD.decode(&t).unwrap().len()
+            - URL_SAFE_NO_PAD.decode(&plain).unwrap().len();
+        assert_eq!(grown, 1 + named.link_name.len());
+        assert_eq!(URL_SAFE_NO_PAD.decode(&plain).unwrap()[0], VERSION);
+        // A long name is cut at a character boundary.
+        let long = TokenData {
+            link_name: "é".repeat(100),
+            ..data()
+        };
+        let back = verify(&keys, &sign(&keys, &long), 0).unwrap();
+        assert_eq!(back.link_name, "é".repeat(MAX_LINK_NAME_LEN / 2));
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub fn accepted(
             rcpt_type: rcpt_type(r.rcpt_type),
             message_id: original_id.clone(),
             queue_id: handed.queue_id.clone(),
-            msg_size: None,
+            // The original it was taken out of.
+            msg_size: handed.original_size,
         };
         t.add_recipient(&recipient);
         events.push(events::injection(stamp()?, &t, &recipient));

@@ -641,6 +641,28 @@ mod tests {
     }
 
     #[test]
+    fn reasons_are_redacted_as_sparkpost_does() {
+        assert_eq!(
+            redact("550 5.7.1 MAIL REFUSED - IP (17.99.99.99) is in black list"),
+            "550 5.7.1 MAIL REFUSED - IP (a.b.c.d) is in black list"
+        );
+        assert_eq!(
+            redact("host mx.example.org[192.0.2.10] said: 550 5.1.1 <bob@example.org>: unknown."),
+            "host mx.example.org[a.b.c.d] said: 550 5.1.1 <...@...>: unknown."
+        );
+        // Status codes, versions and names with digits stay.
+        for kept in [
+            "4.2.2 over quota",
+            "v1.2.3.4 release",
+            "1.2.3 only",
+            "999.1.1.1 x",
+        ] {
+            assert_eq!(redact(kept), kept);
+        }
+        assert_eq!(redact("from 10.0.0.1."), "from a.b.c.d.");
+    }
+
+    #[test]
     fn meta_truncation_keeps_whole_keys() {
         let mut meta = Map::new();
         for i in 0..100 {

@@ -65,6 +65,25 @@ impl RecipientReport {
     }
 }
 
+/// `Remote-MTA` as a host name gets the address the report's text gives it: Postfix
+/// writes the name there and `host mx.example.org[192.0.2.10] said: ...` in the text.
+fn with_address(mta: String, notice: &str) -> String {
+    if mta.contains('[') || mta.parse::<std::net::IpAddr>().is_ok() {
+        return mta;
+    }
+    let needle = format!("{mta}[");
+    let address = notice
+        .find(&needle)
+        .map(|at| &notice[at + needle.len()..])
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(ip, _)| ip)
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    match address {
+        Some(ip) => format!("{mta} [{ip}]"),
+        None => mta,
+    }
+}
+
 /// An RFC 5322 date field's value as Unix seconds.
 fn date_value(value: &str) -> Option<u64> {
     let date = mail_parser::DateTime::parse_rfc822(value.trim())?;
@@ -149,6 +168,7 @@ pub fn parse(raw: &[u8]) -> Report {
 /// The multipart/report's `message/delivery-status` part, if any.
 fn delivery_status(message: &Message) -> Option<Report> {
     let mut status_part = None;
+    let mut notice = None;
     let mut original = Original::default();
     for part in &message.parts {
         let Some(ct) = part.content_type() else {
@@ -156,6 +176,9 @@ fn delivery_status(message: &Message) -> Option<Report> {
         };
         let sub = ct.subtype().unwrap_or("").to_ascii_lowercase();
         match (ct.ctype().to_ascii_lowercase().as_str(), sub.as_str()) {
+            ("text", "plain") if notice.is_none() => {
+                notice = part.text_contents().map(str::to_owned);
+            }
             ("message", "delivery-status" | "global-delivery-status") => {
                 status_part = Some(part.contents());
             }
@@ -180,7 +203,7 @@ fn delivery_status(message: &Message) -> Option<Report> {
     if original.mail_from.is_none() {
         original.mail_from = field(&per_message, "x-postfix-sender").map(strip_type);
     }
-    let recipients = blocks
+    let mut recipients: Vec<RecipientReport> = blocks
         .filter_map(|block| {
             let recipient = field(&block, "final-recipient")
                 .or_else(|| field(&block, "original-recipient"))
@@ -198,6 +221,11 @@ fn delivery_status(message: &Message) -> Option<Report> {
             })
         })
         .collect();
+    if let Some(notice) = &notice {
+        for r in &mut recipients {
+            r.remote_mta = r.remote_mta.take().map(|mta| with_address(mta, notice));
+        }
+    }
     Some(Report {
         kind: ReportKind::Dsn,
         reporting_mta,
@@ -461,6 +489,40 @@ mod tests {
         assert_eq!(
             address_line("SMTP error after RCPT TO:<gone@example.net>:"),
             None
+        );
+    }
+
+    #[test]
+    fn attempt_facts_of_a_postfix_dsn() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/dsn/postfix-dsn-5.1.1.eml"
+        ))
+        .unwrap();
+        let report = parse(&raw);
+        let r = &report.recipients[0];
+        // The name from Remote-MTA, its address from the text part.
+        assert_eq!(r.remote_ip().as_deref(), Some("192.0.2.10"));
+        // Mon, 30 Nov 2026 09:00:03 and 09:00:01 +0000
+        assert_eq!(report.date, Some(1_796_029_203));
+        assert_eq!(report.arrival, Some(1_796_029_201));
+        let ip = |mta: &str| {
+            RecipientReport {
+                remote_mta: Some(mta.into()),
+                ..r.clone()
+            }
+            .remote_ip()
+        };
+        assert_eq!(ip("192.0.2.7").as_deref(), Some("192.0.2.7"));
+        assert_eq!(
+            ip("mx.example.org [192.0.2.8]").as_deref(),
+            Some("192.0.2.8")
+        );
+        assert_eq!(ip("[IPv6:2001:db8::1]").as_deref(), Some("2001:db8::1"));
+        assert_eq!(ip("mx.example.org"), None);
+        assert_eq!(
+            with_address("mx.example.org".into(), "no such text"),
+            "mx.example.org"
         );
     }
 

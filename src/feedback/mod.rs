@@ -197,9 +197,9 @@ pub fn commit(
         };
         let attempt = events::Attempt {
             ip_address: finding.ip_address.clone(),
-            queue_time_ms: (t.injection_ms > 0)
-                .then(|| (at * 1000).checked_sub(t.injection_ms))
-                .flatten(),
+            // Our second-resolution attempt time may fall before the injection's
+            // millisecond: then it was no time at all.
+            queue_time_ms: (t.injection_ms > 0).then(|| (at * 1000).saturating_sub(t.injection_ms)),
             num_retries: retries
                 .get(&finding.recipient.to_lowercase())
                 .copied()

@@ -11,7 +11,10 @@ use std::io::{Read, Write};
 use support::anymail::{Anymail, SECRET};
 use support::e2e::{E2e, http_get};
 use support::message;
+use support::mta::MtaKind;
 use support::postfix::free_port;
+
+under_each_mta!(a_click_on_a_bcc_copy_names_that_copy);
 
 fn http_post(port: u16, path: &str, body: &str) -> u16 {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -166,4 +169,64 @@ fn anymail_reads_injections_opens_clicks_unsubscribes_and_suppression_bounces() 
         "{all:#?}"
     );
     anymail.wait_for("queued", "bob@example.org", |_| true);
+}
+
+/// The bcc recipient's copy is a message of its own: its click says so (`rcpt_type`
+/// "bcc", the copy's `message_id`), and names the link as `data-msys-linkname` did.
+fn a_click_on_a_bcc_copy_names_that_copy(kind: MtaKind) {
+    let anymail = Anymail::start();
+    let http_port = free_port();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let e = E2e::start_under(
+        kind,
+        &format!(
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
+             [tracking]\nbase_url = \"{base}\"\nsecrets = [\"e2e-secret-0123456789\"]\nclick = true\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+             [[webhook]]\nurl = \"http://127.0.0.1:{}/anymail/sparkpost/tracking/\"\nbasic = \"{SECRET}\"\nbatch_wait_ms = 100\n",
+            anymail.port
+        ),
+    );
+    let html = "<html><body><a href=\"https://shop.example.com/offer\" data-msys-linkname=\"hero offer\">Offer</a></body></html>";
+    let msg = message(
+        "MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\nX-MSYS-API: {\"campaign_id\": \"spring\", \"bcc\": [\"carol@example.org\"]}\n",
+        html,
+    );
+    e.send("app@example.com", &["alice@example.org"], &msg)
+        .unwrap();
+    e.wait_for_exactly(2);
+    let got = e.capture.message_for("carol@example.org");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&got.data)
+        .unwrap();
+    let body = parsed.body_html(0).unwrap().into_owned();
+    assert!(!body.contains("data-msys-linkname"), "{body}");
+    let click = body
+        .split('"')
+        .find_map(|s| s.strip_prefix(&base).filter(|p| p.starts_with("/c/")))
+        .unwrap_or_else(|| panic!("no tracked link: {body}"))
+        .to_owned();
+    assert_eq!(
+        http_get(http_port, &click),
+        (302, Some("https://shop.example.com/offer".into()))
+    );
+
+    let raw = |e: &serde_json::Value| -> serde_json::Value {
+        let msys = &e["esp_event"]["msys"];
+        msys.as_object().unwrap().values().next().unwrap().clone()
+    };
+    let injected = raw(&anymail.wait_for("queued", "carol@example.org", |_| true));
+    let original = raw(&anymail.wait_for("queued", "alice@example.org", |_| true));
+    let clicked = anymail.wait_for("clicked", "carol@example.org", |_| true);
+    assert_eq!(clicked["click_url"], "https://shop.example.com/offer");
+    let event = raw(&clicked);
+    assert_eq!(event["rcpt_type"], "bcc", "{event:#}");
+    assert_eq!(event["message_id"], injected["message_id"], "{event:#}");
+    assert_ne!(
+        event["message_id"], original["message_id"],
+        "the copy is its own message"
+    );
+    assert_eq!(event["target_link_name"], "hero offer", "{event:#}");
+    assert_eq!(event["campaign_id"], "spring");
+    assert_eq!(event["click_tracking"], true);
 }

@@ -75,25 +75,41 @@ fn sparkpost_event(e: &Value) -> &Value {
 fn a_hard_bounce_is_an_event_and_suppresses_the_recipient(kind: MtaKind) {
     let anymail = Anymail::start();
     let e = start(kind, &anymail);
-    e.send(
-        "app@example.com",
-        &["dead@example.org"],
-        &campaign_message("dead@example.org"),
-    )
-    .unwrap();
+    // The dead address is a cc recipient, added to the original by the milter.
+    let message = message(
+        "From: News <news@example.com>\nTo: live@example.org\nSubject: Winter sale\nX-MSYS-API: {\"campaign_id\": \"winter\", \"metadata\": {\"user\": \"7\"}, \"cc\": [\"dead@example.org\"]}\n",
+        "Hello\n",
+    );
+    e.send("app@example.com", &["live@example.org"], &message)
+        .unwrap();
     let queued = anymail.wait_for("queued", "dead@example.org", |_| true);
     // anymail's message_id for SparkPost is the transmission id.
     let tid = queued["message_id"].as_str().unwrap().to_owned();
-    // Postfix gives up (550), its DSN goes to bounces+<tid>@ and through LMTP to us.
+    let injected = sparkpost_event(&queued).clone();
+    // The MTA gives up (550), its DSN goes to bounces+<tid>@ and through LMTP to us.
+    // No `reporting_mta` is configured and the MTA's name (Postfix's myhostname
+    // mta.e2e.test, Sendmail's own) is not this host's: the milter learnt it.
     let bounced = anymail.wait_for("bounced", "dead@example.org", |_| true);
     assert_eq!(bounced["reject_reason"], "invalid", "{bounced:#}");
     let raw = sparkpost_event(&bounced);
-    assert_eq!(raw["type"], "bounce", "our own MTA gave up: in-band");
+    assert_eq!(
+        raw["type"], "bounce",
+        "our own MTA gave up: in-band: {raw:#}"
+    );
     assert_eq!(raw["bounce_class"], "10");
     assert_eq!(raw["error_code"], "550");
     assert_eq!(raw["transmission_id"], tid.as_str());
     assert_eq!(raw["campaign_id"], "winter");
     assert_eq!(raw["rcpt_meta"]["user"], "7");
+    // Which message, which recipient, which attempt.
+    assert_eq!(raw["rcpt_type"], "cc", "{raw:#}");
+    assert_eq!(raw["message_id"], injected["message_id"], "{raw:#}");
+    assert_eq!(raw["num_retries"], "0", "{raw:#}");
+    assert_eq!(
+        raw["ip_address"], "127.0.0.1",
+        "the capture server: {raw:#}"
+    );
+    assert_eq!(raw["delv_method"], "esmtp");
     assert!(
         raw["raw_reason"].as_str().unwrap().contains("User unknown"),
         "{raw:#}"

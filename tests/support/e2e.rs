@@ -74,7 +74,7 @@ impl E2e {
             milter_port,
             &format!(
                 "{toml}\n[reinject]\nsmtp = \"127.0.0.1:{}\"\ntimeout = 10\nsecret = \"e2e-reinject-secret-0123456789\"\n{marker}\
-                 [feedback]\nlmtp = \"127.0.0.1:{lmtp_port}\"\nreporting_mta = [\"mta.e2e.test\"]\nmta_log = \"{}\"\n",
+                 [feedback]\nlmtp = \"127.0.0.1:{lmtp_port}\"\nmta_log = \"{}\"\n",
                 mta.reinject_port(),
                 mta.maillog_path().display()
             ),

@@ -159,11 +159,34 @@ async fn deliveries_delays_rotation_and_restart() {
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Stopped: more lines come; a restart reads those, and nothing twice.
+    // Stopped: more lines come; a restart reads those, and nothing twice. A deferral
+    // counted before the restart still counts after it (`num_retries` is stored).
+    append(&log, &line("QA1", "a@example.org", "deferred"));
+    let stop = start(&store, &log);
+    let got = wait_for_events(store.as_ref(), 5).await;
+    assert_eq!(got[4]["type"], "delay");
+    assert_eq!(
+        got[4]["num_retries"], "0",
+        "no failed attempt before this one"
+    );
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
     append(&log, &line("QA1", "a@example.org", "sent"));
     let _stop = start(&store, &log);
-    let got = wait_for_events(store.as_ref(), 5).await;
-    assert_eq!(got.len(), 5, "{got:#?}");
-    assert_eq!(got[4]["rcpt_to"], "a@example.org");
-    assert_eq!(got[4]["type"], "delivery");
+    let got = wait_for_events(store.as_ref(), 6).await;
+    assert_eq!(got.len(), 6, "{got:#?}");
+    assert_eq!(got[5]["rcpt_to"], "a@example.org");
+    assert_eq!(got[5]["type"], "delivery");
+    assert_eq!(
+        got[5]["num_retries"], "1",
+        "the deferral before the restart"
+    );
+    // Events carry the time of the attempt (the line's), not the time it was read.
+    let logged = msys_milter::feedback::follow::attempt_time(
+        msys_milter::feedback::maillog::line_time(&line("QA1", "a@example.org", "sent")),
+        msys_milter::ids::unix_secs(),
+    );
+    assert_eq!(got[5]["timestamp"], logged.to_string());
+    assert_eq!(got[4]["ip_address"], "192.0.2.10");
+    assert_eq!(got[4]["queue_time"], "1500");
 }

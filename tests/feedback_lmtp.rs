@@ -354,3 +354,81 @@ async fn a_store_that_fails_answers_451() {
         "{out}"
     );
 }
+
+/// With no name configured, a DSN is in-band (`bounce`) once the milter has learnt the
+/// MTA's name (kept in the store, so it holds after a restart); before, or from another
+/// MTA, it is `out_of_band`. The events name the attempt: the remote server's address
+/// (from the report's text when Remote-MTA is a name) and the report's time.
+#[tokio::test]
+async fn a_dsn_from_the_mta_the_milter_learnt_is_in_band() {
+    use msys_milter::feedback::MTA_NAMES_CURSOR;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &dir.path().join("s.db"),
+            msys_milter::store::sqlite::Durability::Normal,
+        )
+        .unwrap(),
+    );
+    for tid in ["771", "772"] {
+        store
+            .commit(Commit {
+                transmission: Some(Transmission {
+                    transmission_id: tid.into(),
+                    msg_from: format!("bounces+{tid}@bounces.example.net"),
+                    ..Transmission::default()
+                }),
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+    }
+    let inbound = Arc::new(Inbound {
+        our_mtas: Vec::new(),
+        ..Arc::into_inner(inbound(Arc::clone(&store), &dir.path().join("kept"), 2)).unwrap()
+    });
+    let kinds = |store: Arc<dyn Store>| async move {
+        store
+            .events_after(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, kind, item)| (kind, item))
+            .collect::<Vec<_>>()
+    };
+    converse(
+        Arc::clone(&inbound),
+        &lmtp_message("bounces+771@bounces.example.net", &dsn("771")),
+        1 << 20,
+    )
+    .await;
+    assert_eq!(kinds(Arc::clone(&store)).await[0].0, EventType::OutOfBand);
+    // The milter saw `j` = mta.e2e.test (the DSN's Reporting-MTA).
+    store
+        .commit(Commit {
+            cursor: Some((
+                MTA_NAMES_CURSOR.into(),
+                "mx0.example.net mta.e2e.test".into(),
+            )),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    converse(
+        Arc::clone(&inbound),
+        &lmtp_message("bounces+772@bounces.example.net", &dsn("772")),
+        1 << 20,
+    )
+    .await;
+    let events = kinds(store).await;
+    assert_eq!(events[1].0, EventType::Bounce);
+    let item: serde_json::Value = serde_json::from_str(&events[1].1).unwrap();
+    let bounce = &item["msys"]["message_event"];
+    assert_eq!(bounce["ip_address"], "192.0.2.10");
+    // The report's Date: (Mon, 30 Nov 2026 09:00:03 +0000), not the time it was read.
+    assert_eq!(bounce["timestamp"], "1796029203");
+    assert_eq!(
+        bounce["reason"],
+        "550 5.1.1 <...@...>: Recipient address rejected: User unknown in local recipient table"
+    );
+}

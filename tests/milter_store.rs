@@ -499,3 +499,29 @@ fn stores_opened_at_once_on_a_new_file_migrate_it_once() {
         opener.join().unwrap().unwrap();
     }
 }
+
+/// The MTA's own name (the `j` macro) is remembered in the store at its first message,
+/// so the feedback listener knows that MTA's DSNs as in-band bounces, also after a
+/// restart; a second MTA name is added beside it, and repeats change nothing.
+#[tokio::test]
+async fn the_mtas_own_name_is_remembered_in_the_store() {
+    use msys_milter::feedback::MTA_NAMES_CURSOR;
+    let store = sqlite();
+    let mut conn = start(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+        store.clone(),
+    )
+    .await;
+    assert_eq!(store.cursor(MTA_NAMES_CURSOR).await.unwrap(), None);
+    for name in ["mx1.example.net", "mx1.example.net", "mx2.example.net"] {
+        conn.macros(MacroStage::Mail, [("j", name), ("v", "Postfix 3.7.11")])
+            .await
+            .unwrap();
+        let (_, status) = send(&mut conn, &["<to@example.org>"], None, None).await;
+        assert_eq!(status, Status::Continue);
+    }
+    assert_eq!(
+        store.cursor(MTA_NAMES_CURSOR).await.unwrap().as_deref(),
+        Some("mx1.example.net mx2.example.net")
+    );
+}

@@ -374,3 +374,39 @@ fn local_time(year: i32, month: u32, day: u32, hour: u32, minute: u32, second: u
     let t = unsafe { libc::mktime(&mut tm) };
     u64::try_from(t).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_times() {
+        let now = 1_798_761_600; // 2027-01-01T00:00:00Z
+        assert_eq!(
+            attempt_time(Some(LineTime::Exact(1_796_220_002_123)), now),
+            1_796_220_002
+        );
+        // Ahead of the clock (skew, a forged line): now.
+        assert_eq!(
+            attempt_time(Some(LineTime::Exact((now + 3600) * 1000)), now),
+            now
+        );
+        assert_eq!(attempt_time(None, now), now);
+        // A December line read on New Year's Day is last year's, in local time.
+        let december = LineTime::Local {
+            month: 12,
+            day: 31,
+            hour: 23,
+            minute: 59,
+            second: 0,
+        };
+        let year = local_year(now);
+        let expected = local_time(year, 12, 31, 23, 59, 0)
+            .filter(|t| *t <= now + 86_400)
+            .or_else(|| local_time(year - 1, 12, 31, 23, 59, 0))
+            .unwrap();
+        let got = attempt_time(Some(december), now);
+        assert_eq!(got, expected);
+        assert!(got <= now + 60 && now - got < 2 * 86_400, "{got}");
+    }
+}

@@ -139,6 +139,7 @@ async fn lmtp(count: usize, connections: usize) -> f64 {
         inbound,
         "lmtp.bench".into(),
         1 << 20,
+        msys_milter::config::Feedback::default().max_connections.0,
         std::future::pending(),
     ));
     let mut work: Vec<Vec<(u64, String)>> = vec![Vec::new(); connections];

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A transparent 1x1 GIF: the smallest well-formed one (43 bytes).
 pub const PIXEL: [u8; 43] = [
@@ -174,18 +175,197 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` completes.
+/// What the endpoint lets one client hold ([http] in the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections held at once; one more is answered 503 at once and closed.
+    pub max_connections: usize,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Silence allowed on a connection (between keep-alive requests, or mid-request).
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Limits {
+    pub fn from_config(http: &crate::config::Http) -> Limits {
+        Limits {
+            max_connections: http.max_connections.0,
+            header_timeout: Duration::from_secs(http.header_timeout.0 as u64),
+            idle_timeout: Duration::from_secs(http.idle_timeout.0 as u64),
+            max_header_bytes: http.max_header_bytes.0,
+            max_body_bytes: http.max_body_bytes.0,
+        }
+    }
+}
+
+/// The answer to a connection over the cap, written without waiting (it fits any
+/// socket buffer) before the connection is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
+
+/// Serve on `listener` until `shutdown` completes, within `limits`: a connection over
+/// the cap gets a 503 at once (never a place in the backlog), slow or silent clients
+/// are cut, an accept that fails pauses and goes on. HTTP/1.1 (what recipients'
+/// clients and any proxy in front speak).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<HttpState>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let router = router(state).layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes));
+    let slots = crate::connlimit::Slots::new("http", limits.max_connections);
+    let throttle = crate::connlimit::Throttle::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_bytes);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                let pause = crate::connlimit::accept_failed("http", &e, &throttle);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let open = crate::connlimit::Open::new("http");
+        let Some(slot) = slots.try_take() else {
+            let _ = stream.try_write(BUSY);
+            drop((stream, open));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let mut router = router.clone();
+            async move {
+                tower_service::Service::<hyper::Request<hyper::body::Incoming>>::call(
+                    &mut router,
+                    request,
+                )
+                .await
+            }
+        });
+        let connection = graceful.watch(builder.serve_connection(io, service));
+        tokio::spawn(async move {
+            let _held = (slot, open);
+            if let Err(e) = connection.await {
+                // Cut for taking too long: the header read timeout, or our idle one.
+                let idle = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                if e.is_timeout() || idle {
+                    crate::metrics::global().connection_timed_out("http");
+                }
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    // Requests in progress finish; idle connections are closed.
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+    }
+    Ok(())
+}
+
+/// A connection that fails with `TimedOut` once nothing has been read or written for
+/// its idle time: a silent keep-alive connection, or a client that stops mid-request.
+struct IdleTimeout<S> {
+    io: S,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(io: S, idle: Duration) -> Self {
+        IdleTimeout {
+            io,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn active(&mut self) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.idle);
+    }
+
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "idle too long")
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.active();
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Pending if self.expired(cx) => {
+                std::task::Poll::Ready(Err(timed_out()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            std::task::Poll::Ready(Ok(n)) => {
+                self.active();
+                std::task::Poll::Ready(Ok(n))
+            }
+            // A client that does not read our answer is as silent as one that sends
+            // nothing.
+            std::task::Poll::Pending if self.expired(cx) => {
+                std::task::Poll::Ready(Err(timed_out()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Who made a request: user agent, address (the first `X-Forwarded-For` entry when a

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod connlimit;
 pub mod dkim;
 pub mod events;
 pub mod explain;

@@ -497,6 +497,7 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         config.socket = socket.clone();
     }
     let config_path = config_path.map(|p| (p.to_owned(), socket));
+    fit_to_descriptors(&mut config);
     if config.envelope.rewrite && config.bounce_domains().next().is_none() {
         tracing::warn!(
             "no bounce domain configured ([envelope] bounce_domain or a sending domain's \
@@ -560,6 +561,60 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
     })
 }
 
+/// Raise the descriptor limit to the hard limit and lower the listeners' caps to fit
+/// it, with room for the store, webhooks and re-injection: a flood of clients on one
+/// listener then meets that listener's cap, never the process's limit (which would
+/// make the milter's own accepts fail). Never refuses to start for it.
+fn fit_to_descriptors(config: &mut Config) {
+    use msys_milter::connlimit::{Caps, fit, raise_nofile, reserve};
+    let limit = match raise_nofile() {
+        Ok(n) => {
+            tracing::info!(
+                soft = n.soft,
+                hard = n.hard,
+                soft_at_start = n.before,
+                "descriptor limit (RLIMIT_NOFILE)"
+            );
+            n.soft
+        }
+        Err(e) => {
+            tracing::warn!("cannot read the descriptor limit: {e}; assuming 1024");
+            1024
+        }
+    };
+    let lmtp = if config.feedback.lmtp.is_some() {
+        config.feedback.max_connections.0
+    } else {
+        0
+    };
+    let wanted = Caps {
+        milter: config.max_connections,
+        http: config.http.max_connections.0,
+        lmtp,
+    };
+    let kept = reserve(config.reinject.concurrency, config.webhooks.len());
+    let caps = fit(wanted, limit, kept);
+    if caps != wanted {
+        tracing::warn!(
+            descriptor_limit = limit,
+            reserved = kept,
+            milter = caps.milter,
+            http = caps.http,
+            lmtp = caps.lmtp,
+            "the descriptor limit cannot hold the configured connection caps (milter {}, http {}, \
+             lmtp {}): lowered to fit; raise LimitNOFILE (systemd) or `ulimit -n` to keep them",
+            wanted.milter,
+            wanted.http,
+            wanted.lmtp
+        );
+    }
+    config.max_connections = caps.milter;
+    config.http.max_connections.0 = caps.http;
+    if lmtp > 0 {
+        config.feedback.max_connections.0 = caps.lmtp;
+    }
+}
+
 /// Start the HTTP endpoint: tracking links when `[tracking] base_url` is configured,
 /// and always /metrics and /healthz. Without tracking, a port already in use is only
 /// a warning.
@@ -604,8 +659,9 @@ async fn start_http(
     let shutdown = async {
         let _ = stopped.await;
     };
+    let limits = msys_milter::http::Limits::from_config(&config.http);
     Ok(Some(tokio::spawn(msys_milter::http::serve(
-        listener, state, shutdown,
+        listener, state, limits, shutdown,
     ))))
 }
 
@@ -642,7 +698,7 @@ async fn start_lmtp(
     let Some(spec) = &config.feedback.lmtp else {
         return Ok(None);
     };
-    let socket = BoundSocket::bind(&spec.0)
+    let socket = BoundSocket::bind_as(&spec.0, "lmtp")
         .await
         .with_context(|| "cannot start the LMTP listener ([feedback] lmtp)")?;
     let hostname = host_name();
@@ -694,6 +750,7 @@ async fn start_lmtp(
         inbound,
         hostname,
         config.max_message_size,
+        config.feedback.max_connections.0,
         stop,
     ))))
 }

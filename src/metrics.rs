@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client), served at `GET /metrics`: messages by
-//! outcome, copies, events written, suppression hits, and each sink's deliveries,
-//! failures and backlog.
+//! outcome, copies, events written, suppression hits, each sink's deliveries,
+//! failures and backlog, and each listener's connections (held, refused at its cap,
+//! cut by a timeout) and failed accepts.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +24,10 @@ pub struct Metrics {
     sink_failures: Family<Labels, Counter>,
     sink_backlog: Family<Labels, Gauge>,
     eom_seconds: Histogram,
+    connections_open: Family<Labels, Gauge>,
+    connections_refused: Family<Labels, Counter>,
+    connections_timed_out: Family<Labels, Counter>,
+    accept_errors: Family<Labels, Counter>,
 }
 
 fn label(name: &str, value: &str) -> Labels {
@@ -82,6 +87,30 @@ impl Metrics {
             "Time from end of message to the milter's answer",
             eom_seconds.clone(),
         );
+        let connections_open = Family::<Labels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections held, by listener (milter, http, lmtp)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections answered and closed at once because the listener was at its cap",
+            connections_refused.clone(),
+        );
+        let connections_timed_out = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections cut for being idle or too slow (header read, keep-alive, LMTP idle)",
+            connections_timed_out.clone(),
+        );
+        let accept_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts (descriptors exhausted, ...); the listener pauses and goes on",
+            accept_errors.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -92,7 +121,41 @@ impl Metrics {
             sink_failures,
             sink_backlog,
             eom_seconds,
+            connections_open,
+            connections_refused,
+            connections_timed_out,
+            accept_errors,
         }
+    }
+
+    pub fn connection_opened(&self, listener: &str) {
+        self.connections_open
+            .get_or_create(&label("listener", listener))
+            .inc();
+    }
+
+    pub fn connection_closed(&self, listener: &str) {
+        self.connections_open
+            .get_or_create(&label("listener", listener))
+            .dec();
+    }
+
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused
+            .get_or_create(&label("listener", listener))
+            .inc();
+    }
+
+    pub fn connection_timed_out(&self, listener: &str) {
+        self.connections_timed_out
+            .get_or_create(&label("listener", listener))
+            .inc();
+    }
+
+    pub fn accept_error(&self, listener: &str) {
+        self.accept_errors
+            .get_or_create(&label("listener", listener))
+            .inc();
     }
 
     pub fn message(&self, outcome: &str, seconds: f64) {

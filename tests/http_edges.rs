@@ -39,7 +39,12 @@ impl Endpoint {
             sink: events.clone(),
             store: None,
         });
-        tokio::spawn(serve(listener, state, std::future::pending()));
+        tokio::spawn(serve(
+            listener,
+            state,
+            msys_milter::http::Limits::from_config(&msys_milter::config::Http::default()),
+            std::future::pending(),
+        ));
         Endpoint { port, events, keys }
     }
 

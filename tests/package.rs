@@ -35,11 +35,16 @@ fn the_installed_package_runs_as_its_unit_says(kind: MtaKind) {
     let unit = std::fs::read_to_string(UNIT).expect("the package is installed");
     let exec = unit_value(&unit, "ExecStart");
     let user = unit_value(&unit, "User");
+    let nofile = unit_value(&unit, "LimitNOFILE");
+    assert!(nofile.parse::<u64>().unwrap() >= 65_536, "{nofile}");
     let mut words = exec.split_whitespace();
     let program = words.next().unwrap();
-    // setpriv execs the daemon itself (runuser would fork and outlive a kill).
-    let mut child = std::process::Command::new("setpriv")
+    // setpriv execs the daemon itself (runuser would fork and outlive a kill); prlimit
+    // gives it the unit's descriptor limit, as systemd does.
+    let mut child = std::process::Command::new("prlimit")
+        .arg(format!("--nofile={nofile}:{nofile}"))
         .args([
+            "setpriv",
             "--reuid",
             &user,
             "--regid",
@@ -83,5 +88,9 @@ fn the_installed_package_runs_as_its_unit_says(kind: MtaKind) {
     assert!(
         log.contains("store opened") && log.contains("/var/lib/msys-milter"),
         "{log}"
+    );
+    assert!(
+        log.contains("descriptor limit") && log.contains(&format!("soft={nofile}")),
+        "the daemon logs the unit's limit: {log}"
     );
 }

@@ -5,7 +5,7 @@ mod values;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-pub use values::{Domain, LocalPart, NodeId, SocketSpec};
+pub use values::{AtLeastOne, ByteLimit, Domain, LocalPart, NodeId, SocketSpec};
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,12 +112,27 @@ impl Default for Tracking {
 pub struct Http {
     /// `HOST:PORT`; the endpoint runs when `[tracking] base_url` is set.
     pub listen: String,
+    /// Connections held at once; one more is answered 503 and closed.
+    pub max_connections: AtLeastOne,
+    /// Seconds a client has to send a request's headers.
+    pub header_timeout: AtLeastOne,
+    /// Seconds a connection may stay silent (between keep-alive requests).
+    pub idle_timeout: AtLeastOne,
+    /// Largest request head (431 above).
+    pub max_header_bytes: ByteLimit,
+    /// Largest request body (413 above; a one-click POST is a few dozen bytes).
+    pub max_body_bytes: ByteLimit,
 }
 
 impl Default for Http {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            max_connections: AtLeastOne(512),
+            header_timeout: AtLeastOne(10),
+            idle_timeout: AtLeastOne(30),
+            max_header_bytes: ByteLimit(16_384),
+            max_body_bytes: ByteLimit(16_384),
         }
     }
 }
@@ -251,6 +266,8 @@ pub struct Feedback {
     /// The MTA's log to follow for `delivery` and `delay` events (Postfix's
     /// `maillog_file`, or the syslog file such as `/var/log/mail.log`). Unset: off.
     pub mta_log: Option<PathBuf>,
+    /// LMTP connections held at once; one more is answered 421 and closed.
+    pub max_connections: AtLeastOne,
 }
 
 impl Default for Feedback {
@@ -261,6 +278,7 @@ impl Default for Feedback {
             keep_dir: None,
             keep_max: 1000,
             mta_log: None,
+            max_connections: AtLeastOne(64),
         }
     }
 }

@@ -199,3 +199,35 @@ mod size_tests {
         assert!(super::parse_size("MB").is_err());
     }
 }
+
+/// A limit that must be at least 1 (connections, seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct AtLeastOne(pub usize);
+
+impl TryFrom<i64> for AtLeastOne {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n >= 1)
+            .map(AtLeastOne)
+            .ok_or_else(|| format!("{n} is not a usable limit: give a number of 1 or more"))
+    }
+}
+
+/// A size limit in bytes of at least 1 KiB (request headers and bodies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct ByteLimit(pub usize);
+
+impl TryFrom<i64> for ByteLimit {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n >= 1024)
+            .map(ByteLimit)
+            .ok_or_else(|| format!("{n} bytes is too small a limit: give 1024 or more"))
+    }
+}

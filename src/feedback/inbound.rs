@@ -314,34 +314,49 @@ impl Deliver for Inbound {
     }
 }
 
-/// Accept LMTP connections until `stop` resolves.
+/// The reply to a connection over the listener's cap (RFC 5321 4.3.2: 421 closes).
+const TOO_MANY: &[u8] = b"421 4.3.2 too many connections, try again later\r\n";
+
+/// Accept LMTP connections until `stop` resolves, at most `max_connections` at once:
+/// one more is answered 421 and closed at once, never left in the backlog.
 pub async fn serve(
     socket: crate::milter::listener::BoundSocket,
     inbound: Arc<Inbound>,
     hostname: String,
     max_size: usize,
+    max_connections: usize,
     stop: impl Future<Output = ()>,
 ) {
     use indymilter::Listener as _;
+    use tokio::io::AsyncWriteExt as _;
     let (mut listener, _guard) = socket.into_parts();
+    let slots = crate::connlimit::Slots::new("lmtp", max_connections);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             () = &mut stop => return,
             a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
         };
-        match accepted {
-            Ok(stream) => {
-                let inbound = Arc::clone(&inbound);
-                let hostname = hostname.clone();
-                tokio::spawn(async move {
-                    super::lmtp::serve(stream, &hostname, max_size, inbound).await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!("LMTP accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
+        // The listener pauses on a failed accept itself and never returns an error.
+        let Ok(mut stream) = accepted else {
+            continue;
+        };
+        let Some(slot) = slots.try_take() else {
+            tokio::spawn(async move {
+                // A client that does not read gets no more than a second.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    stream.write_all(TOO_MANY).await?;
+                    stream.shutdown().await
+                })
+                .await;
+            });
+            continue;
+        };
+        let inbound = Arc::clone(&inbound);
+        let hostname = hostname.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            super::lmtp::serve(stream, &hostname, max_size, inbound).await;
+        });
     }
 }

@@ -18,8 +18,21 @@ const MAX_DATA_LINE: usize = 1 << 20;
 const MAX_ERRORS: usize = 20;
 /// Recipients in one transaction.
 const MAX_RCPTS: usize = 1000;
-/// A silent client is dropped after this.
+/// A silent client is dropped after this; so is one that does not read our replies.
 const IDLE: Duration = Duration::from_secs(300);
+/// The longest a message may take to arrive (a client trickling it is cut).
+const DATA_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Write and flush `out`; false when the client is gone or does not read within
+/// [`IDLE`].
+async fn send<W: AsyncWrite + Unpin>(write: &mut W, out: &[u8]) -> bool {
+    let sent = tokio::time::timeout(IDLE, async {
+        write.write_all(out).await?;
+        write.flush().await
+    })
+    .await;
+    matches!(sent, Ok(Ok(())))
+}
 
 /// A reply line (`250 2.0.0 Ok`), without CRLF.
 pub type Reply = String;
@@ -53,7 +66,7 @@ where
     let mut line = Vec::new();
     loop {
         if reader.buffer().is_empty() && !out.is_empty() {
-            if write.write_all(&out).await.is_err() || write.flush().await.is_err() {
+            if !send(&mut write, &out).await {
                 return;
             }
             out.clear();
@@ -68,10 +81,9 @@ where
             }
             Ok(Ok(Line::Eof)) | Ok(Err(_)) => return,
             Err(_) => {
-                let _ = write.write_all(&out).await;
-                let _ = write
-                    .write_all(b"421 4.4.2 idle too long, closing\r\n")
-                    .await;
+                crate::metrics::global().connection_timed_out("lmtp");
+                push(&mut out, "421 4.4.2 idle too long, closing");
+                let _ = send(&mut write, &out).await;
                 return;
             }
         }
@@ -116,12 +128,22 @@ where
             "DATA" if session.rcpts.is_empty() => Some("503 5.5.1 no valid recipients".into()),
             "DATA" => {
                 push(&mut out, "354 End data with <CR><LF>.<CR><LF>");
-                if write.write_all(&out).await.is_err() || write.flush().await.is_err() {
+                if !send(&mut write, &out).await {
                     return;
                 }
                 out.clear();
-                let Ok(message) = read_data(&mut reader, max_size).await else {
-                    return;
+                let message = match tokio::time::timeout(
+                    DATA_TIMEOUT,
+                    read_data(&mut reader, max_size),
+                )
+                .await
+                {
+                    Ok(Ok(message)) => message,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        crate::metrics::global().connection_timed_out("lmtp");
+                        return;
+                    }
                 };
                 let done = std::mem::take(&mut session);
                 let replies = match message {
@@ -149,8 +171,7 @@ where
             "VRFY" => Some("252 2.5.0 cannot verify, send some mail".into()),
             "QUIT" => {
                 push(&mut out, &format!("221 2.0.0 {hostname} closing"));
-                let _ = write.write_all(&out).await;
-                let _ = write.flush().await;
+                let _ = send(&mut write, &out).await;
                 return;
             }
             _ => Some("500 5.5.2 command not recognised".into()),
@@ -163,7 +184,7 @@ where
         }
         if errors >= MAX_ERRORS {
             push(&mut out, "421 4.7.0 too many errors, closing");
-            let _ = write.write_all(&out).await;
+            let _ = send(&mut write, &out).await;
             return;
         }
     }

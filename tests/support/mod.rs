@@ -24,6 +24,8 @@ pub struct Milter {
     config: tempfile::NamedTempFile,
     log: std::path::PathBuf,
     env: Vec<(String, String)>,
+    /// `RLIMIT_NOFILE` (soft and hard) the daemon starts with, when set.
+    nofile: Option<u64>,
     /// The daemon's state directory (`$STATE_DIRECTORY`): its own store, kept across
     /// restarts.
     pub state: tempfile::TempDir,
@@ -49,25 +51,39 @@ impl Milter {
         Self::launch(port, toml.as_bytes(), env)
     }
 
+    /// Start with its descriptor limit at `nofile`, soft and hard (so it cannot raise
+    /// it), as a service started without `LimitNOFILE` gets it.
+    pub fn start_limited(port: u16, toml: &str, nofile: u64) -> Milter {
+        let mut milter = Self::prepare(port, toml.as_bytes(), Vec::new());
+        milter.nofile = Some(nofile);
+        milter.spawn();
+        milter
+    }
+
     /// Start with the configuration file `path` as it is; `--socket` picks the port.
     pub fn start_with_file(port: u16, path: &Path) -> Milter {
         Self::launch(port, &std::fs::read(path).unwrap(), Vec::new())
     }
 
     fn launch(port: u16, config_text: &[u8], env: Vec<(String, String)>) -> Milter {
+        let mut milter = Self::prepare(port, config_text, env);
+        milter.spawn();
+        milter
+    }
+
+    fn prepare(port: u16, config_text: &[u8], env: Vec<(String, String)>) -> Milter {
         let mut config = tempfile::NamedTempFile::new().unwrap();
         config.write_all(config_text).unwrap();
         let log = config.path().with_extension("log");
-        let mut milter = Milter {
+        Milter {
             child: None,
             port,
             config,
             log,
             env,
+            nofile: None,
             state: tempfile::tempdir().unwrap(),
-        };
-        milter.spawn();
-        milter
+        }
     }
 
     fn spawn(&mut self) {
@@ -76,7 +92,25 @@ impl Milter {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_msys-milter"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_msys-milter"));
+        if let Some(nofile) = self.nofile {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            // SAFETY: between fork and exec only `setrlimit`, which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command
             .env("STATE_DIRECTORY", self.state.path())
             .envs(self.env.iter().cloned())
             .arg("--config")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (Postfix, iproute2, ...), unpacks a
+# The whole test suite: installs what it needs (Postfix, PostgreSQL, iproute2, ...), unpacks a
 # private Sendmail, builds, then runs every test (unit, in-process, end-to-end through a
 # private Postfix and a private Sendmail) inside a private network namespace that has
 # only loopback, so no test can reach another host or a DNS server. Usage: bash scripts/test.sh [extra cargo test arguments]
@@ -20,6 +20,8 @@ install_packages() {
     # The independent DKIM verifier of the signing tests.
     /usr/bin/python3 -c 'import dkim' 2>/dev/null || missing+=(python3-dkim)
     command -v unshare >/dev/null || missing+=(util-linux)
+    # Several hosts share a PostgreSQL: the tests run private throwaway clusters.
+    [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
     # The tests signal the daemon with kill(1).
     [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
     [ ${#missing[@]} -eq 0 ] && return
@@ -31,6 +33,8 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # A package install may start the system instance; the tests run private ones.
     if [ -f /etc/postfix/main.cf ]; then postfix stop >/dev/null 2>&1 || true; fi
+    # Nor is the system's own PostgreSQL cluster used.
+    if command -v pg_ctlcluster >/dev/null; then pg_ctlcluster 15 main stop >/dev/null 2>&1 || true; fi
 }
 
 install_packages

@@ -36,6 +36,15 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn store::Store>, store::Store
         tracing::warn!("[store] enabled = false: no events are recorded and nobody is suppressed");
         return Ok(Arc::new(store::NullStore::new()));
     }
+    let (store, path, why) = open_sqlite(config)?;
+    tracing::info!(store = %path.display(), chosen_by = why, "store opened");
+    Ok(Arc::new(store))
+}
+
+/// The configured SQLite file (or the default one), where it is and what chose it.
+fn open_sqlite(
+    config: &Config,
+) -> Result<(store::SqliteStore, std::path::PathBuf, &'static str), store::StoreError> {
     let (path, why) = match &config.store.path {
         Some(path) => (path.clone(), "[store] path"),
         None => store::default_path(),
@@ -44,9 +53,63 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn store::Store>, store::Store
         config::Durability::Full => store::sqlite::Durability::Full,
         config::Durability::Normal => store::sqlite::Durability::Normal,
     };
-    let store = store::SqliteStore::open(&path, durability)?;
-    tracing::info!(store = %path.display(), chosen_by = why, "store opened");
-    Ok(Arc::new(store))
+    Ok((store::SqliteStore::open(&path, durability)?, path, why))
+}
+
+/// Why the daemon's store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Shared(#[from] store::postgres::PgError),
+}
+
+/// The daemon's store: [`open_store`], and with `[store] postgres` the group's shared
+/// store behind it, its shipper and suppression replica running as tasks. Refuses to
+/// start when another live host uses this `node_id`; starts anyway when PostgreSQL does
+/// not answer (mail never waits on it) and registers as soon as it does.
+pub async fn open_daemon_store(
+    config: &Config,
+    host: &str,
+) -> Result<Arc<dyn store::Store>, OpenError> {
+    let Some(url) = config
+        .store
+        .postgres
+        .as_deref()
+        .filter(|_| config.store.enabled)
+    else {
+        return Ok(open_store(config)?);
+    };
+    let (local, path, why) = open_sqlite(config)?;
+    let local = Arc::new(local);
+    local.set_shipping(true);
+    let pg = Arc::new(store::postgres::Pg::new(url, config.node_id.0, host)?);
+    tracing::info!(store = %path.display(), chosen_by = why, shared = %pg.describe(), "store opened, shared through PostgreSQL");
+    let wait = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(wait, pg.prepare()).await {
+        Ok(Ok(())) => {
+            tracing::info!(shared = %pg.describe(), node_id = config.node_id.0, "registered with the shared store")
+        }
+        Ok(Err(e @ store::postgres::PgError::NodeTaken { .. })) => return Err(e.into()),
+        Ok(Err(e)) => tracing::warn!(
+            shared = %pg.describe(),
+            "the shared store does not answer: starting anyway (mail never waits on it); registering and shipping as soon as it does: {e}"
+        ),
+        Err(_) => tracing::warn!(
+            shared = %pg.describe(),
+            "the shared store did not answer within {wait:?}: starting anyway; registering and shipping as soon as it does"
+        ),
+    }
+    tokio::spawn(store::postgres::ship_forever(
+        Arc::clone(&local),
+        Arc::clone(&pg),
+    ));
+    tokio::spawn(store::postgres::replicate_forever(
+        Arc::clone(&local),
+        Arc::clone(&pg),
+    ));
+    Ok(Arc::new(store::postgres::SharedStore { local, pg }))
 }
 
 impl Daemon {

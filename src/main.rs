@@ -302,7 +302,7 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = msys_milter::open_store(&config)?;
+        let store = msys_milter::open_daemon_store(&config, &host_name()).await?;
         let store: &dyn Store = store.as_ref();
         let mut stdout = std::io::stdout().lock();
         let filter = |scope: &Scope, all: bool| SuppressionFilter {
@@ -520,7 +520,7 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         };
         tracing::info!(socket = %config.socket, "msys-milter {} listening", env!("CARGO_PKG_VERSION"));
         let (listener, _socket_file) = socket.into_parts();
-        let store = msys_milter::open_store(&config)?;
+        let store = msys_milter::open_daemon_store(&config, &host_name()).await?;
         let ids = Arc::new(IdGenerator::new(config.node_id.0));
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = start_http(&config, &store, &ids, http_stopped).await?;

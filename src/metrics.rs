@@ -28,6 +28,9 @@ pub struct Metrics {
     connections_refused: Family<Labels, Counter>,
     connections_timed_out: Family<Labels, Counter>,
     accept_errors: Family<Labels, Counter>,
+    ship_backlog: Family<Labels, Gauge>,
+    replica_seq: Gauge,
+    replica_synced: Gauge,
 }
 
 fn label(name: &str, value: &str) -> Labels {
@@ -111,6 +114,24 @@ impl Metrics {
             "Failed accepts (descriptors exhausted, ...); the listener pauses and goes on",
             accept_errors.clone(),
         );
+        let ship_backlog = Family::<Labels, Gauge>::default();
+        registry.register(
+            "pg_ship_backlog",
+            "Committed here, not yet shipped to the shared PostgreSQL store, by kind",
+            ship_backlog.clone(),
+        );
+        let replica_seq = Gauge::default();
+        registry.register(
+            "pg_replica_seq",
+            "The last shared suppression change applied to this host's replica",
+            replica_seq.clone(),
+        );
+        let replica_synced = Gauge::default();
+        registry.register(
+            "pg_replica_synced_timestamp_seconds",
+            "When the suppression replica last read the shared change log (Unix seconds)",
+            replica_synced.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -125,7 +146,28 @@ impl Metrics {
             connections_refused,
             connections_timed_out,
             accept_errors,
+            ship_backlog,
+            replica_seq,
+            replica_synced,
         }
+    }
+
+    pub fn ship_backlog(&self, b: crate::store::ship::ShipBacklog) {
+        for (kind, n) in [
+            ("transmissions", b.transmissions),
+            ("events", b.events),
+            ("suppression", b.suppression),
+        ] {
+            self.ship_backlog
+                .get_or_create(&label("kind", kind))
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn replica(&self, seq: i64, synced: u64) {
+        self.replica_seq.set(seq);
+        self.replica_synced
+            .set(i64::try_from(synced).unwrap_or(i64::MAX));
     }
 
     pub fn connection_opened(&self, listener: &str) {

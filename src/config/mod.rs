@@ -150,6 +150,9 @@ pub struct Store {
     /// `full` (fsync every commit, survives power loss; the default) or `normal`
     /// (survives a crash or `kill -9` of the daemon, not a power loss).
     pub durability: Durability,
+    /// The PostgreSQL database a group of hosts shares (suppression, events,
+    /// transmissions): a URL or libpq's key=value form. Unset: this host alone.
+    pub postgres: Option<String>,
 }
 
 impl Default for Store {
@@ -158,6 +161,7 @@ impl Default for Store {
             enabled: true,
             path: None,
             durability: Durability::Full,
+            postgres: None,
         }
     }
 }
@@ -514,6 +518,16 @@ impl Config {
                     format!("`{k}` is not a configured [[dkim_key]]"),
                 ));
             }
+        }
+        if let Some(text) = &self.store.postgres
+            && let Err(e) = crate::store::postgres::parse_config(text)
+        {
+            return Err(invalid(
+                "postgres",
+                format!(
+                    "not a PostgreSQL connection string ({e}): use postgres://user:password@host/db or host=... dbname=..."
+                ),
+            ));
         }
         if let Some(pool) = &self.envelope.default_ip_pool
             && pool != "sp_shared"

@@ -4,6 +4,8 @@
 //! themselves (`ids.rs`), so a server backend can implement [`Store`] unchanged.
 //! [`sqlite::SqliteStore`] is the embedded default.
 
+pub mod postgres;
+pub mod ship;
 pub mod sqlite;
 
 use crate::events::{Event, EventType, Transmission};

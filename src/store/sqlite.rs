@@ -83,6 +83,23 @@ CREATE TABLE cursors (
     r"
 ALTER TABLE queued ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
 ",
+    // What waits to be shipped to PostgreSQL (several hosts; see store/ship.rs): kept
+    // only while `[store] postgres` is set.
+    r"
+CREATE TABLE ship_events (event_id INTEGER PRIMARY KEY);
+CREATE TABLE ship_transmissions (transmission_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE ship_suppression (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL,
+    account INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    deleted INTEGER NOT NULL
+);
+",
 ];
 
 /// Writes queued at once beyond this wait for the next transaction.
@@ -137,9 +154,11 @@ pub struct SqliteStore {
     sinks: Arc<RwLock<Vec<SinkSpec>>>,
     /// Woken after every commit that added events (sinks wait on it).
     committed: Arc<tokio::sync::Notify>,
+    /// Commits also queue what they write for the PostgreSQL shipper.
+    pub(super) shipping: Arc<std::sync::atomic::AtomicBool>,
 }
 
-fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+pub(super) fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
         path: path.display().to_string(),
         source,
@@ -168,15 +187,15 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn account_key(account: Account) -> i64 {
+pub(super) fn account_key(account: Account) -> i64 {
     account.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX))
 }
 
-fn account_of(key: i64) -> Account {
+pub(super) fn account_of(key: i64) -> Account {
     u64::try_from(key).ok().filter(|k| *k != 0)
 }
 
-fn int(v: u64) -> i64 {
+pub(super) fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -210,6 +229,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             sinks,
             committed,
+            shipping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -222,7 +242,7 @@ impl SqliteStore {
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
-    fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    pub(super) fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send + 'static,
@@ -248,7 +268,10 @@ impl SqliteStore {
     }
 
     /// Run `f` on a read connection, at once (reads take microseconds: no thread hop).
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> StoreResult<T> {
         let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
@@ -434,23 +457,29 @@ fn write_commit(
             t.to_json()
         ])?;
     }
-    let mut upsert = conn.prepare_cached(
+    for s in &commit.suppress {
+        upsert_suppression(conn, s)?;
+    }
+    Ok(())
+}
+
+/// Add an entry to the suppression list, or update it (then `created` stays).
+pub(super) fn upsert_suppression(conn: &Connection, s: &SuppressionEntry) -> rusqlite::Result<()> {
+    conn.prepare_cached(
         "INSERT INTO suppression (recipient, account, type, source, description, created, updated)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (recipient, account, type) DO UPDATE SET
            source = excluded.source, description = excluded.description, updated = excluded.updated",
-    )?;
-    for s in &commit.suppress {
-        upsert.execute(params![
-            s.recipient.to_lowercase(),
-            account_key(s.account),
-            s.kind.as_str(),
-            s.source,
-            s.description,
-            int(s.created),
-            int(s.updated)
-        ])?;
-    }
+    )?
+    .execute(params![
+        s.recipient.to_lowercase(),
+        account_key(s.account),
+        s.kind.as_str(),
+        s.source,
+        s.description,
+        int(s.created),
+        int(s.updated)
+    ])?;
     Ok(())
 }
 
@@ -553,7 +582,7 @@ fn next_batch(
 }
 
 /// `WHERE` clause and values for a suppression filter.
-fn filter_sql(filter: &SuppressionFilter) -> (String, Vec<rusqlite::types::Value>) {
+pub(super) fn filter_sql(filter: &SuppressionFilter) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value as V;
     let mut clauses = Vec::new();
     let mut values = Vec::new();
@@ -585,7 +614,14 @@ impl Store for SqliteStore {
     fn commit(&self, commit: Commit) -> StoreFuture<'_, ()> {
         // Serialised here, on the caller's thread: the one writer thread only inserts.
         let items: Vec<String> = commit.events.iter().map(|e| e.to_json()).collect();
-        self.write(move |conn, sinks| write_commit(conn, sinks, &commit, &items))
+        let shipping = self.shipping.load(std::sync::atomic::Ordering::Relaxed);
+        self.write(move |conn, sinks| {
+            write_commit(conn, sinks, &commit, &items)?;
+            if shipping {
+                super::ship::queue_commit(conn, &commit)?;
+            }
+            Ok(())
+        })
     }
 
     fn suppressed<'a>(
@@ -885,8 +921,12 @@ impl Store for SqliteStore {
     }
 
     fn suppression_remove(&self, filter: SuppressionFilter) -> StoreFuture<'_, u64> {
+        let shipping = self.shipping.load(std::sync::atomic::Ordering::Relaxed);
         self.write(move |conn, _| {
             let (clause, values) = filter_sql(&filter);
+            if shipping {
+                super::ship::queue_removal(conn, &clause, &values)?;
+            }
             let n = conn.execute(
                 &format!("DELETE FROM suppression{clause}"),
                 rusqlite::params_from_iter(values),
@@ -899,7 +939,8 @@ impl Store for SqliteStore {
         self.write(move |conn, _| {
             let events = conn.execute(
                 "DELETE FROM events WHERE created < ?1 AND NOT EXISTS
-                   (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
+                   (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)
+                   AND NOT EXISTS (SELECT 1 FROM ship_events s WHERE s.event_id = events.event_id)",
                 params![int(events_before)],
             )?;
             let transmissions = conn.execute(

@@ -7,6 +7,7 @@ pub mod anymail;
 pub mod capture;
 pub mod e2e;
 pub mod mta;
+pub mod pg;
 pub mod postfix;
 pub mod sendmail;
 pub mod webhook;

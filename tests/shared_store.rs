@@ -1,0 +1,279 @@
+//! Several hosts on one real PostgreSQL (a private throwaway cluster): what each host
+//! commits locally is shipped once however often it is sent; a suppression change on
+//! one host reaches the other's replica within a second, also after its connections
+//! were cut; a host finds the transmissions it never saw; with PostgreSQL down, local
+//! commits go on and the backlog drains when it is back; a node id a live host uses is
+//! refused.
+
+mod support;
+
+use msys_milter::events::{self, Recipient, Stamp, Transmission};
+use msys_milter::store::postgres::{Pg, PgError, SharedStore, replicate_forever, ship_forever};
+use msys_milter::store::sqlite::Durability;
+use msys_milter::store::{
+    Commit, SqliteStore, Store, SuppressionEntry, SuppressionFilter, SuppressionType,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::pg::Pg as Cluster;
+
+fn local(dir: &std::path::Path, name: &str) -> Arc<SqliteStore> {
+    let s = Arc::new(SqliteStore::open(&dir.join(name), Durability::Normal).unwrap());
+    s.set_shipping(true);
+    s
+}
+
+/// One host: its local store, shipping and replicating, behind the shared store.
+fn host(dir: &std::path::Path, cluster: &Cluster, node: u16) -> SharedStore {
+    let local = local(dir, &format!("host{node}.db"));
+    let pg = Arc::new(Pg::new(&cluster.url(), node, &format!("host{node}.test")).unwrap());
+    tokio::spawn(ship_forever(Arc::clone(&local), Arc::clone(&pg)));
+    tokio::spawn(replicate_forever(Arc::clone(&local), Arc::clone(&pg)));
+    SharedStore { local, pg }
+}
+
+fn message(tid: &str, first_event: u64) -> Commit {
+    let t = Transmission {
+        transmission_id: tid.into(),
+        campaign_id: Some("shared".into()),
+        msg_from: format!("bounces+{tid}@bounces.example.net"),
+        injection_ms: 1_796_135_107_000,
+        ..Transmission::default()
+    };
+    let events = (0..3)
+        .map(|i| {
+            events::injection(
+                Stamp {
+                    event_id: first_event + i,
+                    timestamp: 1_796_135_107,
+                },
+                &t,
+                &Recipient {
+                    raw: format!("r{i}@example.org"),
+                    message_id: first_event.to_string(),
+                    ..Recipient::default()
+                },
+            )
+        })
+        .collect();
+    Commit {
+        events,
+        transmission: Some(t),
+        ..Commit::default()
+    }
+}
+
+fn unsubscribe(rcpt: &str) -> Commit {
+    Commit {
+        suppress: vec![SuppressionEntry::new(
+            rcpt,
+            None,
+            SuppressionType::NonTransactional,
+            "List Unsubscribe",
+            "test",
+            msys_milter::ids::unix_secs(),
+        )],
+        ..Commit::default()
+    }
+}
+
+async fn is_suppressed(store: &dyn Store, rcpt: &str) -> bool {
+    !store
+        .suppressed(None, SuppressionType::NonTransactional, &[rcpt.to_owned()])
+        .await
+        .unwrap()
+        .is_empty()
+}
+
+/// How long until `store` sees `rcpt` as `want`; panics after `limit`.
+async fn until(store: &dyn Store, rcpt: &str, want: bool, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while is_suppressed(store, rcpt).await != want {
+        assert!(start.elapsed() < limit, "{rcpt} not {want} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+async fn drained(store: &SqliteStore, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let b = store.ship_backlog().unwrap();
+        if b.events + b.transmissions + b.suppression == 0 {
+            return;
+        }
+        assert!(start.elapsed() < limit, "backlog left: {b:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_twice_counts_once() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = local(dir.path(), "a.db");
+    a.commit(message("501", 5010)).await.unwrap();
+    a.commit(unsubscribe("gone@example.org")).await.unwrap();
+    let pg = Pg::new(&cluster.url(), 1, "a.test").unwrap();
+    pg.prepare().await.unwrap();
+    let batch = a.ship_batch(100).unwrap();
+    assert_eq!(
+        (
+            batch.transmissions.len(),
+            batch.events.len(),
+            batch.suppression.len()
+        ),
+        (1, 3, 1)
+    );
+    // Shipped, then the host died before it could forget the batch: sent again.
+    pg.ship(&batch, "origin-a").await.unwrap();
+    pg.ship(&batch, "origin-a").await.unwrap();
+    a.shipped(batch).await.unwrap();
+    assert!(a.ship_batch(100).unwrap().is_empty());
+    assert_eq!(cluster.sql("SELECT count(*) FROM events"), "3");
+    assert_eq!(cluster.sql("SELECT count(*) FROM transmissions"), "1");
+    assert_eq!(cluster.sql("SELECT count(*) FROM suppression_log"), "1");
+    assert_eq!(
+        cluster.sql("SELECT recipient, source FROM suppression"),
+        "gone@example.org|List Unsubscribe"
+    );
+    // A removal ships as a change too.
+    a.suppression_remove(SuppressionFilter {
+        recipient: Some("gone@example.org".into()),
+        ..SuppressionFilter::default()
+    })
+    .await
+    .unwrap();
+    let batch = a.ship_batch(100).unwrap();
+    pg.ship(&batch, "origin-a").await.unwrap();
+    assert_eq!(cluster.sql("SELECT count(*) FROM suppression"), "0");
+    assert_eq!(cluster.sql("SELECT count(*) FROM suppression_log"), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_host_reaches_the_other_within_a_second() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(dir.path(), &cluster, 1);
+    let b = host(dir.path(), &cluster, 2);
+    // Both registered and listening.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let rcpt = format!("user{i}@example.org");
+        a.commit(unsubscribe(&rcpt)).await.unwrap();
+        took.push(until(&b, &rcpt, true, Duration::from_secs(5)).await);
+    }
+    // And back: a removal on B lifts it on A.
+    b.suppression_remove(SuppressionFilter {
+        recipient: Some("user0@example.org".into()),
+        ..SuppressionFilter::default()
+    })
+    .await
+    .unwrap();
+    took.push(until(&a, "user0@example.org", false, Duration::from_secs(5)).await);
+    took.sort();
+    eprintln!("propagation: {took:?}");
+    assert!(
+        took[took.len() - 1] < Duration::from_secs(1),
+        "every change within a second: {took:?}"
+    );
+    assert_eq!(cluster.sql("SELECT count(*) FROM nodes"), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_catches_up_after_its_connections_are_cut() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(dir.path(), &cluster, 1);
+    let b = host(dir.path(), &cluster, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.commit(unsubscribe("first@example.org")).await.unwrap();
+    until(&b, "first@example.org", true, Duration::from_secs(5)).await;
+    // Every session of ours is cut: notifications sent meanwhile are lost to B.
+    cluster.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'msys-milter'",
+    );
+    for i in 0..3 {
+        a.commit(unsubscribe(&format!("later{i}@example.org")))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        until(
+            &b,
+            &format!("later{i}@example.org"),
+            true,
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_finds_a_transmission_it_never_saw() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(dir.path(), &cluster, 1);
+    let b = host(dir.path(), &cluster, 2);
+    a.commit(message("777001", 7_770_010)).await.unwrap();
+    drained(&a.local, Duration::from_secs(10)).await;
+    assert!(b.local.transmission("777001").await.unwrap().is_none());
+    let t = b.transmission("777001").await.unwrap().unwrap();
+    assert_eq!(t.campaign_id.as_deref(), Some("shared"));
+    assert!(b.transmission("404").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_commits_go_on_and_the_backlog_drains_when_it_is_back() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(dir.path(), &cluster, 1);
+    a.commit(message("1", 10)).await.unwrap();
+    drained(&a.local, Duration::from_secs(10)).await;
+    cluster.stop();
+    let start = Instant::now();
+    for n in 0..100u64 {
+        a.commit(message(&(1000 + n).to_string(), 100_000 + n * 10))
+            .await
+            .unwrap();
+    }
+    a.commit(unsubscribe("while-down@example.org"))
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "commits never wait on PostgreSQL: {took:?}"
+    );
+    assert!(is_suppressed(&a, "while-down@example.org").await);
+    let backlog = a.local.ship_backlog().unwrap();
+    assert_eq!((backlog.events, backlog.transmissions), (300, 100));
+    cluster.restart();
+    drained(&a.local, Duration::from_secs(30)).await;
+    assert_eq!(cluster.sql("SELECT count(*) FROM events"), "303");
+    assert_eq!(cluster.sql("SELECT count(*) FROM transmissions"), "101");
+    assert_eq!(cluster.sql("SELECT count(*) FROM suppression"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_that_a_live_host_uses_is_refused() {
+    let cluster = Cluster::start();
+    let first = Pg::new(&cluster.url(), 7, "mx1.example.net").unwrap();
+    first.prepare().await.unwrap();
+    let second = Pg::new(&cluster.url(), 7, "mx2.example.net").unwrap();
+    match second.prepare().await {
+        Err(PgError::NodeTaken { node_id, host, .. }) => {
+            assert_eq!((node_id, host.as_str()), (7, "mx1.example.net"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another node id is fine, and so is the same one once the first is gone.
+    Pg::new(&cluster.url(), 8, "mx2.example.net")
+        .unwrap()
+        .prepare()
+        .await
+        .unwrap();
+    cluster.sql("UPDATE nodes SET heartbeat = now() - interval '1 minute' WHERE node_id = 7");
+    second.prepare().await.unwrap();
+}

@@ -84,7 +84,11 @@ pub async fn open_daemon_store(
     let (local, path, why) = open_sqlite(config)?;
     let local = Arc::new(local);
     local.set_shipping(true);
-    let pg = Arc::new(store::postgres::Pg::new(url, config.node_id.0, host)?);
+    let pg = Arc::new(
+        store::postgres::Pg::new(url, config.node_id.0, host)?.with_lease(
+            std::time::Duration::from_secs(config.store.webhook_lease_seconds.0 as u64),
+        ),
+    );
     tracing::info!(store = %path.display(), chosen_by = why, shared = %pg.describe(), "store opened, shared through PostgreSQL");
     let wait = std::time::Duration::from_secs(5);
     match tokio::time::timeout(wait, pg.prepare()).await {
@@ -101,15 +105,18 @@ pub async fn open_daemon_store(
             "the shared store did not answer within {wait:?}: starting anyway; registering and shipping as soon as it does"
         ),
     }
+    let shared = store::postgres::SharedStore::new(Arc::clone(&local), Arc::clone(&pg));
+    // Known before anything is shipped: what is shipped is queued for these webhooks.
+    let sinks = events::sink::configured(config)
+        .map(|sinks| sinks.into_iter().map(|s| s.spec).collect())
+        .unwrap_or_default();
+    store::Store::set_sinks(&shared, sinks);
     tokio::spawn(store::postgres::ship_forever(
         Arc::clone(&local),
         Arc::clone(&pg),
     ));
-    tokio::spawn(store::postgres::replicate_forever(
-        Arc::clone(&local),
-        Arc::clone(&pg),
-    ));
-    Ok(Arc::new(store::postgres::SharedStore { local, pg }))
+    tokio::spawn(store::postgres::replicate_forever(local, pg));
+    Ok(Arc::new(shared))
 }
 
 impl Daemon {

@@ -9,7 +9,7 @@
 
 mod support;
 
-use indymilter_test::{Status, TestConnection};
+use indymilter_test::Status;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use support::capture::Capture;
 use support::e2e::http_get;
 use support::mta::{Mta, MtaKind};
 use support::postfix::free_port;
-use support::{Milter, message};
+use support::{Milter, message, milter_transaction};
 
 /// What the daemon may hold in memory while flooded (it holds ~300 HTTP and ~40 LMTP
 /// connections of a few KiB each, plus its store and runtime).
@@ -42,6 +42,15 @@ fn raise_own_limit(want: u64) {
     );
 }
 
+/// The milter listens first; its HTTP and LMTP listeners come up right after.
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -60,31 +69,6 @@ fn open_fds(pid: u32) -> u64 {
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-}
-
-/// A milter transaction over the protocol (indymilter-test), as an MTA would run it.
-fn milter_transaction(port: u16) -> Status {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut conn = TestConnection::configure()
-            .read_timeout(Duration::from_secs(10))
-            .available_actions(indymilter_test::Actions::all())
-            .open_tcp(("127.0.0.1", port))
-            .await
-            .unwrap();
-        conn.mail(["<app@example.com>"]).await.unwrap();
-        conn.rcpt(["<to@example.org>"]).await.unwrap();
-        conn.header("From", "app@example.com").await.unwrap();
-        conn.header("X-MSYS-API", "{\"campaign_id\": \"flood\"}")
-            .await
-            .unwrap();
-        let (_, status) = conn.eom().await.unwrap();
-        let _ = conn.close().await;
-        status
-    })
 }
 
 /// What a connection got before it was closed, or `None` if it is still open after
@@ -149,6 +133,8 @@ fn a_flood_on_the_http_and_lmtp_listeners_never_starves_the_milter() {
         1024,
     );
     let pid = milter.pid();
+    wait_for_port(http_port);
+    wait_for_port(lmtp_port);
     let log = milter.log();
     assert!(
         log.contains("descriptor limit") && log.contains("soft=1024"),
@@ -248,10 +234,14 @@ fn exhausted_descriptors_pause_every_listener_and_never_end_the_daemon() {
     let (http_port, lmtp_port) = (free_port(), free_port());
     let milter = Milter::start_on(milter_port, &config(http_port, lmtp_port));
     let pid = milter.pid();
+    wait_for_port(http_port);
+    wait_for_port(lmtp_port);
     assert_eq!(milter_transaction(milter_port), Status::Continue);
     assert_eq!(http_get(http_port, "/healthz").0, 200);
 
-    // Two descriptors to spare, then take them: every accept from now on fails.
+    // Two descriptors to spare, then take them (and more): every accept from now on
+    // fails. The connections of the checks above are closed first.
+    std::thread::sleep(Duration::from_millis(500));
     let spare = open_fds(pid) + 2;
     let set = |soft: u64, hard: u64| {
         let limit = libc::rlimit {
@@ -286,7 +276,7 @@ fn exhausted_descriptors_pause_every_listener_and_never_end_the_daemon() {
         0
     );
     set(spare, old.rlim_max);
-    let fillers: Vec<TcpStream> = (0..2)
+    let fillers: Vec<TcpStream> = (0..8)
         .map(|_| TcpStream::connect(("127.0.0.1", lmtp_port)).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));

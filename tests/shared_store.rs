@@ -29,7 +29,7 @@ fn host(dir: &std::path::Path, cluster: &Cluster, node: u16) -> SharedStore {
     let pg = Arc::new(Pg::new(&cluster.url(), node, &format!("host{node}.test")).unwrap());
     tokio::spawn(ship_forever(Arc::clone(&local), Arc::clone(&pg)));
     tokio::spawn(replicate_forever(Arc::clone(&local), Arc::clone(&pg)));
-    SharedStore { local, pg }
+    SharedStore::new(local, pg)
 }
 
 fn message(tid: &str, first_event: u64) -> Commit {
@@ -276,4 +276,122 @@ async fn a_node_id_that_a_live_host_uses_is_refused() {
         .unwrap();
     cluster.sql("UPDATE nodes SET heartbeat = now() - interval '1 minute' WHERE node_id = 7");
     second.prepare().await.unwrap();
+}
+
+/// A claimed batch is one host's while its lease runs; then another host claims the
+/// same batch (same id, a new token), and the first host's late acknowledgement is
+/// refused by the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_claimed_renewed_and_a_stale_token_refused() {
+    use msys_milter::store::SinkSpec;
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a_local = local(dir.path(), "a.db");
+    let a = Arc::new(
+        Pg::new(&cluster.url(), 1, "a.test")
+            .unwrap()
+            .with_lease(Duration::from_secs(1)),
+    );
+    let b = Pg::new(&cluster.url(), 2, "b.test")
+        .unwrap()
+        .with_lease(Duration::from_secs(1));
+    a.prepare().await.unwrap();
+    b.prepare().await.unwrap();
+    let shared = SharedStore::new(Arc::clone(&a_local), Arc::clone(&a));
+    shared.set_sinks(vec![SinkSpec {
+        name: "webhook:http://hook.test/".into(),
+        types: None,
+    }]);
+    a_local.commit(message("900", 9000)).await.unwrap();
+    let batch = a_local.ship_batch(100).unwrap();
+    a.ship(&batch, "a").await.unwrap();
+    let sink = "webhook:http://hook.test/";
+    let (first, token_a) = a.claim(sink, 10, "B1", 0).await.unwrap().unwrap();
+    assert_eq!((first.batch_id.as_str(), first.items.len()), ("B1", 3));
+    // Held: the other host finds nothing to send (it seals nothing new either: every
+    // event is in B1).
+    assert!(b.claim(sink, 10, "B2", 0).await.unwrap().is_none());
+    assert!(a.renew(sink, "B1", token_a).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Expired: the other host takes the same batch, under a new token.
+    let (again, token_b) = b.claim(sink, 10, "B3", 0).await.unwrap().unwrap();
+    assert_eq!(again.batch_id, "B1");
+    assert_eq!(again.items, first.items);
+    assert!(token_b > token_a);
+    assert!(!a.renew(sink, "B1", token_a).await.unwrap());
+    assert!(
+        !a.ack(sink, "B1", token_a).await.unwrap(),
+        "the late ack is refused"
+    );
+    assert_eq!(cluster.sql("SELECT count(*) FROM webhook_queue"), "3");
+    assert!(b.ack(sink, "B1", token_b).await.unwrap());
+    assert_eq!(cluster.sql("SELECT count(*) FROM webhook_queue"), "0");
+    assert_eq!(cluster.sql("SELECT count(*) FROM webhook_batches"), "0");
+}
+
+/// Two hosts, one webhook: every event of both hosts reaches the consumer exactly
+/// once, each in exactly one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_gets_every_event_of_both_hosts_exactly_once() {
+    use msys_milter::events::sink::{SinkConfig, Sinks};
+    use msys_milter::events::webhook::{Auth, Target};
+    use msys_milter::ids::IdGenerator;
+    use msys_milter::store::SinkSpec;
+    let hook = support::webhook::Webhook::start(200);
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Vec::new();
+    let mut hosts = Vec::new();
+    for node in [1u16, 2] {
+        let host: Arc<dyn Store> = Arc::new(host(dir.path(), &cluster, node));
+        let sink = SinkConfig {
+            spec: SinkSpec {
+                name: format!("webhook:{}", hook.url()),
+                types: None,
+            },
+            target: Target::webhook(&hook.url(), Auth::None).unwrap(),
+            batch_size: 50,
+            batch_wait: Duration::from_millis(50),
+            retry_for: Duration::from_secs(3600),
+        };
+        running.push(Sinks::start(
+            &host,
+            &Arc::new(IdGenerator::new(node)),
+            vec![sink],
+        ));
+        hosts.push(host);
+    }
+    for n in 0..100u64 {
+        let host = &hosts[(n % 2) as usize];
+        host.commit(message(&(5000 + n).to_string(), 50_000 + n * 10))
+            .await
+            .unwrap();
+    }
+    let items = tokio::task::spawn_blocking(move || {
+        let items = hook.wait_until(60, |items| items.len() >= 300);
+        std::thread::sleep(Duration::from_secs(2));
+        (hook.delivered(), hook.posts(), items.len())
+    })
+    .await
+    .unwrap();
+    let (delivered, posts, _) = items;
+    let mut ids: Vec<String> = delivered
+        .iter()
+        .map(|i| {
+            i["msys"]["message_event"]["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    let all = ids.len();
+    ids.dedup();
+    assert_eq!((all, ids.len()), (300, 300), "each event once");
+    let mut batches: Vec<&str> = posts.iter().map(|p| p.batch_id.as_str()).collect();
+    batches.sort();
+    let sent = batches.len();
+    batches.dedup();
+    assert_eq!(sent, batches.len(), "each batch once");
+    drop(running);
 }

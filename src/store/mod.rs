@@ -38,6 +38,9 @@ pub enum StoreError {
     },
     #[error("the store's writer has stopped")]
     Stopped,
+    /// The group's shared store (PostgreSQL) could not do it.
+    #[error("shared store: {0}")]
+    Shared(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

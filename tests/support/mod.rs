@@ -153,6 +153,14 @@ impl Milter {
         self.spawn();
     }
 
+    /// Kill the daemon with SIGKILL, as a crash or the OOM killer would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            let _ = child.wait();
+        }
+    }
+
     /// Start it again on the same port with the same configuration.
     pub fn restart(&mut self) {
         self.stop();
@@ -257,4 +265,30 @@ pub fn added_headers(actions: &[indymilter_test::EomAction], wanted: &str) -> Ve
             _ => None,
         })
         .collect()
+}
+
+/// A milter transaction over the protocol (indymilter-test) against the daemon on
+/// `port`, as an MTA would run it: its end-of-message status.
+pub fn milter_transaction(port: u16) -> indymilter_test::Status {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = indymilter_test::TestConnection::configure()
+            .read_timeout(std::time::Duration::from_secs(10))
+            .available_actions(indymilter_test::Actions::all())
+            .open_tcp(("127.0.0.1", port))
+            .await
+            .unwrap();
+        conn.mail(["<app@example.com>"]).await.unwrap();
+        conn.rcpt(["<to@example.org>"]).await.unwrap();
+        conn.header("From", "app@example.com").await.unwrap();
+        conn.header("X-MSYS-API", "{\"campaign_id\": \"milter\"}")
+            .await
+            .unwrap();
+        let (_, status) = conn.eom().await.unwrap();
+        let _ = conn.close().await;
+        status
+    })
 }

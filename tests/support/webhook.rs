@@ -28,6 +28,16 @@ pub struct Webhook {
     pub port: u16,
     status: Arc<AtomicU16>,
     posts: Arc<Mutex<Vec<Post>>>,
+    hold: Arc<Hold>,
+}
+
+/// Holding POSTs open: the next one that arrives is not answered until released.
+#[derive(Default)]
+struct Hold {
+    next: std::sync::atomic::AtomicBool,
+    released: std::sync::atomic::AtomicBool,
+    /// Batch ids of the POSTs held so far.
+    held: Mutex<Vec<String>>,
 }
 
 impl Webhook {
@@ -36,12 +46,13 @@ impl Webhook {
         let port = listener.local_addr().unwrap().port();
         let status = Arc::new(AtomicU16::new(status));
         let posts = Arc::new(Mutex::new(Vec::new()));
-        let (st, ps) = (status.clone(), posts.clone());
+        let hold = Arc::new(Hold::default());
+        let (st, ps, ho) = (status.clone(), posts.clone(), hold.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (st, ps) = (st.clone(), ps.clone());
+                let (st, ps, ho) = (st.clone(), ps.clone(), ho.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &st, &ps);
+                    let _ = serve(stream, &st, &ps, &ho);
                 });
             }
         });
@@ -49,6 +60,33 @@ impl Webhook {
             port,
             status,
             posts,
+            hold,
+        }
+    }
+
+    /// Hold the next POST open (recorded only once answered) until [`Webhook::release`].
+    pub fn hold_next(&self) {
+        self.hold.released.store(false, Ordering::SeqCst);
+        self.hold.next.store(true, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.hold.released.store(true, Ordering::SeqCst);
+    }
+
+    /// The batch ids of the POSTs held so far (waits up to `secs` for one).
+    pub fn wait_held(&self, secs: u64) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let held = self.hold.held.lock().unwrap().clone();
+            if !held.is_empty() {
+                return held;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no POST arrived to hold"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
@@ -100,6 +138,7 @@ fn serve(
     stream: std::net::TcpStream,
     status: &AtomicU16,
     posts: &Mutex<Vec<Post>>,
+    hold: &Hold,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -131,6 +170,15 @@ fn serve(
             .unwrap_or(0);
         let mut body = vec![0; len];
         reader.read_exact(&mut body)?;
+        if hold.next.swap(false, Ordering::SeqCst) {
+            hold.held
+                .lock()
+                .unwrap()
+                .push(get("x-messagesystems-batch-id").unwrap_or_default());
+            while !hold.released.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let code = status.load(Ordering::SeqCst);
         posts.lock().unwrap().push(Post {
             batch_id: get("x-messagesystems-batch-id").unwrap_or_default(),

@@ -9,6 +9,8 @@ command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -
 # OpenDKIM, the baseline of the signing benchmark (its service is not started: the
 # benchmark runs its own instance).
 [ -x /usr/sbin/opendkim ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends opendkim >/dev/null
+# PostgreSQL for several hosts (the benchmark runs its own throwaway cluster).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 # Sendmail, unpacked from Debian's packages (never installed; they conflict with postfix).
 MSYS_TEST_SENDMAIL_ROOT="$(bash scripts/unpack-sendmail.sh)"
 export MSYS_TEST_SENDMAIL_ROOT
@@ -31,6 +33,8 @@ out=$(mktemp)
     cargo bench --locked --bench store 2>/dev/null
     echo
     cargo bench --locked --bench feedback 2>/dev/null
+    echo
+    cargo bench --locked --bench shared 2>/dev/null
     echo
     # The MTA runs in a network namespace that has only loopback.
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench postfix' 2>/dev/null

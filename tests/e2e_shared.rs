@@ -139,3 +139,75 @@ fn two_hosts_share_one_suppression_list_and_their_transmissions() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// PostgreSQL stops while mail flows through both hosts: every message is accepted
+/// (none tempfailed for it), and once PostgreSQL is back every event reaches the
+/// webhook exactly once (by event id), each in exactly one batch.
+#[test]
+fn with_postgres_stopped_mail_flows_and_every_event_arrives_once_after() {
+    let pg = Pg::start();
+    let hook = support::webhook::Webhook::start(200);
+    let start = |node: u16| {
+        E2e::start(&format!(
+            "node_id = {node}\n\
+             [envelope]\nbounce_domain = \"bounces.example.net\"\n\
+             [store]\npostgres = \"{}\"\ndurability = \"normal\"\n\
+             [http]\nlisten = \"127.0.0.1:{}\"\n\
+             [[webhook]]\nurl = \"{}\"\nbatch_wait_ms = 100\n",
+            pg.url(),
+            free_port(),
+            hook.url()
+        ))
+    };
+    let hosts = [start(1), start(2)];
+    // Registered and shipping, then PostgreSQL goes away.
+    for (i, h) in hosts.iter().enumerate() {
+        h.send(
+            "app@example.com",
+            &[&format!("before{i}@example.org")],
+            &campaign("x"),
+        )
+        .unwrap();
+    }
+    hook.wait_until(30, |items| items.len() >= 2);
+    pg.stop();
+    let stopped = Instant::now();
+    let mut sent = 2;
+    while stopped.elapsed() < Duration::from_secs(8) {
+        for h in &hosts {
+            h.send(
+                "app@example.com",
+                &[&format!("during{sent}@example.org")],
+                &campaign("x"),
+            )
+            .unwrap_or_else(|e| panic!("refused while PostgreSQL is down: {e}"));
+            sent += 1;
+        }
+    }
+    pg.restart();
+    hook.wait_until(60, |items| items.len() >= sent);
+    std::thread::sleep(Duration::from_secs(2));
+    let items = hook.delivered();
+    let mut ids: Vec<String> = items
+        .iter()
+        .map(|i| {
+            i["msys"]["message_event"]["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    let all = ids.len();
+    ids.dedup();
+    assert_eq!((all, ids.len()), (sent, sent), "every injection once");
+    let mut batches: Vec<String> = hook.posts().into_iter().map(|p| p.batch_id).collect();
+    batches.sort();
+    let posts = batches.len();
+    batches.dedup();
+    assert_eq!(posts, batches.len(), "each batch once");
+    eprintln!(
+        "{sent} messages, {} of them while PostgreSQL was down",
+        sent - 2
+    );
+}

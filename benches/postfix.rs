@@ -336,6 +336,71 @@ fn dkim() {
     }
 }
 
+/// The same msys-milter with its store on SQLite alone and with SQLite + PostgreSQL
+/// shipping (several hosts), side by side: mail never waits on PostgreSQL.
+fn shared() {
+    let count = bench_messages().unwrap_or(5000);
+    let rounds = 3;
+    let (_sink, sink_port) = smtp_sink();
+    let dir = tempfile::tempdir().unwrap();
+    let message = dir.path().join("message.txt");
+    campaign_message(&message);
+    let pg = support::pg::Pg::start();
+    let local_port = free_port();
+    let with_local = Postfix::start(Some(local_port), sink_port);
+    let _local = Milter::start_on(
+        local_port,
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+    );
+    let shared_port = free_port();
+    let with_shared = Postfix::start(Some(shared_port), sink_port);
+    let _shared = Milter::start_on(
+        shared_port,
+        &format!(
+            "node_id = 1\n[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\npostgres = \"{}\"\n",
+            pg.url()
+        ),
+    );
+    // PostgreSQL down: the host queues what it would ship, and mail goes on.
+    let down_port = free_port();
+    let with_down = Postfix::start(Some(down_port), sink_port);
+    let _down = Milter::start_on(
+        down_port,
+        &format!(
+            "node_id = 2\n[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\npostgres = \"host={} port=1 user=msys dbname=msys\"\n",
+            dir.path().join("no-such-socket-dir").display()
+        ),
+    );
+    for p in [&with_local, &with_shared, &with_down] {
+        round(p, &message, count / 10, 20);
+    }
+    let (mut local, mut shared, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        local.push(round(&with_local, &message, count, 20));
+        shared.push(round(&with_shared, &message, count, 20));
+        down.push(round(&with_down, &message, count, 20));
+    }
+    let (local, shared, down) = (median(local), median(shared), median(down));
+    println!(
+        "### Several hosts: the store on SQLite alone vs SQLite + PostgreSQL shipping\n\n{count} messages a round as above, 20 sessions, median of {rounds} alternating rounds; PostgreSQL (a private cluster, fsync off) on the same 2 cores.\n"
+    );
+    println!("| store | msgs/s | vs SQLite alone |");
+    println!("|---|---|---|");
+    println!("| SQLite alone (one host) | {local:.0} | 1.00 |");
+    println!(
+        "| SQLite + PostgreSQL shipping (several hosts) | {shared:.0} | {:.2} |",
+        shared / local
+    );
+    println!(
+        "| SQLite + PostgreSQL down (the backlog grows locally) | {down:.0} | {:.2} |",
+        down / local
+    );
+    println!(
+        "\nEvents in PostgreSQL after the run: {}.",
+        pg.sql("SELECT count(*) FROM events")
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument selects one part.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -347,5 +412,8 @@ fn main() {
     }
     if filter.as_deref().is_none_or(|f| "dkim".contains(f)) {
         dkim();
+    }
+    if filter.as_deref().is_none_or(|f| "shared".contains(f)) {
+        shared();
     }
 }

@@ -188,6 +188,11 @@ async fn origin(local: &SqliteStore) -> Result<String, crate::store::StoreError>
     Ok(made)
 }
 
+/// How long the shipper lets commits gather before it ships what is there: the bound
+/// on how late a change reaches the other hosts, and what keeps PostgreSQL's work per
+/// message small.
+const GATHER: Duration = Duration::from_millis(200);
+
 /// Ship what this host committed, for as long as the daemon runs.
 pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
     let origin = loop {
@@ -243,7 +248,14 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
         }
         if batch.is_empty() {
             pause = Duration::from_millis(200);
-            let _ = tokio::time::timeout(Duration::from_millis(200), committed.notified()).await;
+            // Woken by a commit, then a moment for more to gather: one transaction in
+            // PostgreSQL for many messages, not one each (it shares the mail's cores).
+            if tokio::time::timeout(Duration::from_secs(1), committed.notified())
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(GATHER).await;
+            }
             continue;
         }
         let full = batch.events.len() >= BATCH
@@ -258,8 +270,7 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
                     );
                 }
                 if !full {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(50), committed.notified()).await;
+                    tokio::time::sleep(GATHER).await;
                 }
             }
             Err(e) => {

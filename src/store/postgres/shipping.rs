@@ -188,9 +188,8 @@ async fn origin(local: &SqliteStore) -> Result<String, crate::store::StoreError>
     Ok(made)
 }
 
-/// How long the shipper lets commits gather before it ships what is there: the bound
-/// on how late a change reaches the other hosts, and what keeps PostgreSQL's work per
-/// message small.
+/// How long the shipper lets events gather before it ships them: what keeps
+/// PostgreSQL's work per message small. Suppression changes do not wait.
 const GATHER: Duration = Duration::from_millis(200);
 
 /// Ship what this host committed, for as long as the daemon runs.
@@ -207,6 +206,7 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
     let committed = local.committed();
     let mut pause = Duration::from_millis(200);
     let mut last_heartbeat = std::time::Instant::now();
+    let mut gathered = false;
     loop {
         if !pg.ready.load(Ordering::Relaxed) {
             match pg.prepare().await {
@@ -248,19 +248,22 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
         }
         if batch.is_empty() {
             pause = Duration::from_millis(200);
-            // Woken by a commit, then a moment for more to gather: one transaction in
-            // PostgreSQL for many messages, not one each (it shares the mail's cores).
-            if tokio::time::timeout(Duration::from_secs(1), committed.notified())
-                .await
-                .is_ok()
-            {
-                tokio::time::sleep(GATHER).await;
-            }
+            gathered = false;
+            let _ = tokio::time::timeout(Duration::from_secs(1), committed.notified()).await;
             continue;
         }
         let full = batch.events.len() >= BATCH
             || batch.transmissions.len() >= BATCH
             || batch.suppression.len() >= BATCH;
+        // Events wait a moment for more to gather: one transaction in PostgreSQL for
+        // many messages, not one each (it may share the mail's cores). A suppression
+        // change goes at once: the other hosts must stop mailing that recipient.
+        if !full && batch.suppression.is_empty() && !gathered {
+            gathered = true;
+            tokio::time::sleep(GATHER).await;
+            continue;
+        }
+        gathered = false;
         match pg.ship(&batch, &origin).await {
             Ok(()) => {
                 pause = Duration::from_millis(200);
@@ -268,9 +271,6 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
                     tracing::error!(
                         "shipped, but cannot mark it (it will be shipped again, harmlessly): {e}"
                     );
-                }
-                if !full {
-                    tokio::time::sleep(GATHER).await;
                 }
             }
             Err(e) => {

@@ -56,6 +56,26 @@ fn open_sqlite(
     Ok((store::SqliteStore::open(&path, durability)?, path, why))
 }
 
+/// The store the admin verbs use: [`open_store`]; with `[store] postgres`, the host's
+/// store with the group's webhook batches behind it (`webhooks status`, `events
+/// replay`), and what a verb changes (suppression entries) queued for the daemon's
+/// shipper, so it reaches every host. No registration, no tasks: the daemon does that.
+pub fn open_admin_store(config: &Config, host: &str) -> Result<Arc<dyn store::Store>, OpenError> {
+    let Some(url) = config
+        .store
+        .postgres
+        .as_deref()
+        .filter(|_| config.store.enabled)
+    else {
+        return Ok(open_store(config)?);
+    };
+    let (local, _, _) = open_sqlite(config)?;
+    let local = Arc::new(local);
+    local.set_shipping(true);
+    let pg = Arc::new(store::postgres::Pg::new(url, config.node_id.0, host)?);
+    Ok(Arc::new(store::postgres::SharedStore::new(local, pg)))
+}
+
 /// Why the daemon's store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

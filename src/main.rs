@@ -302,7 +302,7 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = msys_milter::open_daemon_store(&config, &host_name()).await?;
+        let store = msys_milter::open_admin_store(&config, &host_name())?;
         let store: &dyn Store = store.as_ref();
         let mut stdout = std::io::stdout().lock();
         let filter = |scope: &Scope, all: bool| SuppressionFilter {

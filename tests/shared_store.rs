@@ -395,3 +395,53 @@ async fn a_webhook_gets_every_event_of_both_hosts_exactly_once() {
     assert_eq!(sent, batches.len(), "each batch once");
     drop(running);
 }
+
+/// The admin verbs on a host of a group: a suppression entry added with the CLI's
+/// store reaches the other host (the daemon ships it), `webhooks status` shows the
+/// group's webhook backlog, `events replay` queues the group's events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_verbs_act_on_the_shared_data() {
+    use msys_milter::store::SinkSpec;
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(dir.path(), &cluster, 1);
+    let b = host(dir.path(), &cluster, 2);
+    let sink = "webhook:http://hook.test/";
+    a.set_sinks(vec![SinkSpec {
+        name: sink.into(),
+        types: None,
+    }]);
+    let config = msys_milter::Config::parse(
+        &format!(
+            "node_id = 1\n[store]\npath = \"{}\"\npostgres = \"{}\"\n",
+            dir.path().join("host1.db").display(),
+            cluster.url()
+        ),
+        std::path::Path::new("admin.toml"),
+    )
+    .unwrap();
+    let admin = msys_milter::open_admin_store(&config, "host1.test").unwrap();
+    msys_milter::admin::suppression_add(
+        admin.as_ref(),
+        &["cli@example.org".to_owned()],
+        SuppressionType::NonTransactional,
+        None,
+        "asked by phone",
+    )
+    .await
+    .unwrap();
+    until(&b, "cli@example.org", true, Duration::from_secs(5)).await;
+
+    a.commit(message("4242", 42_420)).await.unwrap();
+    drained(&a.local, Duration::from_secs(10)).await;
+    let mut out = Vec::new();
+    msys_milter::admin::webhooks_status(admin.as_ref(), &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains(sink) && text.contains('3'), "{text}");
+    let queued = admin.replay(0, &[sink.to_owned()]).await.unwrap();
+    assert_eq!(queued, 0, "still queued: nothing to add");
+    cluster.sql("DELETE FROM webhook_queue");
+    assert_eq!(admin.replay(0, &[sink.to_owned()]).await.unwrap(), 3);
+}

@@ -220,7 +220,15 @@ impl Store for SharedStore {
     }
 
     fn replay<'a>(&'a self, since: u64, sinks: &'a [String]) -> StoreFuture<'a, u64> {
-        self.local.replay(since, sinks)
+        Box::pin(async move {
+            let (local, shared): (Vec<String>, Vec<String>) =
+                sinks.iter().cloned().partition(|s| is_local_sink(s));
+            let mut n = self.local.replay(since, &local).await?;
+            if !shared.is_empty() {
+                n += self.pg.replay(since, &shared).await.map_err(shared_error)?;
+            }
+            Ok(n)
+        })
     }
 
     fn events_after(

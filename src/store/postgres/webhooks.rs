@@ -222,4 +222,37 @@ impl Pg {
             })
             .collect())
     }
+
+    /// Queue again for `sinks` the group's events created at or after `since`, failed
+    /// batches' included (as `events replay` does on one host). The number queued.
+    pub async fn replay(&self, since: u64, sinks: &[String]) -> Result<u64, PgError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut total = 0;
+        for sink in sinks {
+            // Events in a batch given up on go back to the queue; the rest are queued
+            // unless they still wait in it.
+            tx.execute(
+                "UPDATE webhook_queue SET batch_id = NULL WHERE sink = $1 AND batch_id IN
+                   (SELECT batch_id FROM webhook_batches WHERE sink = $1 AND state = 'failed')",
+                &[sink],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM webhook_batches WHERE sink = $1 AND state = 'failed'",
+                &[sink],
+            )
+            .await?;
+            total += tx
+                .execute(
+                    "INSERT INTO webhook_queue (sink, event_id)
+                     SELECT $1, event_id FROM events WHERE created >= $2
+                     ON CONFLICT DO NOTHING",
+                    &[sink, &int(since)],
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(total)
+    }
 }

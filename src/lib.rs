@@ -72,7 +72,12 @@ pub fn open_admin_store(config: &Config, host: &str) -> Result<Arc<dyn store::St
     let (local, _, _) = open_sqlite(config)?;
     let local = Arc::new(local);
     local.set_shipping(true);
-    let pg = Arc::new(store::postgres::Pg::new(url, config.node_id.0, host)?);
+    let pg = Arc::new(store::postgres::Pg::with_ca(
+        url,
+        config.node_id.0,
+        host,
+        config.store.postgres_ca.as_deref(),
+    )?);
     Ok(Arc::new(store::postgres::SharedStore::new(local, pg)))
 }
 
@@ -105,9 +110,15 @@ pub async fn open_daemon_store(
     let local = Arc::new(local);
     local.set_shipping(true);
     let pg = Arc::new(
-        store::postgres::Pg::new(url, config.node_id.0, host)?.with_lease(
-            std::time::Duration::from_secs(config.store.webhook_lease_seconds.0 as u64),
-        ),
+        store::postgres::Pg::with_ca(
+            url,
+            config.node_id.0,
+            host,
+            config.store.postgres_ca.as_deref(),
+        )?
+        .with_lease(std::time::Duration::from_secs(
+            config.store.webhook_lease_seconds.0 as u64,
+        )),
     );
     tracing::info!(store = %path.display(), chosen_by = why, shared = %pg.describe(), "store opened, shared through PostgreSQL");
     let wait = std::time::Duration::from_secs(5);

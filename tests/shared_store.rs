@@ -445,3 +445,29 @@ async fn the_admin_verbs_act_on_the_shared_data() {
     cluster.sql("DELETE FROM webhook_queue");
     assert_eq!(admin.replay(0, &[sink.to_owned()]).await.unwrap(), 3);
 }
+
+/// `sslmode=require` over TCP: TLS with rustls, the server's certificate checked
+/// against `[store] postgres_ca`; without that CA the connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_checks_the_servers_certificate() {
+    let cluster = Cluster::start_tls();
+    let trusted = Pg::with_ca(&cluster.tls_url(), 1, "tls.test", Some(&cluster.ca())).unwrap();
+    trusted.prepare().await.unwrap();
+    assert_eq!(
+        cluster.sql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'msys-milter'"),
+        "1",
+        "the pool's connection is encrypted"
+    );
+    let untrusted = Pg::new(&cluster.tls_url(), 2, "tls.test").unwrap();
+    let refused = untrusted.prepare().await.unwrap_err();
+    assert!(
+        matches!(refused, PgError::Pool(_) | PgError::Db(_)),
+        "{refused}"
+    );
+    // A file that holds no certificate is a configuration error, said at once.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    assert!(matches!(
+        Pg::with_ca(&cluster.tls_url(), 3, "tls.test", Some(empty.path())),
+        Err(PgError::Config(_))
+    ));
+}

@@ -153,6 +153,9 @@ pub struct Store {
     /// The PostgreSQL database a group of hosts shares (suppression, events,
     /// transmissions): a URL or libpq's key=value form. Unset: this host alone.
     pub postgres: Option<String>,
+    /// A PEM file of CA certificates to trust for the PostgreSQL server (besides the
+    /// system's), when its certificate comes from a private CA.
+    pub postgres_ca: Option<PathBuf>,
     /// Seconds a host holds a webhook batch it sends without renewing (several hosts):
     /// a host that dies mid-batch leaves it to another after this.
     pub webhook_lease_seconds: AtLeastOne,
@@ -165,6 +168,7 @@ impl Default for Store {
             path: None,
             durability: Durability::Full,
             postgres: None,
+            postgres_ca: None,
             webhook_lease_seconds: AtLeastOne(30),
         }
     }

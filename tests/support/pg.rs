@@ -11,6 +11,8 @@ const BIN: &str = "/usr/lib/postgresql/15/bin";
 pub struct Pg {
     dir: tempfile::TempDir,
     pub port: u16,
+    /// Also on 127.0.0.1 with TLS (a certificate from the test's own CA).
+    tls: bool,
 }
 
 fn as_postgres(program: &str) -> Command {
@@ -21,6 +23,16 @@ fn as_postgres(program: &str) -> Command {
 
 impl Pg {
     pub fn start() -> Pg {
+        Self::start_with(false)
+    }
+
+    /// Also listening on 127.0.0.1 with TLS: a server certificate for 127.0.0.1 signed
+    /// by a CA made for the test ([`Pg::ca`]).
+    pub fn start_tls() -> Pg {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Pg {
         assert!(
             Path::new(BIN).join("initdb").exists(),
             "PostgreSQL 15 is not installed: run scripts/test.sh (it installs it)"
@@ -54,9 +66,101 @@ impl Pg {
         let pg = Pg {
             port: super::postfix::free_port(),
             dir,
+            tls,
         };
+        if tls {
+            pg.make_certificates();
+        }
         pg.pg_ctl_start();
         pg
+    }
+
+    fn make_certificates(&self) {
+        let d = self.dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=msys test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        for f in ["server.key", "server.crt"] {
+            Command::new("chown")
+                .args(["postgres:postgres", &d.join(f).display().to_string()])
+                .status()
+                .unwrap();
+        }
+        Command::new("chmod")
+            .args(["600", &d.join("server.key").display().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// The CA that signed the TLS server's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `[store] postgres` over TCP and TLS (`sslmode=require`).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=msys dbname=postgres sslmode=require",
+            self.port
+        )
     }
 
     fn data(&self) -> PathBuf {
@@ -74,9 +178,19 @@ impl Pg {
                 "start",
                 "-o",
                 &format!(
-                    "-c listen_addresses='' -c unix_socket_directories='{}' -c port={} -c fsync=off -c full_page_writes=off -c max_connections=200",
+                    "-c listen_addresses='{}' -c unix_socket_directories='{}' -c port={} -c fsync=off -c full_page_writes=off -c max_connections=200{}",
+                    if self.tls { "127.0.0.1" } else { "" },
                     self.dir.path().display(),
-                    self.port
+                    self.port,
+                    if self.tls {
+                        format!(
+                            " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                            self.dir.path().join("server.crt").display(),
+                            self.dir.path().join("server.key").display()
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             ])
             .output()

@@ -202,10 +202,33 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
+/// TLS for `sslmode=require` (and `prefer`): the system's roots, and `ca` (PEM) when
+/// the server's certificate comes from a private CA. The server's name (or address)
+/// must match its certificate.
+fn tls(ca: Option<&std::path::Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
+    use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
+    }
+    if let Some(path) = ca {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| PgError::Config(format!("postgres_ca {}: {e}", path.display())))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| PgError::Config(format!("postgres_ca {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| PgError::Config(format!("postgres_ca {}: {e}", path.display())))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(PgError::Config(format!(
+                "postgres_ca {}: no certificate in it",
+                path.display()
+            )));
+        }
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -220,8 +243,18 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
 impl Pg {
     /// Set up the pool (no connection is made yet).
     pub fn new(text: &str, node_id: u16, host: &str) -> Result<Pg, PgError> {
+        Self::with_ca(text, node_id, host, None)
+    }
+
+    /// [`Pg::new`], trusting the server certificates `ca` (PEM) signs too.
+    pub fn with_ca(
+        text: &str,
+        node_id: u16,
+        host: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Pg, PgError> {
         let config = parse_config(text).map_err(PgError::Config)?;
-        let tls = tls()?;
+        let tls = tls(ca)?;
         let manager = deadpool_postgres::Manager::from_config(
             config.clone(),
             tls.clone(),

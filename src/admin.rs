@@ -256,6 +256,20 @@ pub async fn webhooks_status(store: &dyn Store, out: &mut dyn Write) -> anyhow::
             s.last_error.as_deref().unwrap_or("-")
         )?;
     }
+    let hosts = store.hosts().await?;
+    if !hosts.is_empty() {
+        writeln!(
+            out,
+            "hosts of the group (what each has not shipped yet, at its last heartbeat)"
+        )?;
+    }
+    for h in hosts {
+        writeln!(
+            out,
+            "  node {} {}: {} waiting to be shipped, heartbeat {} s ago",
+            h.node_id, h.host, h.backlog, h.heartbeat_age
+        )?;
+    }
     Ok(())
 }
 

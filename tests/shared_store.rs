@@ -440,6 +440,11 @@ async fn the_admin_verbs_act_on_the_shared_data() {
         .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains(sink) && text.contains('3'), "{text}");
+    assert!(
+        text.contains("node 1 host1.test: 0 waiting to be shipped")
+            && text.contains("node 2 host2.test"),
+        "which host holds what: {text}"
+    );
     let queued = admin.replay(0, &[sink.to_owned()]).await.unwrap();
     assert_eq!(queued, 0, "still queued: nothing to add");
     cluster.sql("DELETE FROM webhook_queue");

@@ -191,6 +191,17 @@ pub struct SinkStatus {
     pub next_attempt: Option<u64>,
 }
 
+/// A host of a group sharing one PostgreSQL (`webhooks status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostStatus {
+    pub node_id: u16,
+    pub host: String,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age: u64,
+    /// What it had committed and not yet shipped, at its last heartbeat.
+    pub backlog: u64,
+}
+
 /// Which entries `suppression list` and `export` show.
 #[derive(Clone, Debug, Default)]
 pub struct SuppressionFilter {
@@ -277,6 +288,11 @@ pub trait Store: Send + Sync {
     /// Forget what no consumer needs any more: delivered events older than
     /// `events_before`, transmissions older than `transmissions_before` (Unix seconds).
     fn prune(&self, events_before: u64, transmissions_before: u64) -> StoreFuture<'_, u64>;
+
+    /// The hosts of the group this store is shared with; none for a host alone.
+    fn hosts(&self) -> StoreFuture<'_, Vec<HostStatus>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// No store at all (`[store] enabled = false`): nothing is recorded, nobody is

@@ -128,6 +128,10 @@ CREATE TABLE webhook_batches (
 );
 CREATE INDEX webhook_batches_pending ON webhook_batches (sink, created) WHERE state = 'pending';
 ",
+    // What each host has not shipped yet, as of its last heartbeat.
+    r"
+ALTER TABLE nodes ADD COLUMN backlog bigint NOT NULL DEFAULT 0;
+",
 ];
 
 /// The advisory lock key of migrations ("msys" in ASCII).
@@ -362,15 +366,37 @@ impl Pg {
         Ok(())
     }
 
-    async fn heartbeat(&self) -> Result<(), PgError> {
+    async fn heartbeat(&self, backlog: u64) -> Result<(), PgError> {
         self.client()
             .await?
             .execute(
-                "UPDATE nodes SET heartbeat = now() WHERE node_id = $1 AND instance = $2",
-                &[&i32::from(self.node_id), &self.instance],
+                "UPDATE nodes SET heartbeat = now(), backlog = $3 WHERE node_id = $1 AND instance = $2",
+                &[&i32::from(self.node_id), &self.instance, &int(backlog)],
             )
             .await?;
         Ok(())
+    }
+
+    /// The hosts registered in the group, with their heartbeat's age and backlog.
+    pub async fn hosts(&self) -> Result<Vec<crate::store::HostStatus>, PgError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT node_id, host, extract(epoch FROM now() - heartbeat)::bigint, backlog
+                 FROM nodes ORDER BY node_id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::store::HostStatus {
+                node_id: u16::try_from(r.get::<_, i32>(0)).unwrap_or(0),
+                host: r.get(1),
+                heartbeat_age: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                backlog: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+            })
+            .collect())
     }
 
     /// A transmission's facts, for a host that never saw it.

@@ -266,4 +266,8 @@ impl Store for SharedStore {
             Ok(local + shared)
         })
     }
+
+    fn hosts(&self) -> StoreFuture<'_, Vec<crate::store::HostStatus>> {
+        Box::pin(async move { self.pg.hosts().await.map_err(shared_error) })
+    }
 }

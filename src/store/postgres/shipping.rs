@@ -231,7 +231,11 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
         }
         if last_heartbeat.elapsed() >= HEARTBEAT {
             last_heartbeat = std::time::Instant::now();
-            if let Err(e) = pg.heartbeat().await {
+            let backlog = local
+                .ship_backlog()
+                .map(|b| b.events + b.transmissions + b.suppression)
+                .unwrap_or(0);
+            if let Err(e) = pg.heartbeat(backlog).await {
                 pg.warn("heartbeat failed", &e);
             }
         }

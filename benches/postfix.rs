@@ -41,6 +41,14 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// A private Postfix whose milter is msys-milter with `toml`, delivering to `sink_port`.
+fn behind_postfix(sink_port: u16, toml: &str) -> (Postfix, Milter) {
+    let port = free_port();
+    let postfix = Postfix::start(Some(port), sink_port);
+    let milter = Milter::start_on(port, toml);
+    (postfix, milter)
+}
+
 fn throughput() {
     let count = bench_messages().unwrap_or(5000);
     let rounds = 3;
@@ -53,24 +61,18 @@ fn throughput() {
     let null_port = free_port();
     let _null = null_milter(null_port);
     let with_null = Postfix::start(Some(null_port), sink_port);
-    let msys_port = free_port();
-    let with_msys = Postfix::start(Some(msys_port), sink_port);
-    let _msys = Milter::start_on(
-        msys_port,
+    let (with_msys, _msys) = behind_postfix(
+        sink_port,
         "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
     );
     // The state layer side by side: the store off, and on with a webhook consumer.
-    let off_port = free_port();
-    let with_store_off = Postfix::start(Some(off_port), sink_port);
-    let store_off = Milter::start_on(
-        off_port,
+    let (with_store_off, store_off) = behind_postfix(
+        sink_port,
         "[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\nenabled = false\n",
     );
     let hook = support::webhook::Webhook::start(200);
-    let hooked_port = free_port();
-    let with_webhook = Postfix::start(Some(hooked_port), sink_port);
-    let hooked = Milter::start_on(
-        hooked_port,
+    let (with_webhook, hooked) = behind_postfix(
+        sink_port,
         &format!(
             "[envelope]\nbounce_domain = \"bounces.example.net\"\n[[webhook]]\nurl = \"{}\"\n",
             hook.url()
@@ -264,10 +266,8 @@ fn dkim() {
     let od_port = free_port();
     let od = opendkim(od_port, dir.path());
     let with_opendkim = Postfix::start(Some(od_port), sink_port);
-    let msys_port = free_port();
-    let with_msys = Postfix::start(Some(msys_port), sink_port);
-    let msys = Milter::start_on(
-        msys_port,
+    let (with_msys, msys) = behind_postfix(
+        sink_port,
         &format!(
             "[store]\nenabled = false\n[[dkim_key]]\nname = \"main\"\ndomain = \"example.com\"\nselector = \"s2026\"\nprivate_key = \"{DKIM_KEY}\"\n\
              [[sending_domain]]\nname = \"example.com\"\ndkim_key = \"main\"\n"
@@ -346,26 +346,20 @@ fn shared() {
     let message = dir.path().join("message.txt");
     campaign_message(&message);
     let pg = support::pg::Pg::start();
-    let local_port = free_port();
-    let with_local = Postfix::start(Some(local_port), sink_port);
-    let _local = Milter::start_on(
-        local_port,
+    let (with_local, _local) = behind_postfix(
+        sink_port,
         "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
     );
-    let shared_port = free_port();
-    let with_shared = Postfix::start(Some(shared_port), sink_port);
-    let _shared = Milter::start_on(
-        shared_port,
+    let (with_shared, _shared) = behind_postfix(
+        sink_port,
         &format!(
             "node_id = 1\n[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\npostgres = \"{}\"\n",
             pg.url()
         ),
     );
     // PostgreSQL down: the host queues what it would ship, and mail goes on.
-    let down_port = free_port();
-    let with_down = Postfix::start(Some(down_port), sink_port);
-    let _down = Milter::start_on(
-        down_port,
+    let (with_down, _down) = behind_postfix(
+        sink_port,
         &format!(
             "node_id = 2\n[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\npostgres = \"host={} port=1 user=msys dbname=msys\"\n",
             dir.path().join("no-such-socket-dir").display()

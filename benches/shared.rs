@@ -9,58 +9,13 @@ mod support;
 
 use msys_milter::events::sink::{SinkConfig, Sinks};
 use msys_milter::events::webhook::{Auth, Target};
-use msys_milter::events::{self, Recipient, Stamp, Transmission};
 use msys_milter::ids::IdGenerator;
-use msys_milter::store::postgres::{Pg, SharedStore, replicate_forever, ship_forever};
-use msys_milter::store::sqlite::Durability;
-use msys_milter::store::{Commit, SinkSpec, SqliteStore, Store, SuppressionEntry, SuppressionType};
+use msys_milter::store::postgres::ship_forever;
+use msys_milter::store::{SinkSpec, SqliteStore, Store, SuppressionType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::pg::Pg as Cluster;
-
-fn host(dir: &std::path::Path, cluster: &Cluster, node: u16, ship: bool) -> SharedStore {
-    let local =
-        Arc::new(SqliteStore::open(&dir.join(format!("h{node}.db")), Durability::Normal).unwrap());
-    local.set_shipping(true);
-    let pg = Arc::new(Pg::new(&cluster.url(), node, &format!("h{node}")).unwrap());
-    if ship {
-        tokio::spawn(ship_forever(Arc::clone(&local), Arc::clone(&pg)));
-        tokio::spawn(replicate_forever(Arc::clone(&local), Arc::clone(&pg)));
-    }
-    SharedStore::new(local, pg)
-}
-
-/// One accepted message: its transmission and three injection events.
-fn message(n: u64) -> Commit {
-    let t = Transmission {
-        transmission_id: n.to_string(),
-        campaign_id: Some("bench".into()),
-        msg_from: "bounces+1@bounces.example.net".into(),
-        injection_ms: 1_796_135_107_000,
-        ..Transmission::default()
-    };
-    let events = (0..3)
-        .map(|i| {
-            events::injection(
-                Stamp {
-                    event_id: n * 4 + i,
-                    timestamp: 1_796_135_107,
-                },
-                &t,
-                &Recipient {
-                    raw: format!("r{i}-{n}@example.org"),
-                    message_id: n.to_string(),
-                    ..Recipient::default()
-                },
-            )
-        })
-        .collect();
-    Commit {
-        events,
-        transmission: Some(t),
-        ..Commit::default()
-    }
-}
+use support::shared::{host, idle_host, message, unsubscribe};
 
 async fn backlog_empty(store: &SqliteStore) {
     loop {
@@ -87,11 +42,12 @@ async fn main() {
 
     // 1. Shipping: 30,000 messages (90,000 events) committed locally first, then
     // shipped; the time until the backlog is empty.
-    let a = host(dir.path(), &cluster, 1, false);
+    let a = idle_host(dir.path(), &cluster, 1);
     for chunk in 0..300u64 {
         let mut commits = Vec::new();
         for n in 0..100 {
-            commits.push(a.local.commit(message(1_000_000 + chunk * 100 + n)));
+            let n = 1_000_000 + chunk * 100 + n;
+            commits.push(a.local.commit(message(&n.to_string(), n * 4)));
         }
         for c in commits {
             c.await.unwrap();
@@ -108,26 +64,14 @@ async fn main() {
     );
 
     // 2. Propagation: a change on one host until the other host's replica has it.
-    let b = host(dir.path(), &cluster, 2, true);
-    let c = host(dir.path(), &cluster, 3, true);
+    let b = host(dir.path(), &cluster, 2);
+    let c = host(dir.path(), &cluster, 3);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut took = Vec::new();
     for i in 0..200 {
         let rcpt = format!("bench{i}@example.org");
         let start = Instant::now();
-        b.commit(Commit {
-            suppress: vec![SuppressionEntry::new(
-                &rcpt,
-                None,
-                SuppressionType::NonTransactional,
-                "List Unsubscribe",
-                "",
-                1,
-            )],
-            ..Commit::default()
-        })
-        .await
-        .unwrap();
+        b.commit(unsubscribe(&rcpt)).await.unwrap();
         while c
             .suppressed(
                 None,

@@ -101,7 +101,7 @@ impl Throttle {
         Throttle(AtomicU64::new(0))
     }
 
-    /// True at most once per minute; also tells how many calls were held back since.
+    /// True at most once per minute.
     pub fn ready(&self) -> bool {
         let now = crate::ids::unix_secs().max(1);
         let last = self.0.load(Ordering::Relaxed);

@@ -61,24 +61,52 @@ fn open_sqlite(
 /// replay`), and what a verb changes (suppression entries) queued for the daemon's
 /// shipper, so it reaches every host. No registration, no tasks: the daemon does that.
 pub fn open_admin_store(config: &Config, host: &str) -> Result<Arc<dyn store::Store>, OpenError> {
+    match open_group_parts(config, host)? {
+        None => Ok(open_store(config)?),
+        Some(g) => Ok(Arc::new(store::postgres::SharedStore::new(
+            g.local,
+            Arc::new(g.pg),
+        ))),
+    }
+}
+
+/// A host of a group: its SQLite store, queueing what it commits for shipping, and the
+/// group's database (not connected yet).
+struct GroupParts {
+    local: Arc<store::SqliteStore>,
+    pg: store::postgres::Pg,
+    /// Where the local file is, and what chose it.
+    path: std::path::PathBuf,
+    why: &'static str,
+}
+
+/// [`GroupParts`] with `[store] postgres` (and the store on); `None` for a host alone.
+fn open_group_parts(config: &Config, host: &str) -> Result<Option<GroupParts>, OpenError> {
     let Some(url) = config
         .store
         .postgres
         .as_deref()
         .filter(|_| config.store.enabled)
     else {
-        return Ok(open_store(config)?);
+        return Ok(None);
     };
-    let (local, _, _) = open_sqlite(config)?;
-    let local = Arc::new(local);
+    let (local, path, why) = open_sqlite(config)?;
     local.set_shipping(true);
-    let pg = Arc::new(store::postgres::Pg::with_ca(
+    let pg = store::postgres::Pg::with_ca(
         url,
         config.node_id.0,
         host,
         config.store.postgres_ca.as_deref(),
-    )?);
-    Ok(Arc::new(store::postgres::SharedStore::new(local, pg)))
+    )?
+    .with_lease(std::time::Duration::from_secs(
+        config.store.webhook_lease_seconds.0 as u64,
+    ));
+    Ok(Some(GroupParts {
+        local: Arc::new(local),
+        pg,
+        path,
+        why,
+    }))
 }
 
 /// Why the daemon's store could not be opened.
@@ -98,28 +126,16 @@ pub async fn open_daemon_store(
     config: &Config,
     host: &str,
 ) -> Result<Arc<dyn store::Store>, OpenError> {
-    let Some(url) = config
-        .store
-        .postgres
-        .as_deref()
-        .filter(|_| config.store.enabled)
+    let Some(GroupParts {
+        local,
+        pg,
+        path,
+        why,
+    }) = open_group_parts(config, host)?
     else {
         return Ok(open_store(config)?);
     };
-    let (local, path, why) = open_sqlite(config)?;
-    let local = Arc::new(local);
-    local.set_shipping(true);
-    let pg = Arc::new(
-        store::postgres::Pg::with_ca(
-            url,
-            config.node_id.0,
-            host,
-            config.store.postgres_ca.as_deref(),
-        )?
-        .with_lease(std::time::Duration::from_secs(
-            config.store.webhook_lease_seconds.0 as u64,
-        )),
-    );
+    let pg = Arc::new(pg);
     tracing::info!(store = %path.display(), chosen_by = why, shared = %pg.describe(), "store opened, shared through PostgreSQL");
     let wait = std::time::Duration::from_secs(5);
     match tokio::time::timeout(wait, pg.prepare()).await {

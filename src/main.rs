@@ -723,13 +723,9 @@ async fn start_lmtp(
             "[feedback] lmtp is set but no bounce domain is configured: every recipient will be refused"
         );
     }
-    let learnt = match store.cursor(msys_milter::feedback::MTA_NAMES_CURSOR).await {
-        Ok(value) => value
-            .as_deref()
-            .map(msys_milter::feedback::mta_names)
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let learnt = msys_milter::feedback::stored_mta_names(store.as_ref())
+        .await
+        .unwrap_or_default();
     tracing::info!(lmtp = %spec.0, reporting_mta = ?our_mtas, learnt_from_the_mta = ?learnt, keep_dir = %keep_dir.display(), "feedback LMTP listener running: DSNs from these names are in-band bounces (the MTA's own name is learnt from its first message)");
     let inbound = Arc::new(Inbound {
         config: Arc::new(config.clone()),

@@ -187,21 +187,12 @@ fn with_postgres_stopped_mail_flows_and_every_event_arrives_once_after() {
     pg.restart();
     hook.wait_until(60, |items| items.len() >= sent);
     std::thread::sleep(Duration::from_secs(2));
-    let items = hook.delivered();
-    let mut ids: Vec<String> = items
-        .iter()
-        .map(|i| {
-            i["msys"]["message_event"]["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let mut ids = hook.event_ids();
     ids.sort();
     let all = ids.len();
     ids.dedup();
     assert_eq!((all, ids.len()), (sent, sent), "every injection once");
-    let mut batches: Vec<String> = hook.posts().into_iter().map(|p| p.batch_id).collect();
+    let mut batches = hook.batch_ids();
     batches.sort();
     let posts = batches.len();
     batches.dedup();

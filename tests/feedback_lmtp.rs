@@ -222,6 +222,16 @@ fn dsn(tid: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+fn sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
+    Arc::new(
+        SqliteStore::open(
+            &dir.join("s.db"),
+            msys_milter::store::sqlite::Durability::Normal,
+        )
+        .unwrap(),
+    )
+}
+
 fn lmtp_message(rcpt: &str, message: &[u8]) -> Vec<u8> {
     let mut input =
         format!("LHLO mta.e2e.test\r\nMAIL FROM:<>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").into_bytes();
@@ -238,13 +248,7 @@ fn lmtp_message(rcpt: &str, message: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn a_dsn_becomes_a_bounce_event_and_a_suppression_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("s.db"),
-            msys_milter::store::sqlite::Durability::Normal,
-        )
-        .unwrap(),
-    );
+    let store = sqlite(dir.path());
     store
         .commit(Commit {
             transmission: Some(Transmission {
@@ -363,13 +367,7 @@ async fn a_store_that_fails_answers_451() {
 async fn a_dsn_from_the_mta_the_milter_learnt_is_in_band() {
     use msys_milter::feedback::MTA_NAMES_CURSOR;
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("s.db"),
-            msys_milter::store::sqlite::Durability::Normal,
-        )
-        .unwrap(),
-    );
+    let store = sqlite(dir.path());
     for tid in ["771", "772"] {
         store
             .commit(Commit {

@@ -33,19 +33,6 @@ fn daemon(node: u16, pg: &Pg, hook: &Webhook) -> Milter {
     )
 }
 
-fn event_ids(hook: &Webhook) -> Vec<String> {
-    hook.delivered()
-        .iter()
-        .map(|i| {
-            let msys = i["msys"].as_object().unwrap();
-            msys.values().next().unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
 fn sent(hook: &Webhook, batch_id: &str) -> usize {
     hook.posts()
         .iter()
@@ -78,7 +65,7 @@ fn a_host_killed_mid_batch_leaves_it_to_another_under_the_same_id() {
         "the held batch went out again under its id: {:?}",
         hook.posts().iter().map(|p| &p.batch_id).collect::<Vec<_>>()
     );
-    let mut ids = event_ids(&hook);
+    let mut ids = hook.event_ids();
     let all = ids.len();
     ids.sort();
     ids.dedup();
@@ -136,7 +123,7 @@ fn a_paused_host_loses_its_lease_and_its_late_ack_is_refused() {
         2,
         "the paused host's POST and the other host's, never a third"
     );
-    let mut ids = event_ids(&hook);
+    let mut ids = hook.event_ids();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 2, "both events, once each by id");

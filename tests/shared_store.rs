@@ -7,75 +7,12 @@
 
 mod support;
 
-use msys_milter::events::{self, Recipient, Stamp, Transmission};
-use msys_milter::store::postgres::{Pg, PgError, SharedStore, replicate_forever, ship_forever};
-use msys_milter::store::sqlite::Durability;
-use msys_milter::store::{
-    Commit, SqliteStore, Store, SuppressionEntry, SuppressionFilter, SuppressionType,
-};
+use msys_milter::store::postgres::{Pg, PgError, SharedStore};
+use msys_milter::store::{SqliteStore, Store, SuppressionFilter, SuppressionType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::pg::Pg as Cluster;
-
-fn local(dir: &std::path::Path, name: &str) -> Arc<SqliteStore> {
-    let s = Arc::new(SqliteStore::open(&dir.join(name), Durability::Normal).unwrap());
-    s.set_shipping(true);
-    s
-}
-
-/// One host: its local store, shipping and replicating, behind the shared store.
-fn host(dir: &std::path::Path, cluster: &Cluster, node: u16) -> SharedStore {
-    let local = local(dir, &format!("host{node}.db"));
-    let pg = Arc::new(Pg::new(&cluster.url(), node, &format!("host{node}.test")).unwrap());
-    tokio::spawn(ship_forever(Arc::clone(&local), Arc::clone(&pg)));
-    tokio::spawn(replicate_forever(Arc::clone(&local), Arc::clone(&pg)));
-    SharedStore::new(local, pg)
-}
-
-fn message(tid: &str, first_event: u64) -> Commit {
-    let t = Transmission {
-        transmission_id: tid.into(),
-        campaign_id: Some("shared".into()),
-        msg_from: format!("bounces+{tid}@bounces.example.net"),
-        injection_ms: 1_796_135_107_000,
-        ..Transmission::default()
-    };
-    let events = (0..3)
-        .map(|i| {
-            events::injection(
-                Stamp {
-                    event_id: first_event + i,
-                    timestamp: 1_796_135_107,
-                },
-                &t,
-                &Recipient {
-                    raw: format!("r{i}@example.org"),
-                    message_id: first_event.to_string(),
-                    ..Recipient::default()
-                },
-            )
-        })
-        .collect();
-    Commit {
-        events,
-        transmission: Some(t),
-        ..Commit::default()
-    }
-}
-
-fn unsubscribe(rcpt: &str) -> Commit {
-    Commit {
-        suppress: vec![SuppressionEntry::new(
-            rcpt,
-            None,
-            SuppressionType::NonTransactional,
-            "List Unsubscribe",
-            "test",
-            msys_milter::ids::unix_secs(),
-        )],
-        ..Commit::default()
-    }
-}
+use support::shared::{host, local, message, unsubscribe};
 
 async fn is_suppressed(store: &dyn Store, rcpt: &str) -> bool {
     !store
@@ -375,15 +312,7 @@ async fn a_webhook_gets_every_event_of_both_hosts_exactly_once() {
     .await
     .unwrap();
     let (delivered, posts, _) = items;
-    let mut ids: Vec<String> = delivered
-        .iter()
-        .map(|i| {
-            i["msys"]["message_event"]["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let mut ids = support::webhook::ids_of(&delivered);
     ids.sort();
     let all = ids.len();
     ids.dedup();

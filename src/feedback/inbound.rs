@@ -142,9 +142,8 @@ impl Inbound {
     /// The configured names of our MTA and those the milter learnt (`j`).
     async fn our_mtas(&self) -> Vec<String> {
         let mut names = self.our_mtas.clone();
-        match self.store.cursor(super::MTA_NAMES_CURSOR).await {
-            Ok(Some(value)) => names.extend(super::mta_names(&value)),
-            Ok(None) => {}
+        match super::stored_mta_names(self.store.as_ref()).await {
+            Ok(learnt) => names.extend(learnt),
             // The configured names still hold; the DSN is then judged by them alone.
             Err(e) => tracing::warn!("feedback: cannot read the MTA's names: {e}"),
         }

@@ -77,50 +77,17 @@ pub fn line_time(line: &str) -> Option<LineTime> {
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)` as Unix milliseconds.
 fn rfc3339(stamp: &str) -> Option<u64> {
-    let num = |s: &str| -> Option<i64> {
-        s.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    let (date, time) = stamp.split_once('T')?;
-    let mut d = date.split('-');
-    let (y, mo, da) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    let zone_at = time.find(['Z', 'z', '+', '-'])?;
-    let (clock, zone) = time.split_at(zone_at);
-    let (clock, frac) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut c = clock.split(':');
-    let (h, mi, se) = (num(c.next()?)?, num(c.next()?)?, num(c.next()?)?);
-    let millis = if frac.is_empty() {
-        0
-    } else {
-        num(&format!("{:0<3}", &frac[..frac.len().min(3)]))?
-    };
-    let offset_minutes = match zone.as_bytes().first()? {
-        b'Z' | b'z' => 0,
-        sign => {
-            let (oh, om) = zone[1..].split_once(':')?;
-            let minutes = num(oh)? * 60 + num(om)?;
-            if *sign == b'-' { -minutes } else { minutes }
-        }
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let days = days_from_civil(y, mo as u32, da as u32);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_minutes * 60;
-    u64::try_from(secs * 1000 + millis).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let date = mail_parser::DateTime::parse_rfc3339(stamp).filter(|d| d.is_valid())?;
+    let secs = u64::try_from(date.to_timestamp()).ok()?;
+    // mail-parser skips the fraction: its first three digits are the milliseconds.
+    let frac = stamp.split_once('.').map_or("", |(_, f)| f);
+    let millis = frac
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(secs * 1000 + millis)
 }
 
 impl Attempt<'_> {
@@ -331,8 +298,6 @@ mod tests {
         ] {
             assert_eq!(line_time(bad), None, "{bad}");
         }
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
     }
 
     #[test]

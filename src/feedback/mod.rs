@@ -98,6 +98,18 @@ pub fn mta_names(value: &str) -> Vec<String> {
     value.split_whitespace().map(str::to_owned).collect()
 }
 
+/// The MTA's names the milter has stored so far.
+pub async fn stored_mta_names(
+    store: &dyn crate::store::Store,
+) -> crate::store::StoreResult<Vec<String>> {
+    Ok(store
+        .cursor(MTA_NAMES_CURSOR)
+        .await?
+        .as_deref()
+        .map(mta_names)
+        .unwrap_or_default())
+}
+
 /// Does the report come from our own MTA (it gave up: in-band)?
 pub fn in_band(report: &Report, our_mtas: &[String]) -> bool {
     report.kind == ReportKind::Dsn && is_ours(report.reporting_mta.as_deref(), our_mtas)

@@ -203,8 +203,15 @@ async fn end_of_message(
                 queue_id: Some(queue_id.to_owned()),
                 ..Handed::default()
             };
-            if let Err(reply) =
-                commit_events(shared, &planned.plan, &planned.facts, &handed, queue_id).await
+            if let Err(reply) = commit_events(
+                shared,
+                &settings.config,
+                &planned.plan,
+                &planned.facts,
+                &handed,
+                queue_id,
+            )
+            .await
             {
                 return refused(cx, &reply);
             }
@@ -252,7 +259,8 @@ async fn end_of_message(
     }
     // The MTA applies the actions only once we accept: events first, then the answer.
     if !plan.returning_copy
-        && let Err(reply) = commit_events(shared, &plan, &facts, &handed, queue_id).await
+        && let Err(reply) =
+            commit_events(shared, &settings.config, &plan, &facts, &handed, queue_id).await
     {
         return refused(cx, &reply);
     }
@@ -278,6 +286,7 @@ async fn end_of_message(
 /// Commit what the milter tells about the message; a store failure is a tempfail.
 async fn commit_events(
     shared: &Shared,
+    config: &crate::config::Config,
     plan: &crate::api::Plan,
     facts: &crate::api::MessageFacts,
     handed: &Handed,
@@ -285,7 +294,6 @@ async fn commit_events(
 ) -> Result<(), Reply> {
     let now_ms = crate::ids::unix_millis();
     let tid = &plan.transmission_id;
-    let config = &shared.settings().config;
     let commit = record::accepted(plan, facts, handed, config, now_ms, || shared.ids.next())
         .map_err(|e| {
             tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: no event id: {e}");

@@ -105,7 +105,7 @@ impl Shared {
     /// knows its DSNs as in-band bounces, also right after a restart. After the first
     /// message this is one lock and a comparison.
     pub async fn note_mta_name(&self, name: &str) {
-        use crate::feedback::{MTA_NAMES_CURSOR, mta_names};
+        use crate::feedback::MTA_NAMES_CURSOR;
         let name = name.trim();
         let known = |names: &std::sync::Mutex<Vec<String>>| {
             names
@@ -117,8 +117,8 @@ impl Shared {
         if name.is_empty() || name.contains(char::is_whitespace) || known(&self.mta_names) {
             return;
         }
-        let mut names = match self.store.cursor(MTA_NAMES_CURSOR).await {
-            Ok(value) => value.as_deref().map(mta_names).unwrap_or_default(),
+        let mut names = match crate::feedback::stored_mta_names(self.store.as_ref()).await {
+            Ok(names) => names,
             Err(e) => {
                 tracing::warn!("cannot read the MTA's names from the store: {e}");
                 return;

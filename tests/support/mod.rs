@@ -10,6 +10,7 @@ pub mod mta;
 pub mod pg;
 pub mod postfix;
 pub mod sendmail;
+pub mod shared;
 pub mod webhook;
 
 use lettre::address::Envelope;

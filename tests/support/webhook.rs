@@ -111,6 +111,16 @@ impl Webhook {
             .collect()
     }
 
+    /// The `event_id` of every acknowledged item, in arrival order (repeats kept).
+    pub fn event_ids(&self) -> Vec<String> {
+        ids_of(&self.delivered())
+    }
+
+    /// The batch id of every POST, in arrival order (repeats kept).
+    pub fn batch_ids(&self) -> Vec<String> {
+        self.posts().into_iter().map(|p| p.batch_id).collect()
+    }
+
     /// Wait until `done` holds for the delivered items (at most `secs` seconds).
     pub fn wait_until(
         &self,
@@ -194,4 +204,18 @@ fn serve(
         )?;
         out.flush()?;
     }
+}
+
+/// The `event_id` of each batch item, whatever its category.
+pub fn ids_of(items: &[serde_json::Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| {
+            let msys = i["msys"].as_object().unwrap();
+            msys.values().next().unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }

@@ -214,9 +214,26 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let router = router(state).layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes));
-    let slots = crate::connlimit::Slots::new("http", limits.max_connections);
+    serve_router(listener, router(state), limits, None, "http", shutdown).await
+}
+
+/// Where a TLS listener gets its acceptor (a certificate reloaded on SIGHUP is taken up
+/// by the next connection).
+pub type TlsSource = Arc<dyn Fn() -> tokio_rustls::TlsAcceptor + Send + Sync>;
+
+/// [`serve`] for any router, over TLS when `tls` is given; `name` labels the listener
+/// in logs and metrics.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<TlsSource>,
+    name: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioTimer;
+    let router = router.layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes));
+    let slots = crate::connlimit::Slots::new(name, limits.max_connections);
     let throttle = crate::connlimit::Throttle::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -233,43 +250,35 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                let pause = crate::connlimit::accept_failed("http", &e, &throttle);
+                let pause = crate::connlimit::accept_failed(name, &e, &throttle);
                 tokio::time::sleep(pause).await;
                 continue;
             }
         };
-        let open = crate::connlimit::Open::new("http");
+        let open = crate::connlimit::Open::new(name);
         let Some(slot) = slots.try_take() else {
             let _ = stream.try_write(BUSY);
             drop((stream, open));
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let mut router = router.clone();
-            async move {
-                tower_service::Service::<hyper::Request<hyper::body::Incoming>>::call(
-                    &mut router,
-                    request,
-                )
-                .await
-            }
-        });
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.as_ref().map(|t| t());
         tokio::spawn(async move {
             let _held = (slot, open);
-            if let Err(e) = connection.await {
-                // Cut for taking too long: the header read timeout, or our idle one.
-                let idle = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<std::io::Error>())
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-                if e.is_timeout() || idle {
-                    crate::metrics::global().connection_timed_out("http");
+            let Some(acceptor) = tls else {
+                serve_connection(stream, peer, router, builder, watcher, limits, name).await;
+                return;
+            };
+            // The handshake gets the time the request's headers would.
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    serve_connection(tls, peer, router, builder, watcher, limits, name).await
                 }
-                tracing::debug!(%peer, "HTTP connection ended: {e}");
+                Ok(Err(e)) => tracing::debug!(%peer, listener = name, "TLS handshake failed: {e}"),
+                Err(_) => crate::metrics::global().connection_timed_out(name),
             }
         });
     }
@@ -279,6 +288,42 @@ pub async fn serve(
         () = tokio::time::sleep(Duration::from_secs(5)) => {}
     }
     Ok(())
+}
+
+/// One connection's requests, each answered by `router`, until it closes or idles out.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    builder: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: Limits,
+    name: &'static str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move {
+            tower_service::Service::<hyper::Request<hyper::body::Incoming>>::call(
+                &mut router,
+                request,
+            )
+            .await
+        }
+    });
+    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+        // Cut for taking too long: the header read timeout, or our idle one.
+        let idle = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        if e.is_timeout() || idle {
+            crate::metrics::global().connection_timed_out(name);
+        }
+        tracing::debug!(%peer, listener = name, "HTTP connection ended: {e}");
+    }
 }
 
 /// A connection that fails with `TimedOut` once nothing has been read or written for

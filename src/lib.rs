@@ -16,6 +16,7 @@ pub mod mime;
 pub mod record;
 pub mod reinject;
 pub mod render;
+pub mod rest;
 pub mod store;
 pub mod suppression;
 pub mod tracking;

@@ -88,6 +88,60 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Keys for the REST API ([api]).
+    ApiKey {
+        #[command(subcommand)]
+        action: ApiKeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyAction {
+    /// Make a key: print it once, and the [[api_key]] table to add (which holds only its
+    /// SHA-256).
+    New {
+        /// A name for the key (who uses it), unique in the configuration.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated grants: suppression_lists/manage, suppression_lists/view,
+        /// message_events/view, metrics/view, webhooks/view, webhooks/modify.
+        #[arg(long, value_delimiter = ',', required = true, value_parser = parse_grant)]
+        grants: Vec<msys_milter::config::Grant>,
+        /// Limit the key to this subaccount.
+        #[arg(long, value_name = "ID")]
+        subaccount: Option<u64>,
+    },
+}
+
+fn parse_grant(s: &str) -> Result<msys_milter::config::Grant, String> {
+    msys_milter::config::Grant::try_from(s.to_owned())
+}
+
+/// `api-key new`: the key on standard output's first line, then the TOML to add.
+fn api_key_new(
+    name: &str,
+    grants: &[msys_milter::config::Grant],
+    subaccount: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let (key, hash) =
+        msys_milter::rest::auth::new_key().context("cannot read random bytes from /dev/urandom")?;
+    let grants: Vec<String> = grants
+        .iter()
+        .map(|g| format!("\"{}\"", g.as_str()))
+        .collect();
+    println!("{key}");
+    eprintln!(
+        "The key above is shown once; msys-milter keeps only its SHA-256. Add this to the configuration and reload (SIGHUP):"
+    );
+    println!();
+    println!("[[api_key]]");
+    println!("name = {}", toml::Value::String(name.to_owned()));
+    println!("key_sha256 = \"{hash}\"");
+    println!("grants = [{}]", grants.join(", "));
+    if let Some(id) = subaccount {
+        println!("subaccount = {id}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Which entries a suppression verb works on.
@@ -212,6 +266,14 @@ fn main() -> ExitCode {
             ed25519,
             out,
         }) => dkim_keygen(&domain, &selector, ed25519, out),
+        Some(Command::ApiKey {
+            action:
+                ApiKeyAction::New {
+                    name,
+                    grants,
+                    subaccount,
+                },
+        }) => api_key_new(&name, &grants, subaccount),
         Some(admin) => run_admin(cli.config.as_deref(), admin),
     };
     result.unwrap_or_else(|e| {
@@ -449,6 +511,7 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
             Command::Explain { .. }
             | Command::CheckConfig { .. }
             | Command::DkimKeygen { .. }
+            | Command::ApiKey { .. }
             | Command::Manpage { .. } => {}
         }
         Ok(ExitCode::SUCCESS)
@@ -536,13 +599,17 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         }
         let (stop_lmtp, lmtp_stopped) = tokio::sync::oneshot::channel::<()>();
         let lmtp = start_lmtp(&config, &store, &ids, lmtp_stopped).await?;
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = start_api(&config, &store, api_stopped).await?;
         let daemon = Arc::new(Daemon::with_store(config, Arc::clone(&store), Arc::clone(&ids))?);
         tokio::spawn(prune_forever(Arc::clone(&store), Arc::clone(&daemon)));
+        let api_reload = api.as_ref().map(|a| (Arc::clone(&a.state), a.certificate.clone()));
         if let Some(path) = config_path {
             tokio::spawn(reload_on_sighup(
                 Arc::clone(&daemon),
                 path,
                 (Arc::clone(&store), Arc::clone(&ids), sinks),
+                api_reload,
             ));
         }
         // Everything is up: tell systemd (Type=notify), when it is watching.
@@ -550,6 +617,10 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         daemon.run(listener, shutdown).await?;
         let _ = stop_http.send(());
         let _ = stop_lmtp.send(());
+        let _ = stop_api.send(());
+        if let Some(api) = api {
+            let _ = api.task.await;
+        }
         if let Some(lmtp) = lmtp {
             let _ = lmtp.await;
         }
@@ -592,7 +663,13 @@ fn fit_to_descriptors(config: &mut Config) {
         http: config.http.max_connections.0,
         lmtp,
     };
-    let kept = reserve(config.reinject.concurrency, config.webhooks.len());
+    // The API's connections are few and its own cap holds them.
+    let api = config
+        .api
+        .listen
+        .as_ref()
+        .map_or(0, |_| config.api.max_connections.0);
+    let kept = reserve(config.reinject.concurrency, config.webhooks.len()) + api as u64;
     let caps = fit(wanted, limit, kept);
     if caps != wanted {
         tracing::warn!(
@@ -663,6 +740,72 @@ async fn start_http(
     Ok(Some(tokio::spawn(msys_milter::http::serve(
         listener, state, limits, shutdown,
     ))))
+}
+
+/// The REST API's listener, and what a SIGHUP reloads of it.
+struct ApiServer {
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: Arc<msys_milter::rest::ApiState>,
+    certificate: Option<Arc<msys_milter::rest::tls::Certificate>>,
+}
+
+/// Start the REST API when `[api] listen` is set: HTTPS with the configured certificate
+/// (plain HTTP only with `tls = false`).
+async fn start_api(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Option<ApiServer>> {
+    use msys_milter::rest::{ApiState, router, tls::Certificate};
+    let Some(listen) = &config.api.listen else {
+        return Ok(None);
+    };
+    let certificate = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) if config.api.tls => Some(
+            Certificate::load(cert, key)
+                .context("cannot start the API ([api] tls_cert, tls_key)")?,
+        ),
+        _ => None,
+    };
+    let tls = match &certificate {
+        Some(c) => {
+            let acceptor = c.acceptor()?;
+            let source: msys_milter::http::TlsSource = Arc::new(move || acceptor.clone());
+            Some(source)
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(listen.as_str())
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;
+    if config.api_keys.is_empty() {
+        tracing::warn!(
+            "[api] listen is set but no [[api_key]] is configured: every request gets 401; make one with `msys-milter api-key new`"
+        );
+    }
+    tracing::info!(listen = %listen, https = certificate.is_some(), keys = config.api_keys.len(), "REST API listening");
+    let state = Arc::new(ApiState::new(config, Arc::clone(store)));
+    let limits = msys_milter::http::Limits {
+        max_connections: config.api.max_connections.0,
+        max_body_bytes: config.api.max_body_bytes.0,
+        ..msys_milter::http::Limits::from_config(&config.http)
+    };
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(msys_milter::http::serve_router(
+        listener,
+        router(Arc::clone(&state)),
+        limits,
+        tls,
+        "api",
+        shutdown,
+    ));
+    Ok(Some(ApiServer {
+        task,
+        state,
+        certificate,
+    }))
 }
 
 /// `READY=1` to `$NOTIFY_SOCKET` (systemd's sd_notify protocol: one datagram; a name
@@ -771,6 +914,11 @@ async fn prune_forever(store: Arc<dyn Store>, daemon: Arc<Daemon>) {
         let events_before = now.saturating_sub(u64::from(config.events.retention_days) * 86_400);
         let transmissions_before =
             now.saturating_sub((u64::from(config.tracking.link_expiry_days) + 1) * 86_400);
+        let counters_before =
+            now.saturating_sub(config.api.metrics_retention_days.0 as u64 * 86_400);
+        if let Err(e) = store.prune_counters(counters_before).await {
+            tracing::error!("pruning the deliverability counters failed: {e}");
+        }
         match store.prune(events_before, transmissions_before).await {
             Ok(n) if n > 0 => tracing::info!(rows = n, "store pruned"),
             Ok(_) => {}
@@ -799,6 +947,10 @@ async fn reload_on_sighup(
     daemon: Arc<Daemon>,
     (path, socket): (PathBuf, Option<SocketSpec>),
     (store, ids, mut sinks): (Arc<dyn Store>, Arc<IdGenerator>, Sinks),
+    api: Option<(
+        Arc<msys_milter::rest::ApiState>,
+        Option<Arc<msys_milter::rest::tls::Certificate>>,
+    )>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -817,6 +969,19 @@ async fn reload_on_sighup(
                         sinks = new;
                     }
                     Err(e) => tracing::error!("SIGHUP: keeping the running sinks: {e:#}"),
+                }
+                if let Some((state, certificate)) = &api {
+                    state.reload(&config);
+                    let files = config
+                        .api
+                        .tls_cert
+                        .as_deref()
+                        .zip(config.api.tls_key.as_deref());
+                    if let Some(c) = certificate
+                        && let Err(e) = c.reload(files)
+                    {
+                        tracing::error!("SIGHUP: keeping the API's certificate: {e}");
+                    }
                 }
                 daemon.reload(config);
                 tracing::info!(file = %path.display(), "configuration reloaded");

@@ -31,6 +31,7 @@ pub struct Metrics {
     ship_backlog: Family<Labels, Gauge>,
     replica_seq: Gauge,
     replica_synced: Gauge,
+    api_requests: Family<Labels, Counter>,
 }
 
 fn label(name: &str, value: &str) -> Labels {
@@ -132,7 +133,14 @@ impl Metrics {
             "When the suppression replica last read the shared change log (Unix seconds)",
             replica_synced.clone(),
         );
+        let api_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "REST API requests answered, by status class (2xx, 4xx, 5xx) and 429s by key",
+            api_requests.clone(),
+        );
         Metrics {
+            api_requests,
             registry,
             messages,
             copies,
@@ -191,6 +199,23 @@ impl Metrics {
     pub fn connection_timed_out(&self, listener: &str) {
         self.connections_timed_out
             .get_or_create(&label("listener", listener))
+            .inc();
+    }
+
+    /// A REST API answer (its status class).
+    pub fn api_answered(&self, status: u16) {
+        self.api_requests
+            .get_or_create(&label("status", &format!("{}xx", status / 100)))
+            .inc();
+    }
+
+    /// A key over its rate limit.
+    pub fn api_throttled(&self, key: &str) {
+        self.api_requests
+            .get_or_create(&vec![
+                ("status".to_owned(), "429".to_owned()),
+                ("key".to_owned(), key.to_owned()),
+            ])
             .inc();
     }
 

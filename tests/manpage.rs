@@ -33,8 +33,12 @@ fn page_keys() -> BTreeSet<(String, String)> {
 
 /// (table, key) pairs of the code: the public fields of the configuration structs.
 fn code_keys() -> BTreeSet<(String, String)> {
-    let source =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config/mod.rs")).unwrap();
+    let source = ["mod.rs", "api.rs"]
+        .map(|f| {
+            std::fs::read_to_string(format!("{}/src/config/{f}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+        })
+        .join("\n");
     let table = |s: &str| -> Option<&str> {
         Some(match s {
             "Config" => "Top level",
@@ -49,6 +53,8 @@ fn code_keys() -> BTreeSet<(String, String)> {
             "SendingDomain" => "[[sending_domain]]",
             "IpPool" => "[[ip_pool]]",
             "DkimKey" => "[[dkim_key]]",
+            "Api" => "[api]",
+            "ApiKey" => "[[api_key]]",
             _ => return None,
         })
     };
@@ -80,6 +86,8 @@ fn code_keys() -> BTreeSet<(String, String)> {
                 "sending_domains",
                 "ip_pools",
                 "dkim_keys",
+                "api",
+                "api_keys",
             ];
             if !(skip_next || t == "Top level" && nested.contains(&name.as_str())) {
                 out.insert((t.to_owned(), name));

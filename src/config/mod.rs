@@ -1,8 +1,10 @@
 //! The TOML configuration. Every key has a built-in default, so the daemon runs with no
 //! file; a bad file is refused with its path, line and key.
 
+mod api;
 mod values;
 
+pub use api::{Api, ApiKey, Grant, KeyHash};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 pub use values::{AtLeastOne, ByteLimit, Domain, LocalPart, NodeId, SocketSpec};
@@ -375,6 +377,9 @@ pub struct Config {
     pub store: Store,
     pub events: Events,
     pub feedback: Feedback,
+    pub api: Api,
+    #[serde(rename = "api_key")]
+    pub api_keys: Vec<ApiKey>,
     #[serde(rename = "webhook")]
     pub webhooks: Vec<Webhook>,
     #[serde(rename = "sending_domain")]
@@ -402,6 +407,8 @@ impl Default for Config {
             store: Store::default(),
             events: Events::default(),
             feedback: Feedback::default(),
+            api: Api::default(),
+            api_keys: Vec::new(),
             webhooks: Vec::new(),
             sending_domains: Vec::new(),
             ip_pools: Vec::new(),
@@ -537,6 +544,7 @@ impl Config {
                 ),
             ));
         }
+        self.check_api(&invalid)?;
         if let Some(pool) = &self.envelope.default_ip_pool
             && pool != "sp_shared"
             && !self.ip_pools.iter().any(|p| &p.name == pool)
@@ -699,6 +707,60 @@ impl Config {
                     key,
                     message: format!("sending domain `{}` is configured twice", domain.name.0),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// `[api]` and `[[api_key]]`: HTTPS needs its certificate and key; the API never
+    /// shares the tracking listener; key names are unique.
+    fn check_api(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let Some(listen) = &self.api.listen else {
+            return Ok(());
+        };
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                format!("`{listen}` is not an address and port: use e.g. \"127.0.0.1:8443\""),
+            ));
+        }
+        if *listen == self.http.listen {
+            return Err(invalid(
+                "listen",
+                format!("`{listen}` is [http] listen too: the API needs a port of its own"),
+            ));
+        }
+        if self.api.tls {
+            for (key, value) in [
+                ("tls_cert", &self.api.tls_cert),
+                ("tls_key", &self.api.tls_key),
+            ] {
+                if value.is_none() {
+                    return Err(invalid(
+                        "listen",
+                        format!(
+                            "[api] serves HTTPS: set `{key}` (a PEM file), or `tls = false` for plain HTTP behind a proxy on this host"
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for key in &self.api_keys {
+            if !names.insert(key.name.as_str()) {
+                return Err(invalid(
+                    "name",
+                    format!("api_key `{}` is configured twice", key.name),
+                ));
+            }
+            if key.grants.is_empty() {
+                return Err(invalid(
+                    "grants",
+                    format!(
+                        "api_key `{}` has no grants: it could call nothing",
+                        key.name
+                    ),
+                ));
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! (`click_tracking`, `open_tracking`, `initial_pixel`, `amp_enabled`); `timestamp` is
 //! Unix seconds; `rcpt_meta` an object and `rcpt_tags` an array, also when empty.
 
+pub mod counted;
 mod redact;
 pub mod sink;
 pub mod webhook;
@@ -276,7 +277,7 @@ pub fn iso8601(ms: u64) -> String {
 }
 
 /// Howard Hinnant's days-to-civil conversion (proleptic Gregorian calendar).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -5,8 +5,10 @@
 //! [`sqlite::SqliteStore`] is the embedded default.
 
 pub mod postgres;
+pub mod query;
 pub mod ship;
 pub mod sqlite;
+mod sqlite_query;
 
 use crate::events::{Event, EventType, Transmission};
 use std::future::Future;
@@ -288,6 +290,45 @@ pub trait Store: Send + Sync {
     /// Forget what no consumer needs any more: delivered events older than
     /// `events_before`, transmissions older than `transmissions_before` (Unix seconds).
     fn prune(&self, events_before: u64, transmissions_before: u64) -> StoreFuture<'_, u64>;
+
+    /// A page of the suppression list (REST API).
+    fn suppression_search(
+        &self,
+        _: query::SuppressionQuery,
+    ) -> StoreFuture<'_, query::SuppressionPage> {
+        done(query::SuppressionPage::default())
+    }
+
+    /// How many entries each source added (`None`: every account).
+    fn suppression_summary(&self, _: Option<Account>) -> StoreFuture<'_, Vec<(String, u64)>> {
+        done(Vec::new())
+    }
+
+    /// A page of the stored events, newest first (REST API).
+    fn event_search(&self, _: query::EventQuery) -> StoreFuture<'_, query::EventPage> {
+        done(query::EventPage::default())
+    }
+
+    /// Sums of the deliverability counters.
+    fn metrics(&self, _: query::MetricsQuery) -> StoreFuture<'_, Vec<query::MetricsRow>> {
+        done(Vec::new())
+    }
+
+    /// The values of a dimension (campaigns, sending domains) seen in `[from, to)`.
+    fn dimension_values(
+        &self,
+        _: query::Dimension,
+        _: (u64, u64),
+        _: Option<String>,
+        _: usize,
+    ) -> StoreFuture<'_, Vec<String>> {
+        done(Vec::new())
+    }
+
+    /// Forget counters older than `before` (Unix seconds).
+    fn prune_counters(&self, _: u64) -> StoreFuture<'_, u64> {
+        done(0)
+    }
 
     /// The hosts of the group this store is shared with; none for a host alone.
     fn hosts(&self) -> StoreFuture<'_, Vec<HostStatus>> {

@@ -100,6 +100,43 @@ CREATE TABLE ship_suppression (
     deleted INTEGER NOT NULL
 );
 ",
+    // The REST API: events searched by recipient and campaign, the suppression list
+    // walked by `updated`, and the deliverability counters (per minute and per hour;
+    // `engaged` remembers each message's first open and click for the unique counts).
+    r"
+ALTER TABLE events ADD COLUMN rcpt TEXT;
+ALTER TABLE events ADD COLUMN campaign TEXT;
+UPDATE events SET
+    rcpt = lower(COALESCE(json_extract(item, '$.msys.message_event.rcpt_to'),
+        json_extract(item, '$.msys.track_event.rcpt_to'),
+        json_extract(item, '$.msys.unsubscribe_event.rcpt_to'))),
+    campaign = COALESCE(json_extract(item, '$.msys.message_event.campaign_id'),
+        json_extract(item, '$.msys.track_event.campaign_id'),
+        json_extract(item, '$.msys.unsubscribe_event.campaign_id'));
+CREATE INDEX events_rcpt ON events (rcpt, created);
+CREATE INDEX events_campaign ON events (campaign, created);
+CREATE INDEX suppression_updated ON suppression (updated, recipient, account, type);
+CREATE TABLE counters (
+    span INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    campaign TEXT NOT NULL,
+    sending_domain TEXT NOT NULL,
+    subaccount TEXT NOT NULL,
+    ip_pool TEXT NOT NULL,
+    bounce_class TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (span, bucket, campaign, sending_domain, subaccount, ip_pool, bounce_class, metric)
+) WITHOUT ROWID;
+CREATE INDEX counters_campaign ON counters (span, campaign, bucket);
+CREATE TABLE engaged (
+    message TEXT NOT NULL,
+    what TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (message, what)
+) WITHOUT ROWID;
+CREATE INDEX engaged_created ON engaged (created);
+",
 ];
 
 /// Writes queued at once beyond this wait for the next transaction.
@@ -187,15 +224,15 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-pub(super) fn account_key(account: Account) -> i64 {
+pub(crate) fn account_key(account: Account) -> i64 {
     account.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX))
 }
 
-pub(super) fn account_of(key: i64) -> Account {
+pub(crate) fn account_of(key: i64) -> Account {
     u64::try_from(key).ok().filter(|k| *k != 0)
 }
 
-pub(super) fn int(v: u64) -> i64 {
+pub(crate) fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -417,19 +454,27 @@ fn write_commit(
     items: &[String],
 ) -> rusqlite::Result<()> {
     let mut insert_event = conn.prepare_cached(
-        "INSERT OR IGNORE INTO events (event_id, created, type, transmission_id, item) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO events (event_id, created, type, transmission_id, item, rcpt, campaign)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut queue =
         conn.prepare_cached("INSERT OR IGNORE INTO outbox (sink, event_id) VALUES (?1, ?2)")?;
     for (e, item) in commit.events.iter().zip(items) {
         let id = int(e.event_id);
-        insert_event.execute(params![
+        let campaign = e.fields.get("campaign_id").and_then(|c| c.as_str());
+        let inserted = insert_event.execute(params![
             id,
             int(e.timestamp),
             e.kind.as_str(),
             e.transmission_id,
-            item
+            item,
+            e.rcpt_to().map(str::to_lowercase),
+            campaign
         ])?;
+        // Counted once: a batch written again (a retried commit) adds nothing.
+        if inserted == 1 {
+            super::sqlite_query::count_event(conn, e)?;
+        }
         for sink in sinks.iter().filter(|s| s.wants(e.kind)) {
             queue.execute(params![sink.name, id])?;
         }
@@ -933,6 +978,47 @@ impl Store for SqliteStore {
             )?;
             Ok(n as u64)
         })
+    }
+
+    fn suppression_search(
+        &self,
+        q: super::query::SuppressionQuery,
+    ) -> StoreFuture<'_, super::query::SuppressionPage> {
+        Self::ready(self.read(|conn| super::sqlite_query::suppression_search(conn, &q)))
+    }
+
+    fn suppression_summary(&self, account: Option<Account>) -> StoreFuture<'_, Vec<(String, u64)>> {
+        Self::ready(self.read(|conn| super::sqlite_query::suppression_summary(conn, account)))
+    }
+
+    fn event_search(
+        &self,
+        q: super::query::EventQuery,
+    ) -> StoreFuture<'_, super::query::EventPage> {
+        Self::ready(self.read(|conn| super::sqlite_query::event_search(conn, &q)))
+    }
+
+    fn metrics(
+        &self,
+        q: super::query::MetricsQuery,
+    ) -> StoreFuture<'_, Vec<super::query::MetricsRow>> {
+        Self::ready(self.read(|conn| super::sqlite_query::metrics(conn, &q)))
+    }
+
+    fn dimension_values(
+        &self,
+        dim: super::query::Dimension,
+        (from, to): (u64, u64),
+        matching: Option<String>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<String>> {
+        Self::ready(self.read(|conn| {
+            super::sqlite_query::dimension_values(conn, dim, from, to, matching.as_deref(), limit)
+        }))
+    }
+
+    fn prune_counters(&self, before: u64) -> StoreFuture<'_, u64> {
+        self.write(move |conn, _| Ok(super::sqlite_query::prune_counters(conn, before)? as u64))
     }
 
     fn prune(&self, events_before: u64, transmissions_before: u64) -> StoreFuture<'_, u64> {

@@ -9,6 +9,7 @@ pub mod e2e;
 pub mod mta;
 pub mod pg;
 pub mod postfix;
+pub mod rest;
 pub mod sendmail;
 pub mod shared;
 pub mod webhook;
@@ -174,6 +175,18 @@ impl Milter {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The configuration file it reads (again on SIGHUP).
+    pub fn config_path(&self) -> &Path {
+        self.config.path()
+    }
+
+    /// Ask it to reload its configuration (SIGHUP).
+    pub fn hup(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status();
     }
 }
 

@@ -250,6 +250,50 @@ impl Store for SharedStore {
         self.local.suppression_remove(filter)
     }
 
+    // The suppression list is the group's in the local replica; events and counters
+    // are this host's own.
+    fn suppression_search(
+        &self,
+        q: crate::store::query::SuppressionQuery,
+    ) -> StoreFuture<'_, crate::store::query::SuppressionPage> {
+        self.local.suppression_search(q)
+    }
+
+    fn suppression_summary(
+        &self,
+        account: Option<crate::store::Account>,
+    ) -> StoreFuture<'_, Vec<(String, u64)>> {
+        self.local.suppression_summary(account)
+    }
+
+    fn event_search(
+        &self,
+        q: crate::store::query::EventQuery,
+    ) -> StoreFuture<'_, crate::store::query::EventPage> {
+        self.local.event_search(q)
+    }
+
+    fn metrics(
+        &self,
+        q: crate::store::query::MetricsQuery,
+    ) -> StoreFuture<'_, Vec<crate::store::query::MetricsRow>> {
+        self.local.metrics(q)
+    }
+
+    fn dimension_values(
+        &self,
+        dim: crate::store::query::Dimension,
+        range: (u64, u64),
+        matching: Option<String>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<String>> {
+        self.local.dimension_values(dim, range, matching, limit)
+    }
+
+    fn prune_counters(&self, before: u64) -> StoreFuture<'_, u64> {
+        self.local.prune_counters(before)
+    }
+
     fn prune(&self, events_before: u64, transmissions_before: u64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let local = self

@@ -22,6 +22,10 @@ install_packages() {
     command -v unshare >/dev/null || missing+=(util-linux)
     # Several hosts share a PostgreSQL: the tests run private throwaway clusters.
     [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+    # The REST API tests make a throwaway CA; node-sparkpost is one of its real clients.
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
     # The tests signal the daemon with kill(1).
     [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
     [ ${#missing[@]} -eq 0 ] && return
@@ -47,6 +51,9 @@ export MSYS_TEST_SENDMAIL_ROOT
 cargo build --all-targets --locked
 bash tests/anymail/setup-venv.sh "$PWD/target/anymail-venv"
 export MSYS_TEST_ANYMAIL_PYTHON="$PWD/target/anymail-venv/bin/python"
+# SparkPost's own client libraries (python-sparkpost, node-sparkpost) for the REST API tests.
+bash tests/sparkpost/setup.sh "$PWD/target/sparkpost-clients"
+export MSYS_TEST_SPARKPOST_CLIENTS="$PWD/target/sparkpost-clients"
 # Inside: only loopback. Postfix resolves its own host name at start-up; here it can't
 # leak a query off the machine.
 exec unshare --net -- sh -c 'ip link set lo up && exec cargo test --offline --locked "$@" -- --test-threads=4' sh "$@"

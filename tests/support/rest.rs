@@ -216,3 +216,67 @@ impl Api {
         })
     }
 }
+
+/// Where `tests/sparkpost/setup.sh` installed the official clients.
+fn clients_dir() -> PathBuf {
+    let dir = std::env::var("MSYS_TEST_SPARKPOST_CLIENTS").map_or_else(
+        |_| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/sparkpost-clients"
+            ))
+        },
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("venv/bin/python").exists() && dir.join("node/node_modules/sparkpost").exists(),
+        "{} lacks the SparkPost clients: run `bash scripts/test.sh`, which installs them \
+         (tests/sparkpost/setup.sh target/sparkpost-clients)",
+        dir.display()
+    );
+    dir
+}
+
+fn client_output(mut command: Command) -> Value {
+    let out = command.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "the client printed no JSON: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// python-sparkpost's `tests/sparkpost/client.py COMMAND ARG` against `127.0.0.1:port`.
+pub fn python(port: u16, ca: &TestCa, key: &str, command: &str, arg: Option<&str>) -> Value {
+    let dir = clients_dir();
+    let mut c = Command::new(dir.join("venv/bin/python"));
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sparkpost/client.py"
+    ))
+    .arg(command)
+    .args(arg)
+    .env("MSYS_API", format!("127.0.0.1:{port}"))
+    .env("MSYS_KEY", key)
+    .env("REQUESTS_CA_BUNDLE", ca.ca());
+    client_output(c)
+}
+
+/// node-sparkpost's `tests/sparkpost/client.js COMMAND JSON` against `127.0.0.1:port`.
+pub fn node(port: u16, ca: &TestCa, key: &str, command: &str, arg: Option<Value>) -> Value {
+    let dir = clients_dir();
+    let mut c = Command::new("node");
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sparkpost/client.js"
+    ))
+    .arg(command)
+    .args(arg.map(|a| a.to_string()))
+    .env("MSYS_ORIGIN", format!("https://127.0.0.1:{port}"))
+    .env("MSYS_KEY", key)
+    .env("NODE_EXTRA_CA_CERTS", ca.ca())
+    .env("NODE_PATH", dir.join("node/node_modules"));
+    client_output(c)
+}

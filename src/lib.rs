@@ -54,7 +54,9 @@ fn open_sqlite(
         config::Durability::Full => store::sqlite::Durability::Full,
         config::Durability::Normal => store::sqlite::Durability::Normal,
     };
-    Ok((store::SqliteStore::open(&path, durability)?, path, why))
+    let store = store::SqliteStore::open(&path, durability)?;
+    store.set_counting(config.store.counters);
+    Ok((store, path, why))
 }
 
 /// The store the admin verbs use: [`open_store`]; with `[store] postgres`, the host's

@@ -161,11 +161,15 @@ pub struct Store {
     /// Seconds a host holds a webhook batch it sends without renewing (several hosts):
     /// a host that dies mid-batch leaves it to another after this.
     pub webhook_lease_seconds: AtLeastOne,
+    /// Keep the deliverability counters the REST API's metrics read (per minute and
+    /// hour, as events are committed); `false` saves that work when nobody asks.
+    pub counters: bool,
 }
 
 impl Default for Store {
     fn default() -> Self {
         Self {
+            counters: true,
             enabled: true,
             path: None,
             durability: Durability::Full,

@@ -129,6 +129,16 @@ CREATE TABLE counters (
     PRIMARY KEY (span, bucket, campaign, sending_domain, subaccount, ip_pool, bounce_class, metric)
 ) WITHOUT ROWID;
 CREATE INDEX counters_campaign ON counters (span, campaign, bucket);
+CREATE TABLE counter_log (
+    bucket INTEGER NOT NULL,
+    campaign TEXT NOT NULL,
+    sending_domain TEXT NOT NULL,
+    subaccount TEXT NOT NULL,
+    ip_pool TEXT NOT NULL,
+    bounce_class TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value INTEGER NOT NULL
+);
 CREATE TABLE engaged (
     message TEXT NOT NULL,
     what TEXT NOT NULL,
@@ -141,6 +151,8 @@ CREATE INDEX engaged_created ON engaged (created);
 
 /// Writes queued at once beyond this wait for the next transaction.
 const MAX_GROUP: usize = 4096;
+/// How often the counters' log is folded into the per-minute and per-hour sums.
+const FOLD_EVERY: Duration = Duration::from_secs(2);
 /// Read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -193,6 +205,8 @@ pub struct SqliteStore {
     committed: Arc<tokio::sync::Notify>,
     /// Commits also queue what they write for the PostgreSQL shipper.
     pub(super) shipping: Arc<std::sync::atomic::AtomicBool>,
+    /// Keep the deliverability counters at commit.
+    counting: std::sync::atomic::AtomicBool,
 }
 
 pub(super) fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -267,11 +281,18 @@ impl SqliteStore {
             sinks,
             committed,
             shipping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            counting: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Keep (the default) or skip the deliverability counters for what is committed.
+    pub fn set_counting(&self, on: bool) {
+        self.counting
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stop the writer once the writes queued so far are done.
@@ -382,7 +403,23 @@ fn writer(
     path: &Path,
     committed: &tokio::sync::Notify,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut last_fold = std::time::Instant::now();
+    // Something committed since the last fold (the counters' log may hold rows).
+    let mut unfolded = false;
+    loop {
+        let first = match rx.recv_timeout(FOLD_EVERY) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Quiet: fold what the last writes logged, in a transaction of its own.
+                if unfolded {
+                    unfolded = false;
+                    last_fold = std::time::Instant::now();
+                    fold(&conn, path, true);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -400,6 +437,11 @@ fn writer(
             continue;
         }
         let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        if last_fold.elapsed() >= FOLD_EVERY {
+            last_fold = std::time::Instant::now();
+            fold(&conn, path, false);
+        }
+        unfolded = true;
         for mut job in group {
             let _ = savepoint("SAVEPOINT job");
             match job.run(&conn, &sinks) {
@@ -431,6 +473,37 @@ fn writer(
     }
 }
 
+/// Fold the counters' log into its sums (see `sqlite_query::fold_counters`): in the
+/// transaction under way, or in one of its own. On failure the counts stay in the log.
+fn fold(conn: &Connection, path: &Path, own_transaction: bool) {
+    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    let begin = if own_transaction {
+        "BEGIN IMMEDIATE"
+    } else {
+        "SAVEPOINT fold"
+    };
+    if let Err(e) = conn.execute_batch(begin) {
+        tracing::error!(store = %path.display(), "cannot fold the counters: {e}");
+        return;
+    }
+    let result = super::sqlite_query::fold_counters(conn);
+    let end = match (&result, own_transaction) {
+        (Ok(()), true) => "COMMIT",
+        (Ok(()), false) => "RELEASE fold",
+        (Err(_), true) => "ROLLBACK",
+        (Err(_), false) => "ROLLBACK TO fold; RELEASE fold",
+    };
+    if let Err(e) = result {
+        tracing::error!(store = %path.display(), "folding the counters failed: {e}");
+    }
+    if let Err(e) = conn.execute_batch(end) {
+        tracing::error!(store = %path.display(), "folding the counters: {end}: {e}");
+        if own_transaction {
+            let _ = savepoint("ROLLBACK");
+        }
+    }
+}
+
 /// rusqlite errors are not `Clone`; one failed commit is reported to every write in it.
 trait CloneForReport {
     fn clone_for_report(&self) -> rusqlite::Error;
@@ -452,6 +525,7 @@ fn write_commit(
     sinks: &[SinkSpec],
     commit: &Commit,
     items: &[String],
+    counting: bool,
 ) -> rusqlite::Result<()> {
     let mut insert_event = conn.prepare_cached(
         "INSERT OR IGNORE INTO events (event_id, created, type, transmission_id, item, rcpt, campaign)
@@ -459,6 +533,7 @@ fn write_commit(
     )?;
     let mut queue =
         conn.prepare_cached("INSERT OR IGNORE INTO outbox (sink, event_id) VALUES (?1, ?2)")?;
+    let mut counted = Vec::new();
     for (e, item) in commit.events.iter().zip(items) {
         let id = int(e.event_id);
         let campaign = e.fields.get("campaign_id").and_then(|c| c.as_str());
@@ -472,8 +547,8 @@ fn write_commit(
             campaign
         ])?;
         // Counted once: a batch written again (a retried commit) adds nothing.
-        if inserted == 1 {
-            super::sqlite_query::count_event(conn, e)?;
+        if inserted == 1 && counting {
+            counted.push(e);
         }
         for sink in sinks.iter().filter(|s| s.wants(e.kind)) {
             queue.execute(params![sink.name, id])?;
@@ -481,6 +556,9 @@ fn write_commit(
         if e.kind == EventType::Injection {
             index_queued(conn, e)?;
         }
+    }
+    if counting {
+        super::sqlite_query::count_events(conn, &counted)?;
     }
     let mut retried = conn.prepare_cached(
         "UPDATE queued SET retries = retries + 1 WHERE queue_id = ?1 AND rcpt = ?2",
@@ -660,8 +738,9 @@ impl Store for SqliteStore {
         // Serialised here, on the caller's thread: the one writer thread only inserts.
         let items: Vec<String> = commit.events.iter().map(|e| e.to_json()).collect();
         let shipping = self.shipping.load(std::sync::atomic::Ordering::Relaxed);
+        let counting = self.counting.load(std::sync::atomic::Ordering::Relaxed);
         self.write(move |conn, sinks| {
-            write_commit(conn, sinks, &commit, &items)?;
+            write_commit(conn, sinks, &commit, &items, counting)?;
             if shipping {
                 super::ship::queue_commit(conn, &commit)?;
             }

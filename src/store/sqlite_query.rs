@@ -254,46 +254,70 @@ pub(super) fn event_search(conn: &Connection, q: &EventQuery) -> rusqlite::Resul
 const MINUTE: u64 = 60;
 const HOUR: u64 = 3600;
 
-/// Add `event` to the counters (and its recipient and campaign to its row, for
-/// searches). Runs inside the commit's transaction.
-pub(super) fn count_event(conn: &Connection, event: &Event) -> rusqlite::Result<()> {
-    let (counts, uniques) = counted::counts(event);
-    let mut add = conn.prepare_cached(
-        "INSERT INTO counters (span, bucket, campaign, sending_domain, subaccount, ip_pool, bounce_class, metric, value)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT DO UPDATE SET value = value + excluded.value",
-    )?;
-    let [campaign, domain, subaccount, pool, class] = counted::dimensions(event);
-    let mut bump = |metric: &str, amount: u64| -> rusqlite::Result<()> {
-        for span in [MINUTE, HOUR] {
-            add.execute(params![
-                int(span),
-                int(event.timestamp - event.timestamp % span),
-                campaign,
-                domain,
-                subaccount,
-                pool,
-                class,
-                metric,
-                int(amount)
-            ])?;
-        }
-        Ok(())
-    };
-    for (metric, amount) in counts {
-        bump(metric, amount)?;
+/// The counts of a commit's new events, summed per minute, dimensions and metric, go to
+/// the counters' log: one plain insert per sum (a message's three injections are one
+/// row). The log is folded into the per-minute and per-hour sums every few seconds
+/// ([`fold_counters`]); queries read both.
+pub(super) fn count_events(conn: &Connection, events: &[&Event]) -> rusqlite::Result<()> {
+    if events.is_empty() {
+        return Ok(());
     }
-    if !uniques.is_empty() {
-        let key = counted::message_key(event);
-        let mut seen = conn.prepare_cached(
-            "INSERT OR IGNORE INTO engaged (message, what, created) VALUES (?1, ?2, ?3)",
-        )?;
-        for (metric, what) in uniques {
-            if seen.execute(params![key, what, int(event.timestamp)])? == 1 {
-                bump(metric, 1)?;
+    let mut sums: std::collections::HashMap<(u64, [String; 5], &'static str), u64> =
+        std::collections::HashMap::new();
+    let mut seen = conn.prepare_cached(
+        "INSERT OR IGNORE INTO engaged (message, what, created) VALUES (?1, ?2, ?3)",
+    )?;
+    for event in events {
+        let (counts, uniques) = counted::counts(event);
+        let minute = event.timestamp - event.timestamp % MINUTE;
+        let dims = counted::dimensions(event);
+        for (metric, amount) in counts {
+            *sums.entry((minute, dims.clone(), metric)).or_default() += amount;
+        }
+        if !uniques.is_empty() {
+            let key = counted::message_key(event);
+            for (metric, what) in uniques {
+                if seen.execute(params![key, what, int(event.timestamp)])? == 1 {
+                    *sums.entry((minute, dims.clone(), metric)).or_default() += 1;
+                }
             }
         }
     }
+    let mut add = conn.prepare_cached(
+        "INSERT INTO counter_log (bucket, campaign, sending_domain, subaccount, ip_pool, bounce_class, metric, value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for ((minute, [campaign, domain, subaccount, pool, class], metric), value) in sums {
+        add.execute(params![
+            int(minute),
+            campaign,
+            domain,
+            subaccount,
+            pool,
+            class,
+            metric,
+            int(value)
+        ])?;
+    }
+    Ok(())
+}
+
+const DIMENSIONS: &str = "campaign, sending_domain, subaccount, ip_pool, bounce_class";
+
+/// Move the counters' log into the per-minute and per-hour sums.
+pub(super) fn fold_counters(conn: &Connection) -> rusqlite::Result<()> {
+    for span in SPANS {
+        let bucket = format!("bucket / {span} * {span}");
+        conn.prepare_cached(&format!(
+            "INSERT INTO counters (span, bucket, {DIMENSIONS}, metric, value)
+             SELECT {span}, {bucket}, {DIMENSIONS}, metric, sum(value) FROM counter_log WHERE true
+             GROUP BY 2, {DIMENSIONS}, metric
+             ON CONFLICT DO UPDATE SET value = value + excluded.value"
+        ))?
+        .execute([])?;
+    }
+    conn.prepare_cached("DELETE FROM counter_log")?
+        .execute([])?;
     Ok(())
 }
 
@@ -310,49 +334,97 @@ pub(super) fn prune_counters(conn: &Connection, before: u64) -> rusqlite::Result
     Ok(counters + engaged)
 }
 
-/// The ranges of counter rows covering `[from, to)`: whole hours from the hourly rows,
-/// the edges from the minute rows. Only minutes when `fine` (buckets under an hour, or
-/// not hour-aligned).
-fn spans(from: u64, to: u64, fine: bool) -> Vec<(u64, u64, u64)> {
-    let h_from = from.div_ceil(HOUR) * HOUR;
-    let h_to = to / HOUR * HOUR;
-    if fine || h_from >= h_to {
-        return vec![(MINUTE, from, to)];
+/// The ranges of counter rows covering `[from, to)` with the fewest rows: whole days
+/// from the daily sums, whole hours from the hourly ones, the ragged edges from the
+/// minutes. `sizes` are the spans usable (largest first; a time series' buckets must
+/// hold whole spans).
+fn spans(from: u64, to: u64, sizes: &[u64]) -> Vec<(u64, u64, u64)> {
+    let Some((&size, rest)) = sizes.split_first() else {
+        return Vec::new();
+    };
+    if rest.is_empty() {
+        return vec![(size, from, to)];
     }
-    let mut out = vec![(HOUR, h_from, h_to)];
-    if from < h_from {
-        out.push((MINUTE, from, h_from));
+    let (a, b) = (from.div_ceil(size) * size, to / size * size);
+    if a >= b {
+        return spans(from, to, rest);
     }
-    if h_to < to {
-        out.push((MINUTE, h_to, to));
+    let mut out = vec![(size, a, b)];
+    if from < a {
+        out.extend(spans(from, a, rest));
+    }
+    if b < to {
+        out.extend(spans(b, to, rest));
     }
     out
 }
 
-pub(super) fn metrics(conn: &Connection, q: &MetricsQuery) -> rusqlite::Result<Vec<MetricsRow>> {
-    let fine = q
-        .bucket
-        .is_some_and(|b| b < HOUR || q.bucket_offset.rem_euclid(HOUR as i64) != 0);
-    let mut w = Where::default();
-    let ranges = spans(q.from, q.to, fine);
-    let any: Vec<&str> = ranges
-        .iter()
-        .map(|_| "(span = ? AND bucket >= ? AND bucket < ?)")
-        .collect();
-    w.push(
-        format!("({})", any.join(" OR ")),
-        ranges.iter().flat_map(|(span, from, to)| {
+/// The spans kept: a minute, an hour, a day.
+const SPANS: [u64; 3] = [DAY, HOUR, MINUTE];
+const DAY: u64 = 86_400;
+
+/// The spans whose rows fall wholly in one bucket of `bucket` seconds shifted by
+/// `offset` (every span when there are no buckets).
+fn usable_spans(bucket: Option<u64>, offset: i64) -> Vec<u64> {
+    SPANS
+        .into_iter()
+        .filter(|&s| bucket.is_none_or(|b| b % s == 0 && offset.rem_euclid(s as i64) == 0))
+        .collect()
+}
+
+/// The counter rows (folded, and still in the log) of `[from, to)` passing `filters`:
+/// a `UNION ALL` of one indexed range per span, and its values.
+fn counter_rows(
+    from: u64,
+    to: u64,
+    sizes: &[u64],
+    by_campaign: bool,
+    filters: &dyn Fn(&mut Where),
+) -> (String, Vec<V>) {
+    // With campaigns named, their index reads only their rows.
+    let table = if by_campaign {
+        "counters INDEXED BY counters_campaign"
+    } else {
+        "counters"
+    };
+    let mut branches = Vec::new();
+    let mut values = Vec::new();
+    let columns = format!("bucket, {DIMENSIONS}, metric, value");
+    for (span, start, end) in spans(from, to, sizes) {
+        let mut w = Where::default();
+        w.push(
+            "span = ? AND bucket >= ? AND bucket < ?",
             [
-                V::Integer(int(*span)),
-                V::Integer(int(*from)),
-                V::Integer(int(*to)),
-            ]
-        }),
-    );
-    w.any_of("metric", q.metrics.iter().map(|m| text(m)));
-    for (dim, values) in &q.filters {
-        w.any_of(dim.column(), values.iter().map(|v| text(v)));
+                V::Integer(int(span)),
+                V::Integer(int(start)),
+                V::Integer(int(end)),
+            ],
+        );
+        filters(&mut w);
+        branches.push(format!("SELECT {columns} FROM {table}{}", w.sql()));
+        values.extend(w.values);
     }
+    let mut w = Where::default();
+    w.push(
+        "bucket >= ? AND bucket < ?",
+        [V::Integer(int(from)), V::Integer(int(to))],
+    );
+    filters(&mut w);
+    branches.push(format!("SELECT {columns} FROM counter_log{}", w.sql()));
+    values.extend(w.values);
+    (branches.join(" UNION ALL "), values)
+}
+
+pub(super) fn metrics(conn: &Connection, q: &MetricsQuery) -> rusqlite::Result<Vec<MetricsRow>> {
+    let sizes = usable_spans(q.bucket, q.bucket_offset);
+    let by_campaign = q.filters.iter().any(|(d, _)| *d == Dimension::Campaign);
+    let filters = |w: &mut Where| {
+        w.any_of("metric", q.metrics.iter().map(|m| text(m)));
+        for (dim, values) in &q.filters {
+            w.any_of(dim.column(), values.iter().map(|v| text(v)));
+        }
+    };
+    let (rows_sql, values) = counter_rows(q.from, q.to, &sizes, by_campaign, &filters);
     let group = q.group.map(Dimension::column);
     let bucket = q.bucket.map(|size| {
         format!(
@@ -377,12 +449,11 @@ pub(super) fn metrics(conn: &Connection, q: &MetricsQuery) -> rusqlite::Result<V
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT {select_keys}metric, sum(value) FROM counters{} GROUP BY {group_by} ORDER BY {group_by}",
-        w.sql()
+        "SELECT {select_keys}metric, sum(value) FROM ({rows_sql}) GROUP BY {group_by} ORDER BY {group_by}"
     );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows: Vec<MetricsRow> = Vec::new();
-    let mut query = stmt.query(params_from_iter(w.values.iter()))?;
+    let mut query = stmt.query(params_from_iter(values.iter()))?;
     while let Some(r) = query.next()? {
         let mut i = 0;
         let g: Option<String> = match group {
@@ -423,46 +494,159 @@ pub(super) fn dimension_values(
     limit: usize,
 ) -> rusqlite::Result<Vec<String>> {
     let column = dim.column();
-    let mut w = Where::default();
-    w.push(
-        "span = ? AND bucket >= ? AND bucket < ?",
-        [
-            V::Integer(int(HOUR)),
-            V::Integer(int(from / HOUR * HOUR)),
-            V::Integer(int(to)),
-        ],
+    let filters = |w: &mut Where| {
+        w.push(format!("{column} <> ''"), []);
+        if let Some(m) = matching {
+            w.push(
+                format!("{column} LIKE ? ESCAPE '\\'"),
+                [text(&format!("%{}%", like_escaped(m)))],
+            );
+        }
+    };
+    // Whole hours are enough to know which values were seen.
+    let (rows_sql, values) = counter_rows(
+        from / HOUR * HOUR,
+        to.div_ceil(HOUR) * HOUR,
+        &SPANS,
+        false,
+        &filters,
     );
-    w.push(format!("{column} <> ''"), []);
-    if let Some(m) = matching {
-        w.push(
-            format!("{column} LIKE ? ESCAPE '\\'"),
-            [text(&format!("%{}%", like_escaped(m)))],
-        );
-    }
     let mut stmt = conn.prepare(&format!(
-        "SELECT DISTINCT {column} FROM counters{} ORDER BY {column} LIMIT {limit}",
-        w.sql()
+        "SELECT DISTINCT {column} FROM ({rows_sql}) ORDER BY {column} LIMIT {limit}"
     ))?;
-    stmt.query_map(params_from_iter(w.values.iter()), |r| r.get(0))?
+    stmt.query_map(params_from_iter(values.iter()), |r| r.get(0))?
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventType;
+    use crate::store::{Commit, SqliteStore, Store};
+
+    fn event(id: u64, kind: EventType, at: u64, rcpt: &str) -> Event {
+        let mut fields = serde_json::Map::new();
+        fields.insert("rcpt_to".into(), rcpt.into());
+        fields.insert("campaign_id".into(), "c1".into());
+        Event {
+            event_id: id,
+            kind,
+            timestamp: at,
+            transmission_id: "9".into(),
+            fields,
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_are_the_same_before_and_after_folding_by_minute_and_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("s.db"),
+            crate::store::sqlite::Durability::Normal,
+        )
+        .unwrap();
+        let t = 1_800_000_000 - 1_800_000_000 % HOUR;
+        let events = vec![
+            event(1, EventType::Injection, t + 10, "a@x"),
+            event(2, EventType::Injection, t + HOUR + 70, "b@x"),
+            event(3, EventType::Open, t + HOUR + 80, "b@x"),
+            event(4, EventType::Open, t + HOUR + 150, "b@x"),
+        ];
+        store
+            .commit(Commit {
+                events: events.clone(),
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+        // The same events again (a retried commit) count nothing.
+        store
+            .commit(Commit {
+                events,
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+        let ask = |from: u64, to: u64, bucket: Option<u64>| MetricsQuery {
+            from,
+            to,
+            metrics: vec![
+                "count_injected".into(),
+                "count_rendered".into(),
+                "count_unique_rendered".into(),
+            ],
+            filters: vec![(Dimension::Campaign, vec!["c1".into()])],
+            group: None,
+            bucket,
+            bucket_offset: 0,
+        };
+        let sums = |rows: Vec<MetricsRow>| -> Vec<(String, u64)> {
+            rows.into_iter().flat_map(|r| r.values).collect()
+        };
+        let questions = [
+            ask(t, t + 2 * HOUR, None),
+            ask(t + 60, t + 2 * HOUR, None),
+            ask(t, t + HOUR + 120, None),
+        ];
+        let mut before = Vec::new();
+        for q in &questions {
+            before.push(sums(store.metrics(q.clone()).await.unwrap()));
+        }
+        let hours = store
+            .metrics(ask(t, t + 2 * HOUR, Some(HOUR)))
+            .await
+            .unwrap();
+        store.write(|conn, _| fold_counters(conn)).await.unwrap();
+        for (q, b) in questions.iter().zip(&before) {
+            assert_eq!(&sums(store.metrics(q.clone()).await.unwrap()), b);
+        }
+        assert_eq!(
+            store
+                .metrics(ask(t, t + 2 * HOUR, Some(HOUR)))
+                .await
+                .unwrap(),
+            hours
+        );
+        assert_eq!(
+            before[0],
+            [
+                ("count_injected".to_owned(), 2),
+                ("count_rendered".to_owned(), 2),
+                ("count_unique_rendered".to_owned(), 1)
+            ]
+        );
+        // From the second minute on: the first injection is not in the range.
+        assert_eq!(before[1][0], ("count_injected".to_owned(), 1));
+        // Up to the first open of the second hour.
+        assert_eq!(before[2][1], ("count_rendered".to_owned(), 1));
+        assert_eq!(hours.len(), 2);
+        assert_eq!(hours[1].bucket, Some(t + HOUR));
+    }
 
     #[test]
-    fn spans_sum_whole_hours_and_read_minutes_at_the_edges() {
-        assert_eq!(spans(0, 7200, false), [(HOUR, 0, 7200)]);
+    fn spans_sum_whole_days_and_hours_and_read_minutes_at_the_edges() {
+        assert_eq!(spans(0, 7200, &SPANS), [(HOUR, 0, 7200)]);
         assert_eq!(
-            spans(600, 7260, false),
+            spans(600, 7260, &SPANS),
             [
                 (HOUR, 3600, 7200),
                 (MINUTE, 600, 3600),
                 (MINUTE, 7200, 7260)
             ]
         );
-        assert_eq!(spans(600, 3000, false), [(MINUTE, 600, 3000)]);
-        assert_eq!(spans(0, 7200, true), [(MINUTE, 0, 7200)]);
+        assert_eq!(spans(600, 3000, &SPANS), [(MINUTE, 600, 3000)]);
+        assert_eq!(spans(0, 7200, &[MINUTE]), [(MINUTE, 0, 7200)]);
+        assert_eq!(
+            spans(DAY - 60, 3 * DAY + HOUR, &SPANS),
+            [
+                (DAY, DAY, 3 * DAY),
+                (MINUTE, DAY - 60, DAY),
+                (HOUR, 3 * DAY, 3 * DAY + HOUR)
+            ]
+        );
+        assert_eq!(usable_spans(Some(HOUR), 0), [HOUR, MINUTE]);
+        assert_eq!(usable_spans(Some(DAY), -4 * 3600), [HOUR, MINUTE]);
+        assert_eq!(usable_spans(Some(DAY), 1800), [MINUTE]);
+        assert_eq!(usable_spans(None, 0), SPANS);
     }
 }

@@ -484,7 +484,8 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
                                 })?;
                             vec![hook.sink_name()]
                         }
-                        None => msys_milter::events::sink::configured(&config)?
+                        None => msys_milter::events::sink::all(&config, store)
+                            .await?
                             .into_iter()
                             .map(|s| s.spec.name)
                             .collect(),
@@ -501,7 +502,8 @@ fn run_admin(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exi
                 action: WebhooksCmd::Status,
             } => {
                 store.set_sinks(
-                    msys_milter::events::sink::configured(&config)?
+                    msys_milter::events::sink::all(&config, store)
+                        .await?
                         .into_iter()
                         .map(|s| s.spec)
                         .collect(),
@@ -587,7 +589,9 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         let ids = Arc::new(IdGenerator::new(config.node_id.0));
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = start_http(&config, &store, &ids, http_stopped).await?;
-        let sinks = start_sinks(&config, &store, &ids)?;
+        let sinks = Arc::new(tokio::sync::Mutex::new(
+            start_sinks(&config, &store, &ids).await?,
+        ));
         if let Some(path) = &config.feedback.mta_log {
             let follower = msys_milter::feedback::follow::Follower::new(
                 path.clone(),
@@ -604,6 +608,13 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
         let daemon = Arc::new(Daemon::with_store(config, Arc::clone(&store), Arc::clone(&ids))?);
         tokio::spawn(prune_forever(Arc::clone(&store), Arc::clone(&daemon)));
         let api_reload = api.as_ref().map(|a| (Arc::clone(&a.state), a.certificate.clone()));
+        if let Some(api) = &api {
+            tokio::spawn(restart_sinks_on_change(
+                Arc::clone(&api.state.webhooks_changed),
+                Arc::clone(&daemon),
+                (Arc::clone(&store), Arc::clone(&ids), Arc::clone(&sinks)),
+            ));
+        }
         if let Some(path) = config_path {
             tokio::spawn(reload_on_sighup(
                 Arc::clone(&daemon),
@@ -927,17 +938,50 @@ async fn prune_forever(store: Arc<dyn Store>, daemon: Arc<Daemon>) {
     }
 }
 
-/// The configured webhooks and JSONL file as sinks, delivering from now on.
-fn start_sinks(
+/// The configured webhooks, those made through the REST API and the JSONL file as
+/// sinks, delivering from now on.
+async fn start_sinks(
     config: &Config,
     store: &Arc<dyn Store>,
     ids: &Arc<IdGenerator>,
 ) -> anyhow::Result<Sinks> {
-    let sinks = msys_milter::events::sink::configured(config)?;
+    let sinks = msys_milter::events::sink::all(config, store.as_ref()).await?;
     for s in &sinks {
         tracing::info!(sink = %s.spec.name, "event sink");
     }
     Ok(Sinks::start(store, ids, sinks))
+}
+
+/// The running sinks, replaced when the webhooks change.
+type SharedSinks = Arc<tokio::sync::Mutex<Sinks>>;
+
+/// Start the sinks `config` and the stored webhooks ask for in place of the running
+/// ones (a batch in flight is sent again under its id); on failure the old ones stay.
+async fn restart_sinks(
+    config: &Config,
+    (store, ids, sinks): (&Arc<dyn Store>, &Arc<IdGenerator>, &SharedSinks),
+    why: &str,
+) {
+    match start_sinks(config, store, ids).await {
+        Ok(new) => {
+            let mut running = sinks.lock().await;
+            running.stop();
+            *running = new;
+        }
+        Err(e) => tracing::error!("{why}: keeping the running sinks: {e:#}"),
+    }
+}
+
+/// Restart the sinks whenever a webhook is made, changed or removed through the API.
+async fn restart_sinks_on_change(
+    changed: Arc<tokio::sync::Notify>,
+    daemon: Arc<Daemon>,
+    (store, ids, sinks): (Arc<dyn Store>, Arc<IdGenerator>, SharedSinks),
+) {
+    loop {
+        changed.notified().await;
+        restart_sinks(&daemon.config(), (&store, &ids, &sinks), "webhooks changed").await;
+    }
 }
 
 /// Re-read the configuration file on SIGHUP; a bad file is logged and the running
@@ -946,7 +990,7 @@ fn start_sinks(
 async fn reload_on_sighup(
     daemon: Arc<Daemon>,
     (path, socket): (PathBuf, Option<SocketSpec>),
-    (store, ids, mut sinks): (Arc<dyn Store>, Arc<IdGenerator>, Sinks),
+    (store, ids, sinks): (Arc<dyn Store>, Arc<IdGenerator>, SharedSinks),
     api: Option<(
         Arc<msys_milter::rest::ApiState>,
         Option<Arc<msys_milter::rest::tls::Certificate>>,
@@ -963,13 +1007,7 @@ async fn reload_on_sighup(
                 if let Some(socket) = &socket {
                     config.socket = socket.clone();
                 }
-                match start_sinks(&config, &store, &ids) {
-                    Ok(new) => {
-                        sinks.stop();
-                        sinks = new;
-                    }
-                    Err(e) => tracing::error!("SIGHUP: keeping the running sinks: {e:#}"),
-                }
+                restart_sinks(&config, (&store, &ids, &sinks), "SIGHUP").await;
                 if let Some((state, certificate)) = &api {
                     state.reload(&config);
                     let files = config

@@ -278,3 +278,118 @@ fn node_sparkpost_manages_the_suppression_list_and_reports_a_wrong_key() {
     assert_eq!(wrong["error"]["status"], 401, "{wrong}");
     assert_eq!(wrong["error"]["errors"][0]["message"], "Unauthorized.");
 }
+
+#[test]
+fn node_sparkpost_manages_webhooks_that_get_events_like_configured_ones() {
+    let ca = TestCa::new();
+    let api_port = free_port();
+    let configured = support::webhook::Webhook::start(200);
+    let hook = support::webhook::Webhook::start(200);
+    let refusing = support::webhook::Webhook::start(503);
+    let e = E2e::start(&format!(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n\
+         [[webhook]]\nurl = \"{}\"\nbatch_wait_ms = 100\n{}{}",
+        configured.url(),
+        api_section(api_port, Some(&ca), ""),
+        key_table("ops", KEY, &ALL_GRANTS, None)
+    ));
+    Api::new(&format!("https://127.0.0.1:{api_port}"), Some(&ca)).wait();
+    let call = |command: &str, arg: Option<Value>| node(api_port, &ca, KEY, command, arg);
+
+    let created = ok(call(
+        "webhooks-create",
+        Some(json!({
+            "name": "events to the data team",
+            "target": hook.url(),
+            "events": ["injection", "delivery"],
+            "auth_type": "basic",
+            "auth_credentials": {"username": "u", "password": "p"},
+            "custom_headers": {"X-Team": "data"},
+        })),
+    ));
+    let id = created["results"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["results"]["links"][0]["href"],
+        format!("/api/v1/webhooks/{id}")
+    );
+    // SparkPost's test POST came first.
+    assert_eq!(hook.posts()[0].body, r#"[{"msys":{}}]"#);
+
+    let listed = ok(call("webhooks-list", None));
+    let listed = listed["results"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["source"], "config");
+    assert_eq!(listed[1]["id"], id.as_str());
+    assert_eq!(listed[1]["auth_credentials"], json!({"username": "u"}));
+    let got = ok(call("webhooks-get", Some(json!(id))));
+    assert_eq!(got["results"]["target"], hook.url());
+
+    // Mail through Postfix: the API's webhook gets its events as a configured one does.
+    e.send(
+        "app@example.com",
+        &["alice@example.org"],
+        &message(
+            "From: a@example.com\nTo: alice@example.org\nSubject: hi\n",
+            "Hello\n",
+        ),
+    )
+    .unwrap();
+    let items = hook.wait_until(30, |items| {
+        items
+            .iter()
+            .any(|i| i["msys"]["message_event"]["type"] == "injection")
+    });
+    assert!(!items.is_empty());
+    let post = hook
+        .posts()
+        .into_iter()
+        .find(|p| p.body.contains("injection"))
+        .unwrap();
+    assert_eq!(post.authorization.as_deref(), Some("Basic dTpw"));
+    assert!(
+        post.headers
+            .contains(&("x-team".to_owned(), "data".to_owned())),
+        "{:?}",
+        post.headers
+    );
+    configured.wait_until(30, |items| !items.is_empty());
+
+    let updated = ok(call(
+        "webhooks-update",
+        Some(json!({"id": id, "webhook": {"name": "renamed"}})),
+    ));
+    assert_eq!(updated["results"]["id"], id.as_str());
+    assert_eq!(
+        ok(call("webhooks-get", Some(json!(id))))["results"]["name"],
+        "renamed"
+    );
+
+    let validated = ok(call(
+        "webhooks-validate",
+        Some(json!({"id": id, "message": {"msys": {}}})),
+    ));
+    assert_eq!(
+        validated["results"]["msg"],
+        "Test POST to endpoint succeeded"
+    );
+    assert_eq!(validated["results"]["response"]["status"], 200);
+    let status = ok(call("webhooks-batch-status", Some(json!(id))));
+    assert_eq!(status["results"][0]["response_code"], "200", "{status}");
+
+    // A target that does not accept the test POST is refused.
+    let refused = call(
+        "webhooks-create",
+        Some(json!({"name": "x", "target": refusing.url(), "events": ["delivery"]})),
+    );
+    assert_eq!(refused["error"]["status"], 400, "{refused}");
+    // The configuration file's webhook is read-only here.
+    let read_only = call(
+        "webhooks-update",
+        Some(json!({"id": "config-1", "webhook": {"name": "x"}})),
+    );
+    assert_eq!(read_only["error"]["status"], 403, "{read_only}");
+
+    assert_eq!(ok(call("webhooks-delete", Some(json!(id)))), json!(""));
+    let gone = call("webhooks-get", Some(json!(id)));
+    assert_eq!(gone["error"]["status"], 404);
+}

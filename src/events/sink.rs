@@ -68,6 +68,77 @@ pub fn configured(config: &crate::Config) -> Result<Vec<SinkConfig>, reqwest::Er
     Ok(out)
 }
 
+/// The sink name of a webhook made through the REST API.
+pub fn api_sink_name(id: &str) -> String {
+    format!("webhook:api:{id}")
+}
+
+/// A webhook made through the REST API as a sink (`None` when inactive or unusable):
+/// SparkPost's object (`target`, `events`, `auth_type` none or basic with
+/// `auth_credentials`, `custom_headers`), sent like a `[[webhook]]`.
+pub fn from_api(hook: &crate::store::query::StoredWebhook) -> Option<SinkConfig> {
+    use super::webhook::Auth;
+    use serde_json::Value;
+    let spec: Value = serde_json::from_str(&hook.spec).ok()?;
+    if spec.get("active").and_then(Value::as_bool) == Some(false) {
+        return None;
+    }
+    let target = spec.get("target")?.as_str()?;
+    let auth = match spec.get("auth_type").and_then(Value::as_str) {
+        Some("basic") => {
+            let c = spec.get("auth_credentials")?;
+            let user = c
+                .get("username")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let password = c
+                .get("password")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            Auth::Basic(format!("{user}:{password}"))
+        }
+        _ => Auth::None,
+    };
+    let headers = spec
+        .get("custom_headers")
+        .and_then(Value::as_object)
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let types = spec.get("events").and_then(Value::as_array).map(|names| {
+        names
+            .iter()
+            .filter_map(|n| super::EventType::parse(n.as_str()?))
+            .collect()
+    });
+    Some(SinkConfig {
+        spec: SinkSpec {
+            name: api_sink_name(&hook.id),
+            types,
+        },
+        target: Target::webhook(target, auth).ok()?.with_headers(headers),
+        batch_size: 100,
+        batch_wait: Duration::from_millis(1000),
+        retry_for: Duration::from_secs(72 * 3600),
+    })
+}
+
+/// The configured sinks and the webhooks made through the REST API.
+pub async fn all(
+    config: &crate::Config,
+    store: &dyn Store,
+) -> Result<Vec<SinkConfig>, reqwest::Error> {
+    let mut sinks = configured(config)?;
+    match store.api_webhooks().await {
+        Ok(hooks) => sinks.extend(hooks.iter().filter_map(from_api)),
+        Err(e) => tracing::error!("cannot read the webhooks made through the API: {e}"),
+    }
+    Ok(sinks)
+}
+
 /// The running sink tasks; dropping it stops them (a batch in flight is retried later
 /// under the same id).
 pub struct Sinks {

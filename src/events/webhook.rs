@@ -23,6 +23,8 @@ pub enum Target {
         url: String,
         auth: Auth,
         client: reqwest::Client,
+        /// Extra headers on every POST (a webhook's `custom_headers`).
+        headers: Vec<(String, String)>,
     },
     Jsonl(PathBuf),
 }
@@ -38,33 +40,78 @@ impl Target {
             url: url.to_owned(),
             auth,
             client,
+            headers: Vec::new(),
         })
+    }
+
+    /// The same target sending `extra` headers too.
+    pub fn with_headers(mut self, extra: Vec<(String, String)>) -> Target {
+        if let Target::Webhook { headers, .. } = &mut self {
+            *headers = extra;
+        }
+        self
+    }
+
+    /// POST `body` as a batch would be (the REST API's `validate` and its test at
+    /// creation): the answer's status, headers and (first 4 KB of) body.
+    pub async fn post(
+        &self,
+        batch_id: &str,
+        body: String,
+    ) -> Result<(u16, Vec<(String, String)>, String), String> {
+        let Target::Webhook {
+            url,
+            auth,
+            client,
+            headers,
+        } = self
+        else {
+            return Err("not a webhook".into());
+        };
+        let mut request = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-MessageSystems-Batch-ID", batch_id)
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        request = match auth {
+            Auth::None => request,
+            Auth::Basic(pair) => {
+                let (user, password) = pair.split_once(':').unwrap_or((pair, ""));
+                request.basic_auth(user, Some(password))
+            }
+            Auth::Bearer(token) => request.bearer_auth(token),
+        };
+        let response = request.send().await.map_err(describe)?;
+        let status = response.status().as_u16();
+        let answer_headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, answer_headers, text.chars().take(4096).collect()))
     }
 
     /// Hand over one batch; `Err` carries what to show in `webhooks status`.
     pub async fn deliver(&self, batch_id: &str, items: &[String]) -> Result<(), String> {
         match self {
-            Target::Webhook { url, auth, client } => {
+            Target::Webhook { .. } => {
                 let body = super::batch_body(items.iter().map(String::as_str));
-                let mut request = client
-                    .post(url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header("X-MessageSystems-Batch-ID", batch_id)
-                    .body(body);
-                request = match auth {
-                    Auth::None => request,
-                    Auth::Basic(pair) => {
-                        let (user, password) = pair.split_once(':').unwrap_or((pair, ""));
-                        request.basic_auth(user, Some(password))
-                    }
-                    Auth::Bearer(token) => request.bearer_auth(token),
-                };
-                let response = request.send().await.map_err(describe)?;
-                let status = response.status();
-                if status.is_success() {
+                let (status, _, _) = self.post(batch_id, body).await?;
+                if (200..300).contains(&status) {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {status}"))
+                    Err(format!(
+                        "HTTP {status}{}",
+                        reqwest::StatusCode::from_u16(status)
+                            .ok()
+                            .and_then(|s| s.canonical_reason())
+                            .map(|r| format!(" {r}"))
+                            .unwrap_or_default()
+                    ))
                 }
             }
             Target::Jsonl(path) => {

@@ -1,5 +1,5 @@
 //! The REST API: the subset of SparkPost's API v1 over what msys-milter keeps
-//! (suppression list, message events, deliverability metrics), so SparkPost's own
+//! (suppression list, message events, deliverability metrics, webhooks), so SparkPost's own
 //! client libraries and tools work against it unchanged. It has a listener of its own
 //! (`[api] listen`, HTTPS), never the public tracking one, and answers only keys of
 //! `[[api_key]]`.
@@ -10,6 +10,7 @@ pub mod events;
 pub mod metrics;
 pub mod suppression;
 pub mod tls;
+pub mod webhooks;
 
 use crate::config::{Config, Grant};
 use crate::store::Store;
@@ -26,6 +27,12 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     keys: RwLock<Arc<auth::Keys>>,
     max_body: usize,
+    /// The configuration file's webhooks (listed read-only).
+    config_webhooks: RwLock<Vec<crate::config::Webhook>>,
+    /// Webhooks may be made here (a host alone with a store).
+    webhooks_writable: bool,
+    /// Woken when a webhook is made, changed or removed: the sinks restart.
+    pub webhooks_changed: Arc<tokio::sync::Notify>,
 }
 
 impl ApiState {
@@ -34,12 +41,26 @@ impl ApiState {
             store,
             keys: RwLock::new(Arc::new(keys_of(config))),
             max_body: config.api.max_body_bytes.0,
+            config_webhooks: RwLock::new(config.webhooks.clone()),
+            webhooks_writable: config.store.enabled && config.store.postgres.is_none(),
+            webhooks_changed: Arc::default(),
         }
+    }
+
+    fn config_webhooks(&self) -> Vec<crate::config::Webhook> {
+        self.config_webhooks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Take up the keys of a reloaded configuration.
     pub fn reload(&self, config: &Config) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys_of(config));
+        *self
+            .config_webhooks
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = config.webhooks.clone();
     }
 
     fn authorize(&self, req: &Request, grant: Grant) -> Result<auth::Caller, ApiError> {
@@ -158,6 +179,24 @@ async fn dispatch(state: &ApiState, request: axum::extract::Request) -> ApiResul
             metrics::list(state, &req, Dimension::SendingDomain).await
         }
         ["metrics", "campaigns" | "domains"] => Err(method_not_allowed()),
+        ["webhooks"] => match *m {
+            Method::GET => webhooks::list(state, &req).await,
+            Method::POST => webhooks::create(state, &req).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["webhooks", id] => match *m {
+            Method::GET => webhooks::get(state, &req, id).await,
+            Method::PUT => webhooks::update(state, &req, id).await,
+            Method::DELETE => webhooks::delete(state, &req, id).await,
+            _ => Err(method_not_allowed()),
+        },
+        ["webhooks", id, "validate"] if *m == Method::POST => {
+            webhooks::validate(state, &req, id).await
+        }
+        ["webhooks", id, "batch-status"] if *m == Method::GET => {
+            webhooks::batch_status(state, &req, id).await
+        }
+        ["webhooks", _, "validate" | "batch-status"] => Err(method_not_allowed()),
         _ => Err(ApiError::not_found("Resource could not be found")),
     }
 }

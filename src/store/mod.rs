@@ -325,6 +325,26 @@ pub trait Store: Send + Sync {
         done(Vec::new())
     }
 
+    /// The webhooks made through the REST API.
+    fn api_webhooks(&self) -> StoreFuture<'_, Vec<query::StoredWebhook>> {
+        done(Vec::new())
+    }
+
+    /// Add or replace (by id) a webhook made through the REST API.
+    fn api_webhook_put(&self, _: query::StoredWebhook) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Err(StoreError::Stopped)))
+    }
+
+    /// Remove a webhook made through the REST API; whether it was there.
+    fn api_webhook_delete<'a>(&'a self, _: &'a str) -> StoreFuture<'a, bool> {
+        done(false)
+    }
+
+    /// A sink's last deliveries, newest first.
+    fn batch_log<'a>(&'a self, _: &'a str, _: usize) -> StoreFuture<'a, Vec<query::BatchLogEntry>> {
+        done(Vec::new())
+    }
+
     /// Forget counters older than `before` (Unix seconds).
     fn prune_counters(&self, _: u64) -> StoreFuture<'_, u64> {
         done(0)

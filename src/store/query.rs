@@ -237,3 +237,25 @@ pub struct MetricsRow {
     pub bucket: Option<u64>,
     pub values: Vec<(String, u64)>,
 }
+
+/// A webhook made through the REST API: its SparkPost JSON as given (validated by the
+/// API), kept beside those of the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredWebhook {
+    pub id: String,
+    pub spec: String,
+    pub created: u64,
+    pub updated: u64,
+}
+
+/// One delivery of a sink's batch (the last 100 are kept), for `batch-status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchLogEntry {
+    pub batch_id: String,
+    pub ts: u64,
+    pub attempts: u32,
+    /// The HTTP status the webhook answered.
+    pub response_code: Option<String>,
+    /// Why there was no answer (timeout, cannot connect).
+    pub failure_code: Option<String>,
+}

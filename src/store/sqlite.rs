@@ -146,6 +146,22 @@ CREATE TABLE engaged (
     PRIMARY KEY (message, what)
 ) WITHOUT ROWID;
 CREATE INDEX engaged_created ON engaged (created);
+CREATE TABLE api_webhooks (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE batch_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    response_code TEXT,
+    failure_code TEXT
+);
+CREATE INDEX batch_log_sink ON batch_log (sink, seq);
 ",
 ];
 
@@ -842,7 +858,15 @@ impl Store for SqliteStore {
 
     fn batch_delivered<'a>(&'a self, sink: &'a str, batch_id: &'a str) -> StoreFuture<'a, ()> {
         let (sink, batch_id) = (sink.to_owned(), batch_id.to_owned());
+        let now = crate::ids::unix_secs();
         self.write(move |conn, _| {
+            conn.execute(
+                "INSERT INTO batch_log (sink, batch_id, ts, attempts, response_code)
+                 SELECT sink, batch_id, ?3, attempts + 1, '200' FROM batches
+                 WHERE sink = ?1 AND batch_id = ?2",
+                params![sink, batch_id, int(now)],
+            )?;
+            super::sqlite_query::trim_batch_log(conn, &sink)?;
             conn.execute(
                 "DELETE FROM outbox WHERE sink = ?1 AND batch_id = ?2",
                 params![sink, batch_id],
@@ -880,6 +904,21 @@ impl Store for SqliteStore {
                     if give_up { "failed" } else { "pending" }
                 ],
             )?;
+            // `HTTP 503 Service Unavailable`: the answer's code; else why there was none.
+            let code = error
+                .strip_prefix("HTTP ")
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_owned);
+            let failure = code
+                .is_none()
+                .then(|| error.chars().take(64).collect::<String>());
+            conn.execute(
+                "INSERT INTO batch_log (sink, batch_id, ts, attempts, response_code, failure_code)
+                 SELECT sink, batch_id, ?3, attempts, ?4, ?5 FROM batches
+                 WHERE sink = ?1 AND batch_id = ?2",
+                params![sink, batch_id, int(now), code, failure],
+            )?;
+            super::sqlite_query::trim_batch_log(conn, &sink)?;
             Ok(())
         })
     }
@@ -1094,6 +1133,29 @@ impl Store for SqliteStore {
         Self::ready(self.read(|conn| {
             super::sqlite_query::dimension_values(conn, dim, from, to, matching.as_deref(), limit)
         }))
+    }
+
+    fn api_webhooks(&self) -> StoreFuture<'_, Vec<super::query::StoredWebhook>> {
+        Self::ready(self.read(super::sqlite_query::api_webhooks))
+    }
+
+    fn api_webhook_put(&self, hook: super::query::StoredWebhook) -> StoreFuture<'_, ()> {
+        self.write(move |conn, _| super::sqlite_query::api_webhook_put(conn, &hook))
+    }
+
+    fn api_webhook_delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        let id = id.to_owned();
+        self.write(move |conn, _| {
+            Ok(conn.execute("DELETE FROM api_webhooks WHERE id = ?1", params![id])? == 1)
+        })
+    }
+
+    fn batch_log<'a>(
+        &'a self,
+        sink: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<super::query::BatchLogEntry>> {
+        Self::ready(self.read(|conn| super::sqlite_query::batch_log(conn, sink, limit)))
     }
 
     fn prune_counters(&self, before: u64) -> StoreFuture<'_, u64> {

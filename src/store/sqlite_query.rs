@@ -3,8 +3,8 @@
 //! only its ragged edges read minutes.
 
 use super::query::{
-    Dimension, EventField, EventKey, EventPage, EventQuery, MetricsQuery, MetricsRow,
-    SuppressionPage, SuppressionQuery,
+    BatchLogEntry, Dimension, EventField, EventKey, EventPage, EventQuery, MetricsQuery,
+    MetricsRow, StoredWebhook, SuppressionPage, SuppressionQuery,
 };
 use super::sqlite::{account_key, account_of, int};
 use super::{SuppressionEntry, SuppressionType};
@@ -516,6 +516,66 @@ pub(super) fn dimension_values(
     ))?;
     stmt.query_map(params_from_iter(values.iter()), |r| r.get(0))?
         .collect()
+}
+
+/// Keep the last 100 batches of a sink in its log (`batch-status`).
+pub(super) fn trim_batch_log(conn: &Connection, sink: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM batch_log WHERE sink = ?1 AND seq <=
+           (SELECT seq FROM batch_log WHERE sink = ?1 ORDER BY seq DESC LIMIT 1 OFFSET 100)",
+    )?
+    .execute(params![sink])?;
+    Ok(())
+}
+
+pub(super) fn batch_log(
+    conn: &Connection,
+    sink: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<BatchLogEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT batch_id, ts, attempts, response_code, failure_code FROM batch_log
+         WHERE sink = ?1 ORDER BY seq DESC LIMIT ?2",
+    )?;
+    stmt.query_map(params![sink, limit as i64], |r| {
+        Ok(BatchLogEntry {
+            batch_id: r.get(0)?,
+            ts: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            response_code: r.get(3)?,
+            failure_code: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+pub(super) fn api_webhooks(conn: &Connection) -> rusqlite::Result<Vec<StoredWebhook>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, spec, created, updated FROM api_webhooks ORDER BY created, id",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(StoredWebhook {
+            id: r.get(0)?,
+            spec: r.get(1)?,
+            created: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            updated: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+        })
+    })?
+    .collect()
+}
+
+pub(super) fn api_webhook_put(conn: &Connection, hook: &StoredWebhook) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO api_webhooks (id, spec, created, updated) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
+    )?
+    .execute(params![
+        hook.id,
+        hook.spec,
+        int(hook.created),
+        int(hook.updated)
+    ])?;
+    Ok(())
 }
 
 #[cfg(test)]

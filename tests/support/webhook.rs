@@ -15,6 +15,8 @@ pub struct Post {
     pub body: String,
     /// The status it was answered with.
     pub status: u16,
+    /// Every header, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Post {
@@ -196,6 +198,7 @@ fn serve(
             content_type: get("content-type"),
             body: String::from_utf8_lossy(&body).into_owned(),
             status: code,
+            headers: headers.clone(),
         });
         let reason = if code == 200 { "OK" } else { "Unavailable" };
         write!(

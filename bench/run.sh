@@ -36,6 +36,10 @@ out=$(mktemp)
     echo
     cargo bench --locked --bench shared 2>/dev/null
     echo
+    # The REST API over 1,000,000 entries and MSYS_BENCH_EVENTS events (default 2,000,000;
+    # about 3 minutes and 2.3 GB under target/).
+    cargo bench --locked --bench api 2>/dev/null
+    echo
     # The MTA runs in a network namespace that has only loopback.
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench postfix' 2>/dev/null
     echo

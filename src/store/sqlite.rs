@@ -129,16 +129,6 @@ CREATE TABLE counters (
     PRIMARY KEY (span, bucket, campaign, sending_domain, subaccount, ip_pool, bounce_class, metric)
 ) WITHOUT ROWID;
 CREATE INDEX counters_campaign ON counters (span, campaign, bucket);
-CREATE TABLE counter_log (
-    bucket INTEGER NOT NULL,
-    campaign TEXT NOT NULL,
-    sending_domain TEXT NOT NULL,
-    subaccount TEXT NOT NULL,
-    ip_pool TEXT NOT NULL,
-    bounce_class TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    value INTEGER NOT NULL
-);
 CREATE TABLE engaged (
     message TEXT NOT NULL,
     what TEXT NOT NULL,
@@ -167,8 +157,6 @@ CREATE INDEX batch_log_sink ON batch_log (sink, seq);
 
 /// Writes queued at once beyond this wait for the next transaction.
 const MAX_GROUP: usize = 4096;
-/// How often the counters' log is folded into the per-minute and per-hour sums.
-const FOLD_EVERY: Duration = Duration::from_secs(2);
 /// Read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -419,23 +407,7 @@ fn writer(
     path: &Path,
     committed: &tokio::sync::Notify,
 ) {
-    let mut last_fold = std::time::Instant::now();
-    // Something committed since the last fold (the counters' log may hold rows).
-    let mut unfolded = false;
-    loop {
-        let first = match rx.recv_timeout(FOLD_EVERY) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Quiet: fold what the last writes logged, in a transaction of its own.
-                if unfolded {
-                    unfolded = false;
-                    last_fold = std::time::Instant::now();
-                    fold(&conn, path, true);
-                }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
+    while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -453,16 +425,14 @@ fn writer(
             continue;
         }
         let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-        if last_fold.elapsed() >= FOLD_EVERY {
-            last_fold = std::time::Instant::now();
-            fold(&conn, path, false);
-        }
-        unfolded = true;
+        super::sqlite_query::GROUP_COUNTS.with(|c| c.borrow_mut().clear());
         for mut job in group {
             let _ = savepoint("SAVEPOINT job");
+            super::sqlite_query::JOB_COUNTS.with(|c| c.borrow_mut().clear());
             match job.run(&conn, &sinks) {
                 Ok(()) => {
                     let _ = savepoint("RELEASE job");
+                    super::sqlite_query::keep_job_counts();
                     ok.push(job);
                 }
                 Err(e) => {
@@ -473,6 +443,14 @@ fn writer(
                 }
             }
         }
+        // The group's counter sums: a few upserts for many messages. Derived data: a
+        // failure here is logged and never fails the messages' commit.
+        let _ = savepoint("SAVEPOINT counters");
+        if let Err(e) = super::sqlite_query::write_group_counts(&conn) {
+            let _ = savepoint("ROLLBACK TO counters");
+            tracing::error!(store = %path.display(), "the deliverability counters were not updated: {e}");
+        }
+        let _ = savepoint("RELEASE counters");
         let result = conn.execute_batch("COMMIT");
         if result.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
@@ -485,37 +463,6 @@ fn writer(
         }
         if result.is_ok() {
             committed.notify_waiters();
-        }
-    }
-}
-
-/// Fold the counters' log into its sums (see `sqlite_query::fold_counters`): in the
-/// transaction under way, or in one of its own. On failure the counts stay in the log.
-fn fold(conn: &Connection, path: &Path, own_transaction: bool) {
-    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    let begin = if own_transaction {
-        "BEGIN IMMEDIATE"
-    } else {
-        "SAVEPOINT fold"
-    };
-    if let Err(e) = conn.execute_batch(begin) {
-        tracing::error!(store = %path.display(), "cannot fold the counters: {e}");
-        return;
-    }
-    let result = super::sqlite_query::fold_counters(conn);
-    let end = match (&result, own_transaction) {
-        (Ok(()), true) => "COMMIT",
-        (Ok(()), false) => "RELEASE fold",
-        (Err(_), true) => "ROLLBACK",
-        (Err(_), false) => "ROLLBACK TO fold; RELEASE fold",
-    };
-    if let Err(e) = result {
-        tracing::error!(store = %path.display(), "folding the counters failed: {e}");
-    }
-    if let Err(e) = conn.execute_batch(end) {
-        tracing::error!(store = %path.display(), "folding the counters: {end}: {e}");
-        if own_transaction {
-            let _ = savepoint("ROLLBACK");
         }
     }
 }

@@ -254,72 +254,90 @@ pub(super) fn event_search(conn: &Connection, q: &EventQuery) -> rusqlite::Resul
 const MINUTE: u64 = 60;
 const HOUR: u64 = 3600;
 
-/// The counts of a commit's new events, summed per minute, dimensions and metric, go to
-/// the counters' log: one plain insert per sum (a message's three injections are one
-/// row). The log is folded into the per-minute and per-hour sums every few seconds
-/// ([`fold_counters`]); queries read both.
+/// Counter sums: (minute, dimensions, metric) -> amount.
+type Sums = std::collections::HashMap<(u64, [String; 5], &'static str), u64>;
+
+thread_local! {
+    /// On the writer thread: the sums of the write running now, and of the group's
+    /// writes that succeeded (a write rolled back to its savepoint adds nothing).
+    pub(super) static JOB_COUNTS: std::cell::RefCell<Sums> = std::cell::RefCell::default();
+    pub(super) static GROUP_COUNTS: std::cell::RefCell<Sums> = std::cell::RefCell::default();
+}
+
+/// Add the counts of a commit's new events to the running write's sums (first opens
+/// and clicks are remembered in `engaged`, inside the write).
 pub(super) fn count_events(conn: &Connection, events: &[&Event]) -> rusqlite::Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut sums: std::collections::HashMap<(u64, [String; 5], &'static str), u64> =
-        std::collections::HashMap::new();
     let mut seen = conn.prepare_cached(
         "INSERT OR IGNORE INTO engaged (message, what, created) VALUES (?1, ?2, ?3)",
     )?;
-    for event in events {
-        let (counts, uniques) = counted::counts(event);
-        let minute = event.timestamp - event.timestamp % MINUTE;
-        let dims = counted::dimensions(event);
-        for (metric, amount) in counts {
-            *sums.entry((minute, dims.clone(), metric)).or_default() += amount;
-        }
-        if !uniques.is_empty() {
-            let key = counted::message_key(event);
-            for (metric, what) in uniques {
-                if seen.execute(params![key, what, int(event.timestamp)])? == 1 {
-                    *sums.entry((minute, dims.clone(), metric)).or_default() += 1;
+    JOB_COUNTS.with(|sums| {
+        let mut sums = sums.borrow_mut();
+        for event in events {
+            let (counts, uniques) = counted::counts(event);
+            let minute = event.timestamp - event.timestamp % MINUTE;
+            let dims = counted::dimensions(event);
+            for (metric, amount) in counts {
+                *sums.entry((minute, dims.clone(), metric)).or_default() += amount;
+            }
+            if !uniques.is_empty() {
+                let key = counted::message_key(event);
+                for (metric, what) in uniques {
+                    if seen.execute(params![key, what, int(event.timestamp)])? == 1 {
+                        *sums.entry((minute, dims.clone(), metric)).or_default() += 1;
+                    }
                 }
             }
         }
+        Ok(())
+    })
+}
+
+/// The running write succeeded: its sums join the group's.
+pub(super) fn keep_job_counts() {
+    JOB_COUNTS.with(|job| {
+        GROUP_COUNTS.with(|group| {
+            let mut group = group.borrow_mut();
+            for (key, n) in job.borrow_mut().drain() {
+                *group.entry(key).or_default() += n;
+            }
+        })
+    });
+}
+
+/// Add the group's sums to the per-minute, per-hour and per-day counters: one upsert
+/// per span and sum, however many messages the group committed.
+pub(super) fn write_group_counts(conn: &Connection) -> rusqlite::Result<()> {
+    let sums: Sums = GROUP_COUNTS.with(|g| std::mem::take(&mut *g.borrow_mut()));
+    if sums.is_empty() {
+        return Ok(());
     }
     let mut add = conn.prepare_cached(
-        "INSERT INTO counter_log (bucket, campaign, sending_domain, subaccount, ip_pool, bounce_class, metric, value)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO counters (span, bucket, campaign, sending_domain, subaccount, ip_pool, bounce_class, metric, value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT DO UPDATE SET value = value + excluded.value",
     )?;
     for ((minute, [campaign, domain, subaccount, pool, class], metric), value) in sums {
-        add.execute(params![
-            int(minute),
-            campaign,
-            domain,
-            subaccount,
-            pool,
-            class,
-            metric,
-            int(value)
-        ])?;
+        for span in SPANS {
+            add.execute(params![
+                int(span),
+                int(minute - minute % span),
+                campaign,
+                domain,
+                subaccount,
+                pool,
+                class,
+                metric,
+                int(value)
+            ])?;
+        }
     }
     Ok(())
 }
 
 const DIMENSIONS: &str = "campaign, sending_domain, subaccount, ip_pool, bounce_class";
-
-/// Move the counters' log into the per-minute and per-hour sums.
-pub(super) fn fold_counters(conn: &Connection) -> rusqlite::Result<()> {
-    for span in SPANS {
-        let bucket = format!("bucket / {span} * {span}");
-        conn.prepare_cached(&format!(
-            "INSERT INTO counters (span, bucket, {DIMENSIONS}, metric, value)
-             SELECT {span}, {bucket}, {DIMENSIONS}, metric, sum(value) FROM counter_log WHERE true
-             GROUP BY 2, {DIMENSIONS}, metric
-             ON CONFLICT DO UPDATE SET value = value + excluded.value"
-        ))?
-        .execute([])?;
-    }
-    conn.prepare_cached("DELETE FROM counter_log")?
-        .execute([])?;
-    Ok(())
-}
 
 /// Forget counters and first-engagement marks older than `before` (Unix seconds).
 pub(super) fn prune_counters(conn: &Connection, before: u64) -> rusqlite::Result<usize> {
@@ -372,7 +390,7 @@ fn usable_spans(bucket: Option<u64>, offset: i64) -> Vec<u64> {
         .collect()
 }
 
-/// The counter rows (folded, and still in the log) of `[from, to)` passing `filters`:
+/// The counter rows of `[from, to)` passing `filters`:
 /// a `UNION ALL` of one indexed range per span, and its values.
 fn counter_rows(
     from: u64,
@@ -404,14 +422,6 @@ fn counter_rows(
         branches.push(format!("SELECT {columns} FROM {table}{}", w.sql()));
         values.extend(w.values);
     }
-    let mut w = Where::default();
-    w.push(
-        "bucket >= ? AND bucket < ?",
-        [V::Integer(int(from)), V::Integer(int(to))],
-    );
-    filters(&mut w);
-    branches.push(format!("SELECT {columns} FROM counter_log{}", w.sql()));
-    values.extend(w.values);
     (branches.join(" UNION ALL "), values)
 }
 
@@ -598,7 +608,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn counts_are_the_same_before_and_after_folding_by_minute_and_hour() {
+    async fn counts_by_minute_hour_and_day_once_per_event() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(
             &dir.path().join("s.db"),
@@ -656,7 +666,6 @@ mod tests {
             .metrics(ask(t, t + 2 * HOUR, Some(HOUR)))
             .await
             .unwrap();
-        store.write(|conn, _| fold_counters(conn)).await.unwrap();
         for (q, b) in questions.iter().zip(&before) {
             assert_eq!(&sums(store.metrics(q.clone()).await.unwrap()), b);
         }

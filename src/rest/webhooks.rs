@@ -123,6 +123,18 @@ async fn find(
         .ok_or_else(|| ApiError::not_found("Resource could not be found"))
 }
 
+/// A webhook made through the API, as stored.
+async fn stored(state: &ApiState, id: &str) -> Result<StoredWebhook, ApiError> {
+    state
+        .store
+        .api_webhooks()
+        .await
+        .map_err(|e| ApiError::unavailable("webhooks", e))?
+        .into_iter()
+        .find(|h| h.id == id)
+        .ok_or_else(|| ApiError::not_found("Resource could not be found"))
+}
+
 /// `GET /webhooks`.
 pub async fn list(state: &ApiState, req: &Request) -> ApiResult {
     main_account(state, req, Grant::WebhooksView)?;
@@ -311,14 +323,7 @@ pub async fn update(state: &ApiState, req: &Request, id: &str) -> ApiResult {
         return Err(from_config(id));
     }
     writable(state)?;
-    let stored = state
-        .store
-        .api_webhooks()
-        .await
-        .map_err(|e| ApiError::unavailable("webhooks", e))?
-        .into_iter()
-        .find(|h| h.id == id)
-        .ok_or_else(|| ApiError::not_found("Resource could not be found"))?;
+    let stored = stored(state, id).await?;
     let mut m: Map<String, Value> = serde_json::from_str(&stored.spec).unwrap_or_default();
     let old_target = m.get("target").cloned();
     for (k, v) in json_body(&req.body)? {
@@ -385,14 +390,7 @@ pub async fn validate(state: &ApiState, req: &Request, id: &str) -> ApiResult {
             Target::webhook(&hook.url, auth).map_err(|e| ApiError::unavailable("webhook", e))?
         }
         _ => {
-            let stored = state
-                .store
-                .api_webhooks()
-                .await
-                .map_err(|e| ApiError::unavailable("webhooks", e))?
-                .into_iter()
-                .find(|h| h.id == id)
-                .ok_or_else(|| ApiError::not_found("Resource could not be found"))?;
+            let stored = stored(state, id).await?;
             let m: Map<String, Value> = serde_json::from_str(&stored.spec).unwrap_or_default();
             target_of(&m)?
         }

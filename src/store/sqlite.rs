@@ -1013,18 +1013,10 @@ impl Store for SqliteStore {
                 "SELECT recipient, account, type, source, description, created, updated
                  FROM suppression{clause} ORDER BY recipient, account, type"
             ))?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
-                Ok(SuppressionEntry {
-                    recipient: r.get(0)?,
-                    account: account_of(r.get(1)?),
-                    kind: SuppressionType::parse(&r.get::<_, String>(2)?)
-                        .unwrap_or(SuppressionType::NonTransactional),
-                    source: r.get(3)?,
-                    description: r.get(4)?,
-                    created: opt_u64(r.get(5)?).unwrap_or(0),
-                    updated: opt_u64(r.get(6)?).unwrap_or(0),
-                })
-            })?;
+            let rows = stmt.query_map(
+                rusqlite::params_from_iter(values),
+                super::sqlite_query::suppression_entry,
+            )?;
             rows.collect()
         });
         Self::ready(result)

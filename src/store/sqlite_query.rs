@@ -45,7 +45,7 @@ fn text(s: &str) -> V {
     V::Text(s.to_owned())
 }
 
-fn suppression_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<SuppressionEntry> {
+pub(super) fn suppression_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<SuppressionEntry> {
     Ok(SuppressionEntry {
         recipient: r.get(0)?,
         account: account_of(r.get(1)?),
@@ -56,6 +56,13 @@ fn suppression_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<SuppressionEntry
         created: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
         updated: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
     })
+}
+
+/// A query's values with its `LIMIT` and `OFFSET` (none with a keyset cursor).
+fn paged(mut values: Vec<V>, limit: usize, offset: u64, keyset: bool) -> Vec<V> {
+    values.push(V::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    values.push(V::Integer(if keyset { 0 } else { int(offset) }));
+    values
 }
 
 /// `LIKE` pattern text with its wildcards escaped (`ESCAPE '\'`).
@@ -125,13 +132,7 @@ pub(super) fn suppression_search(
          ORDER BY updated {order}, recipient {order}, account {order}, type {order} LIMIT ? OFFSET ?",
         w.sql()
     );
-    let mut values = w.values;
-    values.push(V::Integer(q.limit as i64));
-    values.push(V::Integer(if q.after.is_some() {
-        0
-    } else {
-        int(q.offset)
-    }));
+    let values = paged(w.values, q.limit, q.offset, q.after.is_some());
     let mut stmt = conn.prepare(&sql)?;
     let entries = stmt
         .query_map(params_from_iter(values.iter()), suppression_entry)?
@@ -226,13 +227,7 @@ pub(super) fn event_search(conn: &Connection, q: &EventQuery) -> rusqlite::Resul
         "SELECT created, event_id, item FROM events{} ORDER BY created DESC, event_id DESC LIMIT ? OFFSET ?",
         w.sql()
     );
-    let mut values = w.values;
-    values.push(V::Integer(q.limit as i64));
-    values.push(V::Integer(if q.after.is_some() {
-        0
-    } else {
-        int(q.offset)
-    }));
+    let values = paged(w.values, q.limit, q.offset, q.after.is_some());
     let mut stmt = conn.prepare(&sql)?;
     let items = stmt
         .query_map(params_from_iter(values.iter()), |r| {

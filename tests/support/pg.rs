@@ -77,68 +77,8 @@ impl Pg {
 
     fn make_certificates(&self) {
         let d = self.dir.path();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=msys test CA",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        for f in ["server.key", "server.crt"] {
+        super::rest::make_certificates(d);
+        for f in ["server.key", "server.pem"] {
             Command::new("chown")
                 .args(["postgres:postgres", &d.join(f).display().to_string()])
                 .status()
@@ -185,7 +125,7 @@ impl Pg {
                     if self.tls {
                         format!(
                             " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
-                            self.dir.path().join("server.crt").display(),
+                            self.dir.path().join("server.pem").display(),
                             self.dir.path().join("server.key").display()
                         )
                     } else {

@@ -13,67 +13,7 @@ pub struct TestCa {
 impl TestCa {
     pub fn new() -> TestCa {
         let dir = tempfile::tempdir().unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl(1) is needed to make the test certificates");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=msys-milter test CA",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            dir.path().join("san.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
+        make_certificates(dir.path());
         TestCa { dir }
     }
 
@@ -88,6 +28,72 @@ impl TestCa {
     pub fn key(&self) -> PathBuf {
         self.dir.path().join("server.key")
     }
+}
+
+/// In `dir`: `ca.pem` (a throwaway CA, with `ca.key`), and `server.pem` and
+/// `server.key`, a server certificate it signed for `127.0.0.1` and `localhost`.
+pub fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl(1) is needed to make the test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (days, rsa) = (["-days", "2"], ["-newkey", "rsa:2048", "-nodes"]);
+    run(&[
+        &["req", "-x509"][..],
+        &rsa,
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+        &days,
+        &["-subj", "/CN=msys-milter test CA"],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &rsa,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+        ][..],
+        &[
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "san.ext",
+        ],
+        &days,
+    ]
+    .concat());
 }
 
 /// `[api]` on `port`: HTTPS with `ca`'s certificate, or plain HTTP.

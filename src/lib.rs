@@ -8,6 +8,8 @@ pub mod dkim;
 pub mod events;
 pub mod explain;
 pub mod feedback;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod ids;
 pub mod metrics;

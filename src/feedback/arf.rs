@@ -20,8 +20,16 @@ pub struct Complaint {
     pub report_by: Option<String>,
 }
 
-/// Read a feedback report; `None` when the message is not one.
+/// Read a feedback report; `None` when the message is not one. mail-auth parses it
+/// with mail-parser, whose internal assertions fire on some hostile input in debug
+/// builds (found by fuzzing): a panic there is "not a report".
 pub fn parse(raw: &[u8]) -> Option<Complaint> {
+    std::panic::catch_unwind(|| parse_report(raw))
+        .ok()
+        .flatten()
+}
+
+fn parse_report(raw: &[u8]) -> Option<Complaint> {
     let feedback = Feedback::parse_rfc5322(raw).ok()?;
     let fbtype = match feedback.feedback_type() {
         FeedbackType::Abuse => "abuse",

@@ -126,7 +126,7 @@ pub struct Original {
 
 /// Read a returned message. Never fails: what cannot be read is [`ReportKind::Unknown`].
 pub fn parse(raw: &[u8]) -> Report {
-    let Some(message) = MessageParser::default().parse(raw) else {
+    let Some(message) = crate::mime::parse_message(raw) else {
         return Report::default();
     };
     if let Some(report) = delivery_status(&message) {

@@ -129,14 +129,21 @@ fn decode_part(
     Some((text.into_owned(), encoding))
 }
 
+/// mail-parser's `parse`, with a panic inside it (its internal assertions fire on some
+/// hostile input in debug builds; found by fuzzing) answered as "not a message": no input
+/// may take the daemon down.
+pub fn parse_message(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .ok()
+        .flatten()
+}
+
 impl Prepared {
     /// Parse `headers` + `body`; find the `text/html` parts (never `text/x-amp-html`,
     /// never attachments, at any depth) that can be decoded and encoded back faithfully.
     pub fn new(headers: &[HeaderField], body: &[u8]) -> Result<Prepared, MimeError> {
         let (raw, body_start) = whole_message(headers, body);
-        let message = MessageParser::default()
-            .parse(&raw)
-            .ok_or(MimeError::Unparseable)?;
+        let message = parse_message(&raw).ok_or(MimeError::Unparseable)?;
         let mut parts = Vec::new();
         for part in &message.parts {
             if !matches!(part.body, PartType::Html(_)) {
@@ -293,7 +300,7 @@ pub fn rewrite(
 /// such a part (events' `amp_enabled`).
 pub fn check_amp(headers: &[HeaderField], body: &[u8]) -> Result<bool, AmpError> {
     let (raw, _) = whole_message(headers, body);
-    let Some(message) = MessageParser::default().parse(&raw) else {
+    let Some(message) = parse_message(&raw) else {
         return Ok(false);
     };
     let parts = &message.parts;

@@ -207,7 +207,7 @@ pub fn parse_time(text: &str) -> Option<u64> {
     let zone = match zone {
         "" => "Z".to_owned(),
         // `+0000` as well as `+00:00`.
-        z if z.len() == 5 && !z.contains(':') => format!("{}:{}", &z[..3], &z[3..]),
+        z if z.len() == 5 && z.is_ascii() && !z.contains(':') => format!("{}:{}", &z[..3], &z[3..]),
         z => z.to_owned(),
     };
     let stamp = format!("{date}T{clock}{zone}");
@@ -268,6 +268,8 @@ mod tests {
         assert_eq!(parse_time("2017-02-01 01:01:01"), Some(1_485_910_861));
         assert_eq!(parse_time("yesterday"), None);
         assert_eq!(parse_time("2017-13-01T00:00"), None);
+        // Found by fuzzing: a zone of five bytes that are not five characters.
+        assert_eq!(parse_time(")05D \0\0+\0\u{fffd}"), None);
         assert_eq!(format_time(1_485_910_861), "2017-02-01T01:01:01+00:00");
         assert_eq!(
             format_time_in(1_601_784_000, -4 * 3600),

@@ -205,14 +205,11 @@ pub fn rewrite(data: &[u8]) {
     // only, no NUL): with bare CRs or LFs a parser may see boundaries differently once
     // a rewritten part's lines end in CRLF (found by fuzzing).
     let transported = !before.contains(&0)
-        && before
-            .iter()
-            .enumerate()
-            .all(|(i, &b)| match b {
-                b'\n' => i > 0 && before[i - 1] == b'\r',
-                b'\r' => before.get(i + 1) == Some(&b'\n'),
-                _ => true,
-            });
+        && before.iter().enumerate().all(|(i, &b)| match b {
+            b'\n' => i > 0 && before[i - 1] == b'\r',
+            b'\r' => before.get(i + 1) == Some(&b'\n'),
+            _ => true,
+        });
     if transported && let Some(original) = crate::mime::parse_message(&before) {
         assert_eq!(
             parsed.parts.len(),

@@ -217,17 +217,14 @@ pub async fn serve(
     serve_router(listener, router(state), limits, None, "http", shutdown).await
 }
 
-/// Where a TLS listener gets its acceptor (a certificate reloaded on SIGHUP is taken up
-/// by the next connection).
-pub type TlsSource = Arc<dyn Fn() -> tokio_rustls::TlsAcceptor + Send + Sync>;
-
 /// [`serve`] for any router, over TLS when `tls` is given; `name` labels the listener
 /// in logs and metrics.
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
-    tls: Option<TlsSource>,
+    // Its certificate resolver takes up a certificate reloaded on SIGHUP.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     name: &'static str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -265,7 +262,7 @@ pub async fn serve_router(
         let router = router.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let tls = tls.as_ref().map(|t| t());
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _held = (slot, open);
             let Some(acceptor) = tls else {

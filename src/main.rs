@@ -778,14 +778,7 @@ async fn start_api(
         ),
         _ => None,
     };
-    let tls = match &certificate {
-        Some(c) => {
-            let acceptor = c.acceptor()?;
-            let source: msys_milter::http::TlsSource = Arc::new(move || acceptor.clone());
-            Some(source)
-        }
-        None => None,
-    };
+    let tls = certificate.as_ref().map(|c| c.acceptor()).transpose()?;
     let listener = tokio::net::TcpListener::bind(listen.as_str())
         .await
         .with_context(|| format!("cannot listen on {listen} ([api] listen)"))?;

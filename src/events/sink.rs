@@ -29,14 +29,8 @@ pub struct SinkConfig {
 
 /// The sinks a configuration asks for: every `[[webhook]]`, and `[events] jsonl`.
 pub fn configured(config: &crate::Config) -> Result<Vec<SinkConfig>, reqwest::Error> {
-    use super::webhook::Auth;
     let mut out = Vec::new();
     for hook in &config.webhooks {
-        let auth = match (&hook.basic, &hook.bearer) {
-            (Some(b), _) => Auth::Basic(b.clone()),
-            (None, Some(t)) => Auth::Bearer(t.clone()),
-            (None, None) => Auth::None,
-        };
         out.push(SinkConfig {
             spec: SinkSpec {
                 name: hook.sink_name(),
@@ -47,7 +41,7 @@ pub fn configured(config: &crate::Config) -> Result<Vec<SinkConfig>, reqwest::Er
                         .collect()
                 }),
             },
-            target: Target::webhook(&hook.url, auth)?,
+            target: target_of(hook)?,
             batch_size: hook.batch_size,
             batch_wait: Duration::from_millis(hook.batch_wait_ms),
             retry_for: Duration::from_secs(hook.retry_hours * 3600),
@@ -66,6 +60,17 @@ pub fn configured(config: &crate::Config) -> Result<Vec<SinkConfig>, reqwest::Er
         });
     }
     Ok(out)
+}
+
+/// Where a `[[webhook]]` posts, with its credentials.
+pub fn target_of(hook: &crate::config::Webhook) -> Result<Target, reqwest::Error> {
+    use super::webhook::Auth;
+    let auth = match (&hook.basic, &hook.bearer) {
+        (Some(b), _) => Auth::Basic(b.clone()),
+        (None, Some(t)) => Auth::Bearer(t.clone()),
+        (None, None) => Auth::None,
+    };
+    Target::webhook(&hook.url, auth)
 }
 
 /// The sink name of a webhook made through the REST API.

@@ -13,7 +13,7 @@ const MAX_PER_PAGE: u64 = 10_000;
 const DAY: u64 = 86_400;
 
 /// The filters of `/events/message`, by query parameter.
-const FILTERS: [(&str, EventField); 17] = [
+const FILTERS: [(&str, EventField); 16] = [
     ("events", EventField::Type),
     ("event_ids", EventField::EventId),
     ("recipients", EventField::Recipient),
@@ -30,12 +30,11 @@ const FILTERS: [(&str, EventField); 17] = [
     ("subaccounts", EventField::Subaccount),
     ("messages", EventField::Message),
     ("transmissions", EventField::Transmission),
-    // The legacy endpoint's names.
-    ("campaign_ids", EventField::Campaign),
 ];
 
 /// The legacy endpoint's other names.
-const LEGACY_FILTERS: [(&str, EventField); 4] = [
+const LEGACY_FILTERS: [(&str, EventField); 5] = [
+    ("campaign_ids", EventField::Campaign),
     ("message_ids", EventField::Message),
     ("template_ids", EventField::Template),
     ("transmission_ids", EventField::Transmission),

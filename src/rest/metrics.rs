@@ -239,10 +239,12 @@ fn series(metrics: &[String], rows: &[MetricsRow], q: &MetricsQuery, months: boo
         let t = i64::try_from(t).unwrap_or(0);
         u64::try_from((t + off).div_euclid(size as i64) * size as i64 - off).unwrap_or(0)
     };
+    let by_bucket: std::collections::HashMap<u64, &MetricsRow> =
+        rows.iter().filter_map(|r| Some((r.bucket?, r))).collect();
     let mut buckets: Vec<(u64, Option<&MetricsRow>)> = Vec::new();
     let mut t = align(q.from);
     while t < q.to {
-        buckets.push((t, rows.iter().find(|r| r.bucket == Some(t))));
+        buckets.push((t, by_bucket.get(&t).copied()));
         t += size;
     }
     if !months {

@@ -2,7 +2,6 @@
 //! PUT is committed before it is answered, so the next message is refused at once (and,
 //! with `[store] postgres`, shipped to every host of the group).
 
-use super::auth::Scope;
 use super::common::{ApiError, ApiResult, Params, format_time, json_body, ok};
 use super::{ApiState, Request};
 use crate::config::Grant;
@@ -251,10 +250,6 @@ async fn commit(state: &ApiState, entries: Vec<SuppressionEntry>) -> Result<(), 
     Ok(())
 }
 
-fn account(scope: Scope) -> crate::store::Account {
-    scope.account()
-}
-
 /// `PUT /suppression-list/{recipient}`.
 pub async fn put(state: &ApiState, req: &Request, raw: &str) -> ApiResult {
     let caller = state.authorize(req, Grant::SuppressionManage)?;
@@ -272,7 +267,7 @@ pub async fn put(state: &ApiState, req: &Request, raw: &str) -> ApiResult {
         .map(|kind| {
             SuppressionEntry::new(
                 &recipient,
-                account(caller.scope),
+                caller.scope.account(),
                 kind,
                 SOURCE_MANUAL,
                 &description(&body),
@@ -322,7 +317,7 @@ pub async fn put_many(state: &ApiState, req: &Request) -> ApiResult {
         for kind in kinds {
             entries.push(SuppressionEntry::new(
                 &r,
-                account(caller.scope),
+                caller.scope.account(),
                 kind,
                 SOURCE_MANUAL,
                 &description(item),
@@ -368,7 +363,7 @@ pub async fn delete(state: &ApiState, req: &Request, raw: &str) -> ApiResult {
         .store
         .suppression_remove(SuppressionFilter {
             kind,
-            account: Some(account(caller.scope)),
+            account: Some(caller.scope.account()),
             recipient: Some(recipient),
         })
         .await

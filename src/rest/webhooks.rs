@@ -8,7 +8,7 @@ use super::{ApiState, Request};
 use crate::config::Grant;
 use crate::events::EventType;
 use crate::events::sink::api_sink_name;
-use crate::events::webhook::{Auth, Target};
+use crate::events::webhook::Target;
 use crate::store::query::StoredWebhook;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -382,12 +382,8 @@ pub async fn validate(state: &ApiState, req: &Request, id: &str) -> ApiResult {
                 .get(n.wrapping_sub(1))
                 .cloned()
                 .ok_or_else(|| ApiError::not_found("Resource could not be found"))?;
-            let auth = match (&hook.basic, &hook.bearer) {
-                (Some(b), _) => Auth::Basic(b.clone()),
-                (None, Some(t)) => Auth::Bearer(t.clone()),
-                _ => Auth::None,
-            };
-            Target::webhook(&hook.url, auth).map_err(|e| ApiError::unavailable("webhook", e))?
+            crate::events::sink::target_of(&hook)
+                .map_err(|e| ApiError::unavailable("webhook", e))?
         }
         _ => {
             let stored = stored(state, id).await?;

@@ -445,12 +445,14 @@ fn writer(
         }
         // The group's counter sums: a few upserts for many messages. Derived data: a
         // failure here is logged and never fails the messages' commit.
-        let _ = savepoint("SAVEPOINT counters");
-        if let Err(e) = super::sqlite_query::write_group_counts(&conn) {
-            let _ = savepoint("ROLLBACK TO counters");
-            tracing::error!(store = %path.display(), "the deliverability counters were not updated: {e}");
+        if super::sqlite_query::group_counted() {
+            let _ = savepoint("SAVEPOINT counters");
+            if let Err(e) = super::sqlite_query::write_group_counts(&conn) {
+                let _ = savepoint("ROLLBACK TO counters");
+                tracing::error!(store = %path.display(), "the deliverability counters were not updated: {e}");
+            }
+            let _ = savepoint("RELEASE counters");
         }
-        let _ = savepoint("RELEASE counters");
         let result = conn.execute_batch("COMMIT");
         if result.is_err() {
             let _ = conn.execute_batch("ROLLBACK");

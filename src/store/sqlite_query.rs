@@ -302,6 +302,11 @@ pub(super) fn keep_job_counts() {
     });
 }
 
+/// Whether the group's writes counted anything.
+pub(super) fn group_counted() -> bool {
+    GROUP_COUNTS.with(|g| !g.borrow().is_empty())
+}
+
 /// Add the group's sums to the per-minute, per-hour and per-day counters: one upsert
 /// per span and sum, however many messages the group committed.
 pub(super) fn write_group_counts(conn: &Connection) -> rusqlite::Result<()> {

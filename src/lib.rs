@@ -7,11 +7,13 @@ pub mod connlimit;
 pub mod dkim;
 pub mod events;
 pub mod explain;
+pub mod failpoint;
 pub mod feedback;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
 pub mod ids;
+pub mod ledger;
 pub mod metrics;
 pub mod milter;
 pub mod mime;

@@ -923,6 +923,11 @@ async fn prune_forever(store: Arc<dyn Store>, daemon: Arc<Daemon>) {
         if let Err(e) = store.prune_counters(counters_before).await {
             tracing::error!("pruning the deliverability counters failed: {e}");
         }
+        let ledger_before =
+            now.saturating_sub(u64::from(config.reinject.dedupe_hours.max(1)) * 3600);
+        if let Err(e) = store.prune_ledger(ledger_before).await {
+            tracing::error!("pruning the ledger of copies failed: {e}");
+        }
         match store.prune(events_before, transmissions_before).await {
             Ok(n) if n > 0 => tracing::info!(rows = n, "store pruned"),
             Ok(_) => {}

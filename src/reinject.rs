@@ -1,18 +1,19 @@
 //! Hands personalised copies back to the MTA, through a path that does not pass the
 //! milter again: an SMTP listener on loopback (lettre, pooled connections) or the MTA's
 //! sendmail(1) command. All copies of a message are handed over, concurrently and
-//! bounded, before the original is accepted; any failure fails the whole message.
+//! bounded in number and in memory, before the original is accepted; any failure fails
+//! the whole message.
 
 use crate::api::recipients::RcptType;
 use crate::config::Reinject;
 use lettre::address::{Address, Envelope};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 /// One copy ready to hand over.
@@ -39,11 +40,22 @@ pub enum ReinjectError {
     Address { to: String, address: String },
 }
 
+/// Why a message's copies were not all handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError<E> {
+    #[error(transparent)]
+    Reinject(ReinjectError),
+    /// Making a copy or recording one failed.
+    #[error("{0}")]
+    Caller(E),
+}
+
 /// The configured way back into the MTA.
 pub struct Reinjector {
     target: Target,
     timeout: Duration,
     concurrency: usize,
+    inflight_bytes: usize,
 }
 
 enum Target {
@@ -114,41 +126,68 @@ impl Reinjector {
             target,
             timeout,
             concurrency: config.concurrency,
+            inflight_bytes: config.inflight_bytes,
         }
     }
 
-    /// Hand over every copy; the MTA's reply for each, in order, or the first failure.
-    /// On failure the remaining hand-overs are cancelled: nothing of them is delivered
-    /// unless the MTA had already accepted it (at-least-once on the client's retry).
-    pub async fn hand_over_all(
+    /// Hand over `count` copies, made one at a time by `make(i)` when a slot is free:
+    /// at most `concurrency` at once, and no more than `inflight_bytes` of rendered
+    /// copies waiting (one always goes). `make` returns `None` for a copy not to hand
+    /// over (it was at an earlier attempt). After copies are taken, `record` is told
+    /// (index, MTA reply, size) before more are made: the exactly-once ledger.
+    ///
+    /// Returns the MTA's reply and the size of each copy handed over now (`None` for
+    /// those skipped), or the first failure; on failure the hand-overs in flight are
+    /// cancelled: nothing of them is delivered unless the MTA had already accepted it.
+    pub async fn hand_over_each<E, R, F>(
         self: &Arc<Self>,
-        copies: Vec<Copy>,
-    ) -> Result<Vec<String>, ReinjectError> {
-        let permits = Arc::new(Semaphore::new(self.concurrency));
+        count: usize,
+        mut make: impl FnMut(usize) -> Result<Option<Copy>, E>,
+        mut record: R,
+    ) -> Result<Vec<Option<(String, usize)>>, HandOverError<E>>
+    where
+        R: FnMut(Vec<(usize, String, usize)>) -> F,
+        F: Future<Output = Result<(), E>>,
+    {
         let mut tasks = JoinSet::new();
-        let count = copies.len();
-        for (i, copy) in copies.into_iter().enumerate() {
-            let this = Arc::clone(self);
-            let permits = Arc::clone(&permits);
-            tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                (i, this.hand_over(&copy).await)
-            });
-        }
-        let mut replies = vec![String::new(); count];
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((i, Ok(reply))) => replies[i] = reply,
-                Ok((_, Err(e))) => return Err(e),
-                Err(e) => {
-                    return Err(ReinjectError::Failed {
+        let mut results = vec![None; count];
+        let (mut next, mut inflight, mut estimate) = (0, 0usize, 0usize);
+        loop {
+            while next < count
+                && tasks.len() < self.concurrency
+                && (tasks.is_empty() || inflight + estimate <= self.inflight_bytes)
+            {
+                let i = next;
+                next += 1;
+                let Some(copy) = make(i).map_err(HandOverError::Caller)? else {
+                    continue;
+                };
+                let size = copy.bytes.len();
+                (inflight, estimate) = (inflight + size, size);
+                let this = Arc::clone(self);
+                tasks.spawn(async move { (i, size, this.hand_over(&copy).await) });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let mut taken = Vec::new();
+            let mut finished = Some(joined);
+            while let Some(joined) = finished {
+                let (i, size, result) = joined.map_err(|e| {
+                    HandOverError::Reinject(ReinjectError::Failed {
                         to: "?".into(),
                         detail: format!("hand-over task failed: {e}"),
-                    });
-                }
+                    })
+                })?;
+                inflight -= size;
+                let reply = result.map_err(HandOverError::Reinject)?;
+                taken.push((i, reply.clone(), size));
+                results[i] = Some((reply, size));
+                finished = tasks.try_join_next();
             }
+            record(taken).await.map_err(HandOverError::Caller)?;
         }
-        Ok(replies)
+        Ok(results)
     }
 
     async fn hand_over(&self, copy: &Copy) -> Result<String, ReinjectError> {
@@ -309,6 +348,61 @@ mod tests {
             assert!(is_valid_mailbox(addr), "{addr}");
             assert!(addr.parse::<Address>().is_ok(), "lettre refuses {addr}");
         }
+    }
+
+    /// Copies rendered and not yet taken by the MTA: never more than `concurrency`, nor
+    /// more bytes than `inflight_bytes` (but one), whatever the number of copies.
+    #[tokio::test]
+    async fn copies_are_made_only_as_the_hand_over_takes_them() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("sendmail");
+        std::fs::write(&script, "#!/bin/sh\nsleep 0.05\ncat >/dev/null\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let most_alive = |concurrency: usize, inflight_bytes: usize| {
+            let reinjector = Arc::new(Reinjector::new(&Reinject {
+                sendmail: Some(script.clone()),
+                concurrency,
+                inflight_bytes,
+                ..Reinject::default()
+            }));
+            async move {
+                let (made, taken, most) = (
+                    AtomicUsize::new(0),
+                    AtomicUsize::new(0),
+                    AtomicUsize::new(0),
+                );
+                let make = |i: usize| {
+                    let alive = made.fetch_add(1, SeqCst) + 1 - taken.load(SeqCst);
+                    most.fetch_max(alive, SeqCst);
+                    Ok::<_, ()>(Some(Copy {
+                        from: "a@example.com".into(),
+                        to: format!("b{i}@example.com"),
+                        rcpt_type: RcptType::Bcc,
+                        bytes: vec![b'x'; 1000],
+                    }))
+                };
+                let record = |done: Vec<(usize, String, usize)>| {
+                    taken.fetch_add(done.len(), SeqCst);
+                    async { Ok(()) }
+                };
+                let results = reinjector.hand_over_each(40, make, record).await.unwrap();
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| r.as_ref().is_some_and(|(_, size)| *size == 1000))
+                );
+                most.load(SeqCst)
+            }
+        };
+        assert_eq!(most_alive(4, 1 << 30).await, 4);
+        assert_eq!(most_alive(16, 3000).await, 3);
+        assert_eq!(most_alive(16, 10).await, 1, "one copy always goes");
+        assert!(
+            most_alive(64, 1 << 30).await > 16,
+            "unbounded, all would be made at once"
+        );
     }
 
     #[test]

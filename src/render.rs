@@ -1,6 +1,9 @@
 //! From a plan to bytes: the original's new body and extra headers, and every copy's
 //! message, with each recipient's own tracking links and unsubscribe address. Pure: the
 //! message, the plan, the configuration and the time in; bytes out.
+//!
+//! Copies are made one at a time, when the hand-over is ready for them ([`Copies`]):
+//! memory holds the copies in flight, never all of a message's copies at once.
 
 use crate::api::copies::{CopyPlan, render_copy};
 use crate::api::plan::{Engagement, MessageFacts, Plan};
@@ -17,11 +20,80 @@ pub struct Rendered {
     pub original_body: Option<Vec<u8>>,
     /// Headers only the original gets (its List-Unsubscribe).
     pub original_edits: Vec<HeaderEdit>,
-    pub copies: Vec<Copy>,
+    /// What each copy is made from.
+    pub copies: Copies,
     /// The original's `DKIM-Signature` value, inserted first (index 0).
     pub signature: Option<String>,
     /// The message has an AMPHTML part.
     pub amp_enabled: bool,
+}
+
+/// What the copies are made from: the message parsed once, the links' settings and the
+/// header edits every copy shares.
+#[derive(Default)]
+pub struct Copies {
+    prepared: Option<mime::Prepared>,
+    settings: Option<LinkSettings>,
+    shared_edits: Vec<HeaderEdit>,
+}
+
+impl std::fmt::Debug for Copies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copies").finish_non_exhaustive()
+    }
+}
+
+impl Copies {
+    /// `copy` (one of `plan.copies`) as its recipient gets it, signed when the plan
+    /// names a key. The other arguments are those [`render`] was given.
+    pub fn make(
+        &self,
+        copy: &CopyPlan,
+        plan: &Plan,
+        facts: &MessageFacts,
+        body: &[u8],
+        config: &Config,
+    ) -> Result<Copy, Rejection> {
+        let own = self
+            .settings
+            .as_ref()
+            .map(|s| s.for_recipient(&copy.address));
+        let mut copy_plan = CopyPlan {
+            extra_headers: copy.extra_headers.clone(),
+            ..copy.clone()
+        };
+        if plan.engagement.list_unsubscribe
+            && let Some(l) = &own
+        {
+            copy_plan
+                .extra_headers
+                .extend(unsubscribe_headers(l, bounce_domain(plan)));
+        }
+        let own_body = body_for(self.prepared.as_ref(), plan, own.as_ref());
+        let body = own_body.as_deref().unwrap_or(body);
+        let bytes = render_copy(&facts.headers, &self.shared_edits, &copy_plan, body);
+        drop(own_body);
+        Ok(Copy {
+            from: plan.mail_from.as_ref().unwrap_or(&facts.mail_from).clone(),
+            to: copy.address.clone(),
+            rcpt_type: copy.rcpt_type,
+            bytes: sign_copy(dkim_key(plan, config), bytes)?,
+        })
+    }
+}
+
+/// The domain of the message's bounce address, if it has one.
+fn bounce_domain(plan: &Plan) -> Option<&str> {
+    plan.mail_from
+        .as_deref()
+        .and_then(|a| a.rsplit_once('@'))
+        .map(|(_, d)| d)
+}
+
+fn dkim_key<'a>(plan: &Plan, config: &'a Config) -> Option<&'a crate::dkim::LoadedKey> {
+    plan.dkim_key
+        .as_deref()
+        .and_then(|name| config.loaded_dkim_keys.get(name))
 }
 
 /// Links of one recipient's message, when tracking is configured.
@@ -131,8 +203,8 @@ fn sign_copy(key: Option<&crate::dkim::LoadedKey>, bytes: Vec<u8>) -> Result<Vec
     Ok(out)
 }
 
-/// Render the original's changes and every copy. `body` is the message body as
-/// received (empty when the milter did not need it).
+/// Render the original's changes, and what its copies are made from. `body` is the
+/// message body as received (empty when the milter did not need it).
 pub fn render(
     plan: &Plan,
     facts: &MessageFacts,
@@ -163,11 +235,7 @@ pub fn render(
     } else {
         None
     };
-    let bounce_domain = plan
-        .mail_from
-        .as_deref()
-        .and_then(|a| a.rsplit_once('@'))
-        .map(|(_, d)| d);
+    let bounce_domain = bounce_domain(plan);
     let first = facts.rcpts.first().map(String::as_str).unwrap_or_default();
     let first_links = links(&settings, first);
     rendered.original_body = body_for(prepared.as_ref(), plan, first_links.as_ref());
@@ -182,10 +250,7 @@ pub fn render(
 
     // Signed last, over the message as it leaves; the MTA must add nothing signed
     // after us, so Date and Message-ID are ours when missing.
-    let key = plan
-        .dkim_key
-        .as_deref()
-        .and_then(|name| config.loaded_dkim_keys.get(name));
+    let key = dkim_key(plan, config);
     let mut shared_edits = plan.header_edits.clone();
     if key.is_some() {
         let adds = |name: &str| {
@@ -212,32 +277,6 @@ pub fn render(
         shared_edits.extend(more.iter().cloned());
         rendered.original_edits.extend(more);
     }
-    let from = plan.mail_from.as_ref().unwrap_or(&facts.mail_from);
-    for copy in &plan.copies {
-        let own = links(&settings, &copy.address);
-        let mut copy_plan = CopyPlan {
-            extra_headers: copy.extra_headers.clone(),
-            ..copy.clone()
-        };
-        if engagement.list_unsubscribe
-            && let Some(l) = &own
-        {
-            copy_plan
-                .extra_headers
-                .extend(unsubscribe_headers(l, bounce_domain));
-        }
-        let own_body = body_for(prepared.as_ref(), plan, own.as_ref());
-        let body = own_body.as_deref().unwrap_or(body);
-        rendered.copies.push(Copy {
-            from: from.clone(),
-            to: copy.address.clone(),
-            rcpt_type: copy.rcpt_type,
-            bytes: sign_copy(
-                key,
-                render_copy(&facts.headers, &shared_edits, &copy_plan, body),
-            )?,
-        });
-    }
     if let Some(key) = key {
         let mut headers = facts.headers.clone();
         let edits: Vec<HeaderEdit> = plan
@@ -254,5 +293,10 @@ pub fn render(
             Rejection::Signing
         })?);
     }
+    rendered.copies = Copies {
+        prepared,
+        settings,
+        shared_edits,
+    };
     Ok(rendered)
 }

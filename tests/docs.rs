@@ -40,6 +40,9 @@ fn every_rejection() -> Vec<Rejection> {
         Rejection::UnconfiguredSendingDomain("example.com".into()),
         Rejection::TransmissionId,
         Rejection::TooLarge,
+        Rejection::CopiesTooLarge {
+            limit: 4 * 1024 * 1024 * 1024,
+        },
         Rejection::AmpPlacement,
         Rejection::Suppressed,
         Rejection::Signing,
@@ -62,6 +65,7 @@ const _: fn(&Rejection) = |r| match r {
     | Rejection::UnconfiguredSendingDomain(_)
     | Rejection::TransmissionId
     | Rejection::TooLarge
+    | Rejection::CopiesTooLarge { .. }
     | Rejection::AmpPlacement
     | Rejection::Suppressed
     | Rejection::Signing => {}

@@ -103,6 +103,10 @@ pub enum Rejection {
     TransmissionId,
     /// The body is larger than `max_message_size` and copies need it buffered.
     TooLarge,
+    /// The copies together would be larger than `[reinject] max_copies_bytes`.
+    CopiesTooLarge {
+        limit: u64,
+    },
     /// An AMPHTML part outside a multipart/alternative with an HTML or text sibling.
     AmpPlacement,
     /// Every recipient is on the suppression list.
@@ -176,6 +180,13 @@ impl Rejection {
                 "552",
                 "5.3.4",
                 "message too big for tracking and personalised copies",
+            ),
+            Rejection::CopiesTooLarge { limit } => Reply::new(
+                "552",
+                "5.3.4",
+                format!(
+                    "message too big for this many personalised copies (together over {limit} bytes)"
+                ),
             ),
             Rejection::AmpPlacement => Reply::new(
                 "550",

@@ -57,6 +57,17 @@ pub struct Reinject {
     /// (`smtp_header_checks`); Sendmail cannot strip a header, and its re-injection port
     /// runs no milter, so Sendmail setups turn the marker off.
     pub loop_marker: bool,
+    /// Hours the ledger of copies handed over is kept: a client's retry of the same
+    /// message within them hands no copy over twice (0: no ledger).
+    pub dedupe_hours: u32,
+    /// Copies rendered and not yet handed over take at most this much memory (one copy
+    /// is always allowed, however large).
+    #[serde(deserialize_with = "values::size")]
+    pub inflight_bytes: usize,
+    /// A message whose copies together would be larger is refused (552 5.3.4) before
+    /// any is handed over.
+    #[serde(deserialize_with = "values::size")]
+    pub max_copies_bytes: usize,
 }
 
 impl Reinject {
@@ -75,6 +86,9 @@ impl Default for Reinject {
             concurrency: 16,
             secret: None,
             loop_marker: true,
+            dedupe_hours: 24,
+            inflight_bytes: 128 * 1024 * 1024,
+            max_copies_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 }

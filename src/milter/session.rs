@@ -213,17 +213,32 @@ pub struct Planned {
     body_too_large: bool,
 }
 
-/// An accepted message: the plan, and the bytes of its copies and new body.
+/// An accepted message: the plan, its new body and what its copies are made from.
 pub struct Accepted {
     pub plan: Plan,
     pub facts: MessageFacts,
+    /// The body as received (empty when it was not needed).
+    pub body: Vec<u8>,
     pub rendered: Rendered,
     /// Size of the original as it leaves (headers and body), when the body was read.
     pub original_size: Option<usize>,
 }
 
 impl Planned {
-    /// Render the original's changes and every copy.
+    /// The exactly-once ledger's key for this message.
+    pub fn digest(&self) -> String {
+        crate::ledger::message_digest(&self.facts, &self.body)
+    }
+
+    /// Plan the message again under `transmission_id`: the id an earlier attempt of the
+    /// same message gave it, so its links and bounce address stay the same.
+    pub fn replan(&mut self, transmission_id: u64, config: &Config) -> Result<(), Rejection> {
+        let parsed = parse_api(&self.facts, config);
+        self.plan = plan_parsed(&self.facts, parsed, config, || Ok(transmission_id))?;
+        Ok(())
+    }
+
+    /// Render the original's changes and what its copies are made from.
     pub fn render(self, config: &Config) -> Result<Accepted, Rejection> {
         let Planned {
             plan,
@@ -236,19 +251,25 @@ impl Planned {
         if body_too_large && body_work {
             return Err(Rejection::TooLarge);
         }
+        let headers_size: usize = facts
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len() + 4)
+            .sum();
+        let copies_size = plan.copies.len().saturating_mul(headers_size + body.len());
+        if copies_size > config.reinject.max_copies_bytes {
+            return Err(Rejection::CopiesTooLarge {
+                limit: config.reinject.max_copies_bytes as u64,
+            });
+        }
         // A body kept only for the AMPHTML check but too large for it passes unchecked.
         let rendered = render(&plan, &facts, &body, config, facts.received_at)?;
-        let original_size = (!body_too_large && !body.is_empty()).then(|| {
-            let headers: usize = facts
-                .headers
-                .iter()
-                .map(|h| h.name.len() + h.value.len() + 4)
-                .sum();
-            headers + rendered.original_body.as_ref().map_or(body.len(), Vec::len)
-        });
+        let original_size = (!body_too_large && !body.is_empty())
+            .then(|| headers_size + rendered.original_body.as_ref().map_or(body.len(), Vec::len));
         Ok(Accepted {
             plan,
             facts,
+            body,
             rendered,
             original_size,
         })

@@ -48,8 +48,10 @@ pub fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
         let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
         for (i, &b) in line.iter().enumerate() {
             let last = i + 1 == line.len();
-            let literal =
-                (b == b' ' || b == b'\t') && !last || (33..=126).contains(&b) && b != b'=';
+            // A `-` that starts a line is encoded: the line could otherwise read as a
+            // MIME boundary (`--b`) once decoded text such as `=2D=2Db` is re-encoded.
+            let literal = (b == b' ' || b == b'\t') && !last
+                || (33..=126).contains(&b) && b != b'=' && !(b == b'-' && line_len == 0);
             let width = if literal { 1 } else { 3 };
             // Leave room for the soft break's `=`.
             if line_len + width > 75 {
@@ -88,6 +90,8 @@ pub fn fold_lines(bytes: &[u8]) -> Vec<u8> {
     fold(bytes, false).unwrap_or_default()
 }
 
+/// In strict mode (a part of a multipart) a line that starts with `--` gives `None`: it
+/// could read as a boundary, so the part needs quoted-printable.
 fn fold(bytes: &[u8], strict: bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len() + 64);
     for (n, raw_line) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -95,7 +99,13 @@ fn fold(bytes: &[u8], strict: bool) -> Option<Vec<u8>> {
             out.extend_from_slice(b"\r\n");
         }
         let mut line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
-        while line.len() > MAX_LINE {
+        loop {
+            if strict && line.starts_with(b"--") {
+                return None;
+            }
+            if line.len() <= MAX_LINE {
+                break;
+            }
             let cut = break_point(line, MAX_LINE, strict)?;
             out.extend_from_slice(&line[..cut]);
             out.extend_from_slice(b"\r\n");

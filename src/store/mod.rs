@@ -133,6 +133,53 @@ pub struct Commit {
     /// Deferred delivery attempts (queue id, recipient): each adds one to the
     /// recipient's `retries`.
     pub retried: Vec<(String, String)>,
+    /// Rows of the exactly-once ledger of copies (see `crate::ledger`).
+    pub ledger: Vec<LedgerRow>,
+    /// Index the injection events by queue id, but do not add them: the retry of a
+    /// message whose events were committed at an earlier attempt.
+    pub index_only: bool,
+}
+
+/// One row of the exactly-once ledger: for the message with digest `message`, a copy
+/// handed over (`key` the copy's key, `value` the MTA's reply), its transmission id
+/// ([`LEDGER_TRANSMISSION`]) or that its events were committed ([`LEDGER_COMMITTED`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub message: String,
+    pub key: String,
+    pub value: String,
+    /// Unix seconds; rows older than `[reinject] dedupe_hours` are pruned.
+    pub created: u64,
+}
+
+pub const LEDGER_TRANSMISSION: &str = "transmission";
+pub const LEDGER_COMMITTED: &str = "committed";
+
+/// What the ledger knows of one message from earlier attempts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// The transmission id the first attempt gave it.
+    pub transmission_id: Option<String>,
+    /// Its events were committed (its answer may have been lost).
+    pub committed: bool,
+    /// Copies handed over: copy key to the MTA's reply.
+    pub copies: std::collections::HashMap<String, String>,
+}
+
+impl Ledger {
+    pub fn from_rows(rows: impl IntoIterator<Item = (String, String)>) -> Ledger {
+        let mut ledger = Ledger::default();
+        for (key, value) in rows {
+            match key.as_str() {
+                LEDGER_TRANSMISSION => ledger.transmission_id = Some(value),
+                LEDGER_COMMITTED => ledger.committed = true,
+                _ => {
+                    ledger.copies.insert(key, value);
+                }
+            }
+        }
+        ledger
+    }
 }
 
 /// A recipient handed to the MTA under a queue id (from its `injection` event; the
@@ -351,6 +398,16 @@ pub trait Store: Send + Sync {
     }
 
     /// The hosts of the group this store is shared with; none for a host alone.
+    /// What the exactly-once ledger holds for the message with digest `message`.
+    fn ledger<'a>(&'a self, _message: &'a str) -> StoreFuture<'a, Ledger> {
+        done(Ledger::default())
+    }
+
+    /// Forget ledger rows created before `before` (Unix seconds).
+    fn prune_ledger(&self, _before: u64) -> StoreFuture<'_, u64> {
+        done(0)
+    }
+
     fn hosts(&self) -> StoreFuture<'_, Vec<HostStatus>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }

@@ -63,7 +63,7 @@ pub struct ShipBacklog {
 pub(super) fn queue_commit(conn: &Connection, commit: &Commit) -> rusqlite::Result<()> {
     let mut event =
         conn.prepare_cached("INSERT OR IGNORE INTO ship_events (event_id) VALUES (?1)")?;
-    for e in &commit.events {
+    for e in commit.events.iter().filter(|_| !commit.index_only) {
         event.execute(params![int(e.event_id)])?;
     }
     if let Some(t) = &commit.transmission {

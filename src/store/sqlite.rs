@@ -153,6 +153,17 @@ CREATE TABLE batch_log (
 );
 CREATE INDEX batch_log_sink ON batch_log (sink, seq);
 ",
+    // The exactly-once ledger of copies (see ledger.rs), kept `[reinject] dedupe_hours`.
+    r"
+CREATE TABLE ledger (
+    message TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (message, key)
+) WITHOUT ROWID;
+CREATE INDEX ledger_created ON ledger (created);
+",
 ];
 
 /// Writes queued at once beyond this wait for the next transaction.
@@ -499,7 +510,21 @@ fn write_commit(
     let mut queue =
         conn.prepare_cached("INSERT OR IGNORE INTO outbox (sink, event_id) VALUES (?1, ?2)")?;
     let mut counted = Vec::new();
-    for (e, item) in commit.events.iter().zip(items) {
+    if commit.index_only {
+        for e in commit
+            .events
+            .iter()
+            .filter(|e| e.kind == EventType::Injection)
+        {
+            index_queued(conn, e)?;
+        }
+    }
+    let events = if commit.index_only {
+        &[][..]
+    } else {
+        &commit.events[..]
+    };
+    for (e, item) in events.iter().zip(items) {
         let id = int(e.event_id);
         let campaign = e.fields.get("campaign_id").and_then(|c| c.as_str());
         let inserted = insert_event.execute(params![
@@ -547,6 +572,12 @@ fn write_commit(
     }
     for s in &commit.suppress {
         upsert_suppression(conn, s)?;
+    }
+    let mut ledger = conn.prepare_cached(
+        "INSERT OR IGNORE INTO ledger (message, key, value, created) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for row in &commit.ledger {
+        ledger.execute(params![row.message, row.key, row.value, int(row.created)])?;
     }
     Ok(())
 }
@@ -1097,6 +1128,26 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreFuture<'a, Vec<super::query::BatchLogEntry>> {
         Self::ready(self.read(|conn| super::sqlite_query::batch_log(conn, sink, limit)))
+    }
+
+    fn ledger<'a>(&'a self, message: &'a str) -> StoreFuture<'a, super::Ledger> {
+        Self::ready(self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT key, value FROM ledger WHERE message = ?1")?;
+            let rows = stmt
+                .query_map(params![message], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+            Ok(super::Ledger::from_rows(rows))
+        }))
+    }
+
+    fn prune_ledger(&self, before: u64) -> StoreFuture<'_, u64> {
+        self.write(move |conn, _| {
+            Ok(conn.execute(
+                "DELETE FROM ledger WHERE created < ?1",
+                params![int(before)],
+            )? as u64)
+        })
     }
 
     fn prune_counters(&self, before: u64) -> StoreFuture<'_, u64> {

@@ -155,6 +155,30 @@ impl Milter {
         self.spawn();
     }
 
+    /// The environment of the next start (`restart`, `kill9_and_restart`) is `env`.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Wait until the daemon's process has ended (a crash), at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(child) = self.child.as_mut() {
+            if child.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Kill the daemon with SIGKILL, as a crash or the OOM killer would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -167,6 +191,11 @@ impl Milter {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Its store file (in its state directory).
+    pub fn store_path(&self) -> std::path::PathBuf {
+        self.state.path().join("msys-milter.db")
     }
 
     pub fn log(&self) -> String {

@@ -290,6 +290,15 @@ impl Store for SharedStore {
         self.local.dimension_values(dim, range, matching, limit)
     }
 
+    // Each host keeps its own ledger: a retry through another host is not recognised.
+    fn ledger<'a>(&'a self, message: &'a str) -> StoreFuture<'a, crate::store::Ledger> {
+        self.local.ledger(message)
+    }
+
+    fn prune_ledger(&self, before: u64) -> StoreFuture<'_, u64> {
+        self.local.prune_ledger(before)
+    }
+
     fn prune_counters(&self, before: u64) -> StoreFuture<'_, u64> {
         self.local.prune_counters(before)
     }

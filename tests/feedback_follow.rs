@@ -190,3 +190,32 @@ async fn deliveries_delays_rotation_and_restart() {
     assert_eq!(got[4]["ip_address"], "192.0.2.10");
     assert_eq!(got[4]["queue_time"], "1500");
 }
+
+/// A writer that never ends its line cannot make the follower hold it: a line over
+/// `MAX_LINE` is skipped whole (even a delivery line at its end), and the lines after
+/// it are read as usual.
+#[tokio::test]
+async fn a_line_without_end_is_skipped_not_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_injections(dir.path()).await;
+    let log = dir.path().join("maillog");
+    append(&log, "");
+    let stop = start(&store, &log);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // 3 MiB without a line end, in pieces, as a slow writer would; the line then ends
+    // with what looks like a delivery.
+    let junk = "x".repeat(1 << 20);
+    for _ in 0..3 {
+        append(&log, &junk);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    append(&log, &line("QA1", "a@example.org", "sent"));
+    append(&log, &line("QC3", "c@example.org", "sent"));
+    let events = wait_for_events(store.as_ref(), 1).await;
+    let rcpts: Vec<&str> = events
+        .iter()
+        .map(|e| e["rcpt_to"].as_str().unwrap())
+        .collect();
+    assert_eq!(rcpts, ["c@example.org"], "{events:?}");
+    let _ = stop.send(());
+}

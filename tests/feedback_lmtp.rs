@@ -430,3 +430,59 @@ async fn a_dsn_from_the_mta_the_milter_learnt_is_in_band() {
         "550 5.1.1 <...@...>: Recipient address rejected: User unknown in local recipient table"
     );
 }
+
+/// Anyone can send a DSN to a bounce address (every recipient sees it as Return-Path)
+/// and name whom they like: an address the transmission did not go to gets no event and
+/// no suppression entry; the report is kept for inspection.
+#[tokio::test]
+async fn a_forged_dsn_naming_a_stranger_suppresses_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(dir.path());
+    let mut t = Transmission {
+        transmission_id: "778".into(),
+        subaccount_id: Some(5),
+        msg_from: "bounces+778@bounces.example.net".into(),
+        ..Transmission::default()
+    };
+    t.add_recipient(&msys_milter::events::Recipient {
+        raw: "reader@example.org".into(),
+        ..Default::default()
+    });
+    store
+        .commit(Commit {
+            transmission: Some(t),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let inbound = inbound(Arc::clone(&store), &dir.path().join("kept"), 2);
+    // The sample DSN names dead@example.org, whom transmission 778 never mailed.
+    let out = converse(
+        Arc::clone(&inbound),
+        &lmtp_message("bounces+778@bounces.example.net", &dsn("778")),
+        1 << 20,
+    )
+    .await;
+    assert!(out.contains("250 2.0.0 Ok: kept for inspection"), "{out}");
+    // Nor does a complaint (no signed X-MSFBL) naming complainer@example.org.
+    let arf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/dsn/arf-abuse.eml"
+    ))
+    .unwrap()
+    .replace("1234567890123", "778")
+    .replace('\n', "\r\n");
+    let out = converse(
+        Arc::clone(&inbound),
+        &lmtp_message("bounces+778@bounces.example.net", arf.as_bytes()),
+        1 << 20,
+    )
+    .await;
+    assert!(out.contains("250 2.0.0 Ok: kept for inspection"), "{out}");
+    assert!(store.events_after(0, 10).await.unwrap().is_empty());
+    let entries = store
+        .suppression_list(SuppressionFilter::default())
+        .await
+        .unwrap();
+    assert!(entries.is_empty(), "{entries:?}");
+}

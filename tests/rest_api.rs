@@ -311,6 +311,20 @@ fn callers_without_the_right_key_get_sparkpost_errors_and_change_nothing() {
         .map(|a| a.status);
     // The answer comes before the whole body is read: the client may see it or a reset.
     assert!(matches!(huge, Ok(413) | Err(_)), "{huge:?}");
+    // Without a known key, no body is read at all: 401 right after the head, though the
+    // 10 MB the head announces never come.
+    let port: u16 = api.base.rsplit(':').next().unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(
+        b"PUT /api/v1/suppression-list HTTP/1.1\r\nHost: x\r\nAuthorization: wrong\r\n\
+          Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401", "answered before any body byte");
     let many: Vec<Value> = (0..10_001)
         .map(|i| json!({"recipient": format!("m{i}@example.com"), "type": "transactional"}))
         .collect();

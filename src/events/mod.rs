@@ -200,6 +200,13 @@ impl Transmission {
         );
     }
 
+    /// Did the transmission go to `raw`? Reports from the Internet may name anyone; only
+    /// its recipients get events and suppression entries from them. A transmission
+    /// stored before recipients were (an older store) knows none, and is taken at its word.
+    pub fn went_to(&self, raw: &str) -> bool {
+        self.recipients.is_empty() || self.recipients.contains_key(&raw.to_lowercase())
+    }
+
     /// Recipient `raw` with what the transmission knows of its message (nothing for a
     /// transmission stored before recipients were, or an address it did not go to).
     pub fn recipient(&self, raw: &str) -> Recipient {

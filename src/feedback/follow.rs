@@ -22,6 +22,9 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 pub const CURSOR: &str = "mta_log";
 const POLL: Duration = Duration::from_millis(200);
 const CHUNK: usize = 1 << 20;
+/// A line longer than this (syslog daemons cut theirs at 8 KiB by default) is skipped
+/// whole: a writer that never ends its line cannot make the follower hold it all.
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Follows one log file.
 pub struct Follower {
@@ -139,6 +142,8 @@ impl Follower {
         };
         let (mut file, mut pos) = self.open(saved).await;
         let mut pending: Vec<u8> = Vec::new();
+        // Inside a line over MAX_LINE: its bytes are dropped up to its end.
+        let mut skipping = false;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match file.read(&mut buf).await {
@@ -156,6 +161,7 @@ impl Follower {
                     if rotated || truncated {
                         tracing::info!(mta_log = %self.path.display(), rotated, truncated, "the MTA log was rotated");
                         pending.clear();
+                        skipping = false;
                         // A new file, or this one cut short: either way from its start.
                         (file, pos) = self.open(Some(Position { offset: 0, ..pos })).await;
                         continue;
@@ -164,8 +170,24 @@ impl Follower {
                 tokio::time::sleep(POLL).await;
                 continue;
             }
-            pending.extend_from_slice(&buf[..n]);
+            let mut data = &buf[..n];
+            if skipping {
+                let Some(end) = data.iter().position(|&b| b == b'\n') else {
+                    pos.offset += n as u64;
+                    continue;
+                };
+                pos.offset += end as u64 + 1;
+                data = &data[end + 1..];
+                skipping = false;
+            }
+            pending.extend_from_slice(data);
             let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
+                if pending.len() > MAX_LINE {
+                    tracing::warn!(mta_log = %self.path.display(), "a line over {MAX_LINE} bytes: skipped");
+                    pos.offset += pending.len() as u64;
+                    pending.clear();
+                    skipping = true;
+                }
                 continue;
             };
             let chunk: Vec<u8> = pending.drain(..=last).collect();

@@ -199,6 +199,12 @@ impl Inbound {
         let transmission = self
             .transmission(&tid, raw, "complaint for an unknown transmission")
             .await?;
+        if !transmission.went_to(&complainer) {
+            return Err(self.kept(
+                raw,
+                "complaint names an address the transmission did not go to",
+            ));
+        }
         let commit = super::complaint_commit(
             complaint,
             &transmission,
@@ -259,7 +265,7 @@ impl Inbound {
             })
             .map_err(|e| no_event_id(&tid, &e))?;
         if found.is_empty() {
-            return Err(self.kept(raw, "no failed or delayed recipient"));
+            return Err(self.kept(raw, "no failed or delayed recipient of the transmission"));
         }
         let suppressed = commit.suppress.len();
         self.commit(&tid, commit).await?;

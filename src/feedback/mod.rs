@@ -184,7 +184,9 @@ pub fn findings(report: &Report, our_mtas: &[String]) -> Vec<Finding> {
 pub type Retries = std::collections::HashMap<String, u32>;
 
 /// Build the commit for a report about transmission `t`. Each event carries the time
-/// of the attempt the report tells of (never later than `now`).
+/// of the attempt the report tells of (never later than `now`). Recipients the
+/// transmission did not go to are left out: anyone can send a report to a bounce
+/// address (every recipient sees it as Return-Path), naming whom they like.
 pub fn commit(
     report: &Report,
     t: &Transmission,
@@ -193,7 +195,8 @@ pub fn commit(
     now: u64,
     mut next_id: impl FnMut() -> Result<u64, IdError>,
 ) -> Result<(Commit, Vec<Finding>), IdError> {
-    let found = findings(report, our_mtas);
+    let mut found = findings(report, our_mtas);
+    found.retain(|f| t.went_to(&f.recipient));
     let mut commit = Commit::default();
     for finding in &found {
         let raw_reason = finding.reason.clone();
@@ -364,5 +367,47 @@ mod tests {
             &c
         ));
         assert!(!is_inbound(&[], &c));
+    }
+
+    /// A DSN sent to a bounce address may name any address: only the transmission's
+    /// own recipients get a bounce event and a suppression entry.
+    #[test]
+    fn reports_about_addresses_the_transmission_did_not_go_to_are_ignored() {
+        let text = "Reporting-MTA: dns; mx.example.org\r\n\r\n\
+            Final-Recipient: rfc822; victim@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+            Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n\
+            Final-Recipient: rfc822; Dead@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+            Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n";
+        let message = format!(
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\n{text}\r\n--b--\r\n"
+        );
+        let report = dsn::parse(message.as_bytes());
+        assert_eq!(findings(&report, &[]).len(), 2, "{report:?}");
+        let mut t = Transmission::default();
+        t.add_recipient(&events::Recipient {
+            raw: "dead@example.org".into(),
+            ..events::Recipient::default()
+        });
+        let mut id = 0;
+        let (commit, found) = commit(&report, &t, &[], &Retries::new(), 1_000, || {
+            id += 1;
+            Ok(id)
+        })
+        .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].recipient.to_lowercase(), "dead@example.org");
+        assert_eq!(commit.events.len(), 1);
+        let suppressed: Vec<_> = commit
+            .suppress
+            .iter()
+            .map(|s| s.recipient.as_str())
+            .collect();
+        assert_eq!(suppressed, ["dead@example.org"]);
+        // A transmission from an older store, without its recipients, is taken at its word.
+        let old = Transmission::default();
+        assert!(old.went_to("anyone@example.com"));
+        assert!(!t.went_to("victim@example.com"));
     }
 }

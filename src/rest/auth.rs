@@ -99,14 +99,12 @@ impl Keys {
         }
     }
 
-    /// The caller of a request needing `grant`: 401 without a known key, 403 without the
-    /// grant or for another subaccount, 429 over its rate.
-    pub fn authorize(&self, headers: &HeaderMap, grant: Grant) -> Result<Caller, ApiError> {
+    /// The configured key a request carries, or 401.
+    fn key_of(&self, headers: &HeaderMap) -> Result<&ApiKey, ApiError> {
         let key = presented(headers).ok_or_else(unauthorized)?;
         let hash = digest(&key);
         // Every configured key is compared, whichever matches.
-        let found = self
-            .keys
+        self.keys
             .iter()
             .fold(None, |hit, k| {
                 if same(&k.key_sha256.0, &hash) {
@@ -115,7 +113,19 @@ impl Keys {
                     hit
                 }
             })
-            .ok_or_else(unauthorized)?;
+            .ok_or_else(unauthorized)
+    }
+
+    /// 401 unless the request carries a configured key: checked before a body is read,
+    /// so a caller without a key cannot make the daemon buffer one.
+    pub fn known(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.key_of(headers).map(|_| ())
+    }
+
+    /// The caller of a request needing `grant`: 401 without a known key, 403 without the
+    /// grant or for another subaccount, 429 over its rate.
+    pub fn authorize(&self, headers: &HeaderMap, grant: Grant) -> Result<Caller, ApiError> {
+        let found = self.key_of(headers)?;
         if !found.grants.iter().any(|g| g.covers(grant)) {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden.").with(
                 "1100",

@@ -114,6 +114,10 @@ async fn dispatch(state: &ApiState, request: axum::extract::Request) -> ApiResul
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let params = Params::parse(parts.uri.query())?;
+    {
+        let keys = Arc::clone(&state.keys.read().unwrap_or_else(|p| p.into_inner()));
+        keys.known(&parts.headers)?;
+    }
     let body = axum::body::to_bytes(body, state.max_body)
         .await
         .map_err(|_| {

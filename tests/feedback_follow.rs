@@ -191,17 +191,29 @@ async fn deliveries_delays_rotation_and_restart() {
     assert_eq!(got[4]["queue_time"], "1500");
 }
 
+/// A store with three injections and a follower started on an empty log.
+async fn following_an_empty_log(
+    dir: &std::path::Path,
+) -> (
+    Arc<dyn Store>,
+    std::path::PathBuf,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let store = store_with_injections(dir).await;
+    let log = dir.join("maillog");
+    append(&log, "");
+    let stop = start(&store, &log);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    (store, log, stop)
+}
+
 /// A writer that never ends its line cannot make the follower hold it: a line over
 /// `MAX_LINE` is skipped whole (even a delivery line at its end), and the lines after
 /// it are read as usual.
 #[tokio::test]
 async fn a_line_without_end_is_skipped_not_held() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_injections(dir.path()).await;
-    let log = dir.path().join("maillog");
-    append(&log, "");
-    let stop = start(&store, &log);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (store, log, stop) = following_an_empty_log(dir.path()).await;
     // 3 MiB without a line end, in pieces, as a slow writer would; the line then ends
     // with what looks like a delivery.
     let junk = "x".repeat(1 << 20);
@@ -217,5 +229,53 @@ async fn a_line_without_end_is_skipped_not_held() {
         .map(|e| e["rcpt_to"].as_str().unwrap())
         .collect();
     assert_eq!(rcpts, ["c@example.org"], "{events:?}");
+    let _ = stop.send(());
+}
+
+/// A copy's delivery can be logged before its message's commit indexes the copy's
+/// queue id (the commit comes after the last copy is handed over): the line is kept and
+/// matched once the queue id is known, surviving a restart meanwhile.
+#[tokio::test]
+async fn a_delivery_logged_before_its_queue_id_is_indexed_is_matched_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, log, stop) = following_an_empty_log(dir.path()).await;
+    append(&log, &line("QLATE", "late@example.org", "sent"));
+    append(&log, &line("QNOTOURS", "other@example.org", "sent"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The follower restarts before the commit: the kept line is in the store.
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = start(&store, &log);
+    let t = Transmission {
+        transmission_id: "901".into(),
+        msg_from: "bounces+901@bounces.example.net".into(),
+        ..Transmission::default()
+    };
+    store
+        .commit(Commit {
+            transmission: Some(t.clone()),
+            events: vec![events::injection(
+                Stamp {
+                    event_id: 99,
+                    timestamp: msys_milter::ids::unix_secs(),
+                },
+                &t,
+                &Recipient {
+                    raw: "late@example.org".into(),
+                    rcpt_type: Some("bcc"),
+                    message_id: "m9".into(),
+                    queue_id: Some("QLATE".into()),
+                    msg_size: Some(99),
+                },
+            )],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let events = wait_for_events(store.as_ref(), 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "delivery");
+    assert_eq!(events[0]["rcpt_to"], "late@example.org");
+    assert_eq!(events[0]["transmission_id"], "901");
     let _ = stop.send(());
 }

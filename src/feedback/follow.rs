@@ -10,7 +10,9 @@ use super::{FeedbackAddress, feedback_address};
 use crate::config::Config;
 use crate::events::{self, Bounce, EventType, Recipient, Stamp, Transmission};
 use crate::ids::IdGenerator;
-use crate::store::{Commit, Queued, Store, StoreError, SuppressionEntry, SuppressionType};
+use crate::store::{
+    Commit, PendingAttempt, Queued, Store, StoreError, SuppressionEntry, SuppressionType,
+};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
@@ -26,12 +28,21 @@ const CHUNK: usize = 1 << 20;
 /// whole: a writer that never ends its line cannot make the follower hold it all.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// Attempts whose queue id is not indexed within this long are not ours: forgotten.
+/// A message's commit comes within Postfix's `milter_content_timeout` (300 s) of its
+/// copies' hand-over.
+const PENDING_SECS: u64 = 600;
+
 /// Follows one log file.
 pub struct Follower {
     pub path: PathBuf,
     pub store: Arc<dyn Store>,
     pub ids: Arc<IdGenerator>,
     pub config: Arc<Config>,
+    /// When kept attempts were last matched against new queue ids (Unix seconds).
+    pending_checked: Option<u64>,
+    /// When kept attempts were last pruned.
+    pending_pruned: Option<u64>,
 }
 
 /// Where in which file.
@@ -69,6 +80,8 @@ impl Follower {
             store,
             ids,
             config,
+            pending_checked: None,
+            pending_pruned: None,
         }
     }
 
@@ -167,6 +180,7 @@ impl Follower {
                         continue;
                     }
                 }
+                self.try_pending().await;
                 tokio::time::sleep(POLL).await;
                 continue;
             }
@@ -206,55 +220,145 @@ impl Follower {
                 }
             }
             pos = next;
+            if self
+                .pending_checked
+                .is_none_or(|t| crate::ids::unix_secs() > t)
+            {
+                self.try_pending().await;
+            }
+        }
+    }
+
+    /// [`Self::match_pending`], a failure logged (tried again at the next poll).
+    async fn try_pending(&mut self) {
+        if let Err(e) = self.match_pending().await {
+            tracing::error!(mta_log = %self.path.display(), "cannot match kept log lines: {e}");
         }
     }
 
     /// Turn a chunk of whole lines into events; commit them with the new position.
+    /// Attempts whose queue id is not indexed yet are kept in the store, to match later.
     async fn process(&mut self, chunk: &[u8], next: Position) -> Result<(), StoreError> {
         let text = String::from_utf8_lossy(chunk);
-        let attempts: Vec<maillog::Attempt> = text.lines().flat_map(maillog::attempts).collect();
+        let attempts: Vec<(maillog::Attempt, &str)> = text
+            .lines()
+            .flat_map(|line| maillog::attempts(line).into_iter().map(move |a| (a, line)))
+            .collect();
         let mut commit = Commit {
             cursor: Some((CURSOR.to_owned(), next.render())),
             ..Commit::default()
         };
-        if !attempts.is_empty() {
-            let mut ids: Vec<String> = attempts.iter().map(|a| a.queue_id.to_owned()).collect();
-            ids.sort();
-            ids.dedup();
-            let mut queued: HashMap<(String, String), Queued> = self
-                .store
-                .queued(&ids)
-                .await?
-                .into_iter()
-                .map(|q| ((q.queue_id.clone(), q.rcpt.clone()), q))
-                .collect();
-            let mut transmissions: HashMap<String, Option<Transmission>> = HashMap::new();
-            let now = crate::ids::unix_secs();
-            for a in &attempts {
-                let Some(q) = queued.get_mut(&(a.queue_id.to_owned(), a.to.to_lowercase())) else {
-                    continue;
-                };
-                if !transmissions.contains_key(&q.transmission_id) {
-                    let t = self.store.transmission(&q.transmission_id).await?;
-                    transmissions.insert(q.transmission_id.clone(), t);
-                }
-                let Some(Some(t)) = transmissions.get(&q.transmission_id) else {
-                    continue;
-                };
-                let Ok(event_id) = self.ids.next() else {
-                    return Err(StoreError::Stopped);
-                };
-                let stamp = Stamp {
-                    event_id,
-                    timestamp: attempt_time(a.time, now),
-                };
-                self.attempt(a, q, t, stamp, &mut commit);
-            }
+        let matched = self.match_attempts(&attempts, &mut commit).await?;
+        let now = crate::ids::unix_secs();
+        for ((a, line), _) in attempts.iter().zip(&matched).filter(|(_, m)| !**m) {
+            commit.log_pending.push(PendingAttempt {
+                seq: 0,
+                queue_id: a.queue_id.to_owned(),
+                rcpt: a.to.to_lowercase(),
+                line: (*line).to_owned(),
+                created: now,
+            });
         }
         let written: Vec<&'static str> = commit.events.iter().map(|e| e.kind.as_str()).collect();
         self.store.commit(commit).await?;
         crate::metrics::global().events(written);
         Ok(())
+    }
+
+    /// Match kept attempts whose queue id was indexed since the last look; forget those
+    /// older than [`PENDING_SECS`] (mail that is not ours) once a minute.
+    async fn match_pending(&mut self) -> Result<(), StoreError> {
+        let now = crate::ids::unix_secs();
+        // Queue ids are indexed with their injection's time, stamped a moment before
+        // the commit: look a little further back than the last look.
+        let since = self
+            .pending_checked
+            .map_or(now.saturating_sub(PENDING_SECS), |t| t.saturating_sub(10));
+        let kept = self.store.log_pending_matched(since).await?;
+        self.pending_checked = Some(now);
+        if !kept.is_empty() {
+            let attempts: Vec<(maillog::Attempt, &str)> = kept
+                .iter()
+                .filter_map(|p| {
+                    maillog::attempts(&p.line)
+                        .into_iter()
+                        .find(|a| a.queue_id == p.queue_id && a.to.eq_ignore_ascii_case(&p.rcpt))
+                        .map(|a| (a, p.line.as_str()))
+                })
+                .collect();
+            let mut commit = Commit::default();
+            let matched = self.match_attempts(&attempts, &mut commit).await?;
+            commit.log_resolved = kept
+                .iter()
+                .filter(|p| {
+                    attempts.iter().zip(&matched).any(|((a, _), m)| {
+                        *m && a.queue_id == p.queue_id && a.to.eq_ignore_ascii_case(&p.rcpt)
+                    })
+                })
+                .map(|p| p.seq)
+                .collect();
+            let written: Vec<&'static str> =
+                commit.events.iter().map(|e| e.kind.as_str()).collect();
+            self.store.commit(commit).await?;
+            crate::metrics::global().events(written);
+        }
+        if self.pending_pruned.is_none_or(|t| now >= t + 60) {
+            self.store
+                .prune_log_pending(now.saturating_sub(PENDING_SECS))
+                .await?;
+            self.pending_pruned = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Add the events of every attempt whose queue id and recipient are indexed to
+    /// `commit`; whether each one was.
+    async fn match_attempts(
+        &mut self,
+        attempts: &[(maillog::Attempt<'_>, &str)],
+        commit: &mut Commit,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut matched = vec![false; attempts.len()];
+        if attempts.is_empty() {
+            return Ok(matched);
+        }
+        let mut ids: Vec<String> = attempts
+            .iter()
+            .map(|(a, _)| a.queue_id.to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let mut queued: HashMap<(String, String), Queued> = self
+            .store
+            .queued(&ids)
+            .await?
+            .into_iter()
+            .map(|q| ((q.queue_id.clone(), q.rcpt.clone()), q))
+            .collect();
+        let mut transmissions: HashMap<String, Option<Transmission>> = HashMap::new();
+        let now = crate::ids::unix_secs();
+        for ((a, _), matched) in attempts.iter().zip(matched.iter_mut()) {
+            let Some(q) = queued.get_mut(&(a.queue_id.to_owned(), a.to.to_lowercase())) else {
+                continue;
+            };
+            *matched = true;
+            if !transmissions.contains_key(&q.transmission_id) {
+                let t = self.store.transmission(&q.transmission_id).await?;
+                transmissions.insert(q.transmission_id.clone(), t);
+            }
+            let Some(Some(t)) = transmissions.get(&q.transmission_id) else {
+                continue;
+            };
+            let Ok(event_id) = self.ids.next() else {
+                return Err(StoreError::Stopped);
+            };
+            let stamp = Stamp {
+                event_id,
+                timestamp: attempt_time(a.time, now),
+            };
+            self.attempt(a, q, t, stamp, commit);
+        }
+        Ok(matched)
     }
 
     /// The events (and suppression) of one attempt. `q.retries` counts the deferrals so

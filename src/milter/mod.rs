@@ -336,10 +336,6 @@ async fn hand_over(
             .map_err(|r| r.reply())
     };
     let record = |taken: Vec<(usize, String, usize)>| {
-        for (i, reply) in taken.iter().map(|(i, reply, _)| (*i, reply)) {
-            let copy = &plan.copies[i];
-            tracing::info!(queue_id = %queue_id, transmission_id = %tid, rcpt_type = copy.rcpt_type.as_str(), rcpt = %copy.address, mta_reply = %reply, "{queue_id}: copy handed over");
-        }
         let mut rows = Vec::new();
         if let Some((digest, _)) = ledger {
             if std::mem::take(&mut first_record) {
@@ -351,17 +347,21 @@ async fn hand_over(
             }
         }
         async move {
-            if rows.is_empty() {
-                return Ok(());
+            if !rows.is_empty() {
+                let commit = Commit {
+                    ledger: rows,
+                    ..Commit::default()
+                };
+                shared.store.commit(commit).await.map_err(|e| {
+                    tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: the ledger of copies: {e}");
+                    store_failed()
+                })?;
             }
-            let commit = Commit {
-                ledger: rows,
-                ..Commit::default()
-            };
-            shared.store.commit(commit).await.map_err(|e| {
-                tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: the ledger of copies: {e}");
-                store_failed()
-            })?;
+            // Logged once in the ledger: a retry will not hand these over again.
+            for (i, reply, _) in &taken {
+                let copy = &plan.copies[*i];
+                tracing::info!(queue_id = %queue_id, transmission_id = %tid, rcpt_type = copy.rcpt_type.as_str(), rcpt = %copy.address, mta_reply = %reply, "{queue_id}: copy handed over");
+            }
             crate::failpoint::hit("between_copies");
             Ok(())
         }

@@ -138,6 +138,27 @@ pub struct Commit {
     /// Index the injection events by queue id, but do not add them: the retry of a
     /// message whose events were committed at an earlier attempt.
     pub index_only: bool,
+    /// MTA log attempts whose queue id is not known yet, kept to match later.
+    pub log_pending: Vec<PendingAttempt>,
+    /// Kept attempts (by `seq`) now matched, or given up on.
+    pub log_resolved: Vec<i64>,
+}
+
+/// An attempt from the MTA's log (a delivery, deferral or bounce line) whose queue id
+/// and recipient were not indexed yet: a copy's delivery can be logged before the
+/// commit of its message indexes the copy's queue id (a message with many copies is
+/// committed after the last one is handed over). Kept for a while and matched then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingAttempt {
+    /// Assigned by the store (0 in a new one).
+    pub seq: i64,
+    pub queue_id: String,
+    /// Lower-cased.
+    pub rcpt: String,
+    /// The whole log line.
+    pub line: String,
+    /// Unix seconds.
+    pub created: u64,
 }
 
 /// One row of the exactly-once ledger: for the message with digest `message`, a copy
@@ -398,6 +419,17 @@ pub trait Store: Send + Sync {
     }
 
     /// The hosts of the group this store is shared with; none for a host alone.
+    /// Kept MTA log attempts whose queue id and recipient were indexed at or after
+    /// `since` (Unix seconds): those that can be matched now.
+    fn log_pending_matched(&self, _since: u64) -> StoreFuture<'_, Vec<PendingAttempt>> {
+        done(Vec::new())
+    }
+
+    /// Forget kept MTA log attempts created before `before`: mail that is not ours.
+    fn prune_log_pending(&self, _before: u64) -> StoreFuture<'_, u64> {
+        done(0)
+    }
+
     /// What the exactly-once ledger holds for the message with digest `message`.
     fn ledger<'a>(&'a self, _message: &'a str) -> StoreFuture<'a, Ledger> {
         done(Ledger::default())

@@ -153,7 +153,8 @@ CREATE TABLE batch_log (
 );
 CREATE INDEX batch_log_sink ON batch_log (sink, seq);
 ",
-    // The exactly-once ledger of copies (see ledger.rs), kept `[reinject] dedupe_hours`.
+    // The exactly-once ledger of copies (see ledger.rs), kept `[reinject] dedupe_hours`;
+    // MTA log attempts waiting for their queue id to be indexed (feedback/follow.rs).
     r"
 CREATE TABLE ledger (
     message TEXT NOT NULL,
@@ -163,6 +164,15 @@ CREATE TABLE ledger (
     PRIMARY KEY (message, key)
 ) WITHOUT ROWID;
 CREATE INDEX ledger_created ON ledger (created);
+CREATE TABLE log_pending (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue_id TEXT NOT NULL,
+    rcpt TEXT NOT NULL,
+    line TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE INDEX log_pending_queue_id ON log_pending (queue_id, rcpt);
+CREATE INDEX log_pending_created ON log_pending (created);
 ",
 ];
 
@@ -578,6 +588,16 @@ fn write_commit(
     )?;
     for row in &commit.ledger {
         ledger.execute(params![row.message, row.key, row.value, int(row.created)])?;
+    }
+    let mut keep = conn.prepare_cached(
+        "INSERT INTO log_pending (queue_id, rcpt, line, created) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for p in &commit.log_pending {
+        keep.execute(params![p.queue_id, p.rcpt, p.line, int(p.created)])?;
+    }
+    let mut resolved = conn.prepare_cached("DELETE FROM log_pending WHERE seq = ?1")?;
+    for seq in &commit.log_resolved {
+        resolved.execute(params![seq])?;
     }
     Ok(())
 }
@@ -1139,6 +1159,35 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
             Ok(super::Ledger::from_rows(rows))
         }))
+    }
+
+    fn log_pending_matched(&self, since: u64) -> StoreFuture<'_, Vec<super::PendingAttempt>> {
+        Self::ready(self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT p.seq, p.queue_id, p.rcpt, p.line, p.created
+                 FROM queued q JOIN log_pending p ON p.queue_id = q.queue_id AND p.rcpt = q.rcpt
+                 WHERE q.created >= ?1 ORDER BY p.seq",
+            )?;
+            let rows = stmt.query_map(params![int(since)], |r| {
+                Ok(super::PendingAttempt {
+                    seq: r.get(0)?,
+                    queue_id: r.get(1)?,
+                    rcpt: r.get(2)?,
+                    line: r.get(3)?,
+                    created: opt_u64(r.get(4)?).unwrap_or(0),
+                })
+            })?;
+            rows.collect()
+        }))
+    }
+
+    fn prune_log_pending(&self, before: u64) -> StoreFuture<'_, u64> {
+        self.write(move |conn, _| {
+            Ok(conn.execute(
+                "DELETE FROM log_pending WHERE created < ?1",
+                params![int(before)],
+            )? as u64)
+        })
     }
 
     fn prune_ledger(&self, before: u64) -> StoreFuture<'_, u64> {

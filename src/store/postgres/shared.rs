@@ -290,6 +290,18 @@ impl Store for SharedStore {
         self.local.dimension_values(dim, range, matching, limit)
     }
 
+    // The host's own MTA log.
+    fn log_pending_matched(
+        &self,
+        since: u64,
+    ) -> StoreFuture<'_, Vec<crate::store::PendingAttempt>> {
+        self.local.log_pending_matched(since)
+    }
+
+    fn prune_log_pending(&self, before: u64) -> StoreFuture<'_, u64> {
+        self.local.prune_log_pending(before)
+    }
+
     // Each host keeps its own ledger: a retry through another host is not recognised.
     fn ledger<'a>(&'a self, message: &'a str) -> StoreFuture<'a, crate::store::Ledger> {
         self.local.ledger(message)

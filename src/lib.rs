@@ -60,6 +60,9 @@ fn open_sqlite(
     };
     let store = store::SqliteStore::open(&path, durability)?;
     store.set_counting(config.store.counters);
+    store.set_write_timeout(std::time::Duration::from_secs(
+        config.store.write_timeout.0 as u64,
+    ));
     Ok((store, path, why))
 }
 

@@ -178,6 +178,9 @@ pub struct Store {
     /// Keep the deliverability counters the REST API's metrics read (per minute and
     /// hour, as events are committed); `false` saves that work when nobody asks.
     pub counters: bool,
+    /// Seconds a write may wait for the store (a stalled disk): then the message gets
+    /// 451 and the write is dropped if it has not started.
+    pub write_timeout: AtLeastOne,
 }
 
 impl Default for Store {
@@ -190,6 +193,7 @@ impl Default for Store {
             postgres: None,
             postgres_ca: None,
             webhook_lease_seconds: AtLeastOne(30),
+            write_timeout: AtLeastOne(10),
         }
     }
 }

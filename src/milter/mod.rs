@@ -156,7 +156,12 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
         shared.note_mta(&version.to_string_lossy());
     }
     if let Some(name) = cx.macros.get(c"j") {
-        shared.note_mta_name(&name.to_string_lossy()).await;
+        // Off the message's path: a slow store must not hold the answer up for it.
+        let name = name.to_string_lossy().into_owned();
+        if !shared.knows_mta_name(&name) {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move { shared.note_mta_name(&name).await });
+        }
     }
     let (status, outcome) = end_of_message(cx, &shared, &queue_id).await;
     crate::metrics::global().message(outcome, started.elapsed().as_secs_f64());

@@ -27,6 +27,8 @@ pub struct Shared {
     mta_noted: AtomicBool,
     /// The MTA's own names (`j`) known to be in the store.
     mta_names: std::sync::Mutex<Vec<String>>,
+    /// One name noted at a time: each adds to what the one before stored.
+    noting: tokio::sync::Mutex<()>,
 }
 
 /// What a configuration reload replaces; a message uses one snapshot from start to end.
@@ -51,6 +53,7 @@ impl Shared {
             generated_secret,
             mta_noted: AtomicBool::new(false),
             mta_names: std::sync::Mutex::new(Vec::new()),
+            noting: tokio::sync::Mutex::new(()),
         };
         Ok(shared)
     }
@@ -101,20 +104,27 @@ impl Shared {
         }
     }
 
+    /// Is `name` among the MTA's names known to be in the store?
+    pub fn knows_mta_name(&self, name: &str) -> bool {
+        let name = name.trim();
+        self.mta_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+
     /// Remember the MTA's own name (the `j` macro) in the store, so the LMTP listener
     /// knows its DSNs as in-band bounces, also right after a restart. After the first
     /// message this is one lock and a comparison.
     pub async fn note_mta_name(&self, name: &str) {
         use crate::feedback::MTA_NAMES_CURSOR;
         let name = name.trim();
-        let known = |names: &std::sync::Mutex<Vec<String>>| {
-            names
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name))
-        };
-        if name.is_empty() || name.contains(char::is_whitespace) || known(&self.mta_names) {
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return;
+        }
+        let _one_at_a_time = self.noting.lock().await;
+        if self.knows_mta_name(name) {
             return;
         }
         let mut names = match crate::feedback::stored_mta_names(self.store.as_ref()).await {

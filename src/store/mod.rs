@@ -40,6 +40,12 @@ pub enum StoreError {
     },
     #[error("the store's writer has stopped")]
     Stopped,
+    #[error(
+        "the store did not write within {waited:?} ([store] write_timeout): is its disk stalled?"
+    )]
+    Timeout { waited: std::time::Duration },
+    #[error("{queued} writes are waiting for the store already: is its disk stalled?")]
+    Busy { queued: usize },
     /// The group's shared store (PostgreSQL) could not do it.
     #[error("shared store: {0}")]
     Shared(String),

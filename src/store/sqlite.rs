@@ -195,6 +195,8 @@ pub enum Durability {
 trait Job: Send {
     fn run(&mut self, conn: &Connection, sinks: &[SinkSpec]) -> rusqlite::Result<()>;
     fn finish(self: Box<Self>, result: StoreResult<()>);
+    /// Its caller gave up waiting (`write_timeout`): not to be written.
+    fn cancelled(&self) -> bool;
 }
 
 struct FnJob<T, F> {
@@ -218,7 +220,15 @@ where
         let FnJob { value, reply, .. } = *self;
         let _ = reply.send(result.and_then(|()| value.ok_or(StoreError::Stopped)));
     }
+
+    fn cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
+
+/// Writes waiting for the writer at most; more get [`StoreError::Busy`] at once, so a
+/// stalled disk costs bounded memory (a message's commit is a few KB).
+const MAX_QUEUED: usize = 10_000;
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -232,6 +242,10 @@ pub struct SqliteStore {
     pub(super) shipping: Arc<std::sync::atomic::AtomicBool>,
     /// Keep the deliverability counters at commit.
     counting: std::sync::atomic::AtomicBool,
+    /// Writes sent to the writer and not yet taken by it.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// How long a write waits for the writer (`[store] write_timeout`), in ms.
+    write_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 pub(super) fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -292,9 +306,20 @@ impl SqliteStore {
         let writer_sinks = Arc::clone(&sinks);
         let writer_path = path.to_owned();
         let writer_committed = Arc::clone(&committed);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writer_queued = Arc::clone(&queued);
         std::thread::Builder::new()
             .name("msys-store-writer".into())
-            .spawn(move || writer(conn, rx, &writer_sinks, &writer_path, &writer_committed))
+            .spawn(move || {
+                writer(
+                    conn,
+                    rx,
+                    &writer_sinks,
+                    &writer_path,
+                    &writer_committed,
+                    &writer_queued,
+                )
+            })
             .map_err(|source| StoreError::Directory {
                 path: path.display().to_string(),
                 source,
@@ -307,7 +332,16 @@ impl SqliteStore {
             committed,
             shipping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             counting: std::sync::atomic::AtomicBool::new(true),
+            queued,
+            write_timeout_ms: std::sync::atomic::AtomicU64::new(10_000),
         })
+    }
+
+    /// How long a write waits for the writer before it fails (`[store] write_timeout`).
+    pub fn set_write_timeout(&self, timeout: std::time::Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.write_timeout_ms
+            .store(ms.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -330,23 +364,39 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send + 'static,
     {
+        use std::sync::atomic::Ordering::Relaxed;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Box<dyn Job> = Box::new(FnJob {
             f: Some(f),
             value: None,
             reply,
         });
+        if self.queued.load(Relaxed) >= MAX_QUEUED {
+            return Box::pin(std::future::ready(Err(StoreError::Busy {
+                queued: MAX_QUEUED,
+            })));
+        }
+        self.queued.fetch_add(1, Relaxed);
         let sent = self
             .writer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .is_some_and(|w| w.send(job).is_ok());
+        if !sent {
+            self.queued.fetch_sub(1, Relaxed);
+        }
+        let timeout = std::time::Duration::from_millis(self.write_timeout_ms.load(Relaxed));
         Box::pin(async move {
             if !sent {
                 return Err(StoreError::Stopped);
             }
-            answer.await.map_err(|_| StoreError::Stopped)?
+            // Dropping `answer` on timeout cancels the write if the writer has not
+            // taken it yet.
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(answer) => answer.map_err(|_| StoreError::Stopped)?,
+                Err(_) => Err(StoreError::Timeout { waited: timeout }),
+            }
         })
     }
 
@@ -427,7 +477,9 @@ fn writer(
     sinks: &RwLock<Vec<SinkSpec>>,
     path: &Path,
     committed: &tokio::sync::Notify,
+    queued: &std::sync::atomic::AtomicUsize,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -435,6 +487,13 @@ fn writer(
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
+        }
+        queued.fetch_sub(group.len(), Relaxed);
+        crate::failpoint::stall("store_writer");
+        // Writes whose callers gave up waiting are not written: they were answered.
+        group.retain(|job| !job.cancelled());
+        if group.is_empty() {
+            continue;
         }
         let sinks = sinks.read().map(|s| s.clone()).unwrap_or_default();
         let mut ok = Vec::with_capacity(group.len());

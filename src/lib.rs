@@ -71,6 +71,11 @@ fn open_sqlite(
 /// replay`), and what a verb changes (suppression entries) queued for the daemon's
 /// shipper, so it reaches every host. No registration, no tasks: the daemon does that.
 pub fn open_admin_store(config: &Config, host: &str) -> Result<Arc<dyn store::Store>, OpenError> {
+    // An admin verb (a replay of a million events) may write for long; nobody's mail
+    // waits for it.
+    let mut config = config.clone();
+    config.store.write_timeout = config::AtLeastOne(3600);
+    let config = &config;
     match open_group_parts(config, host)? {
         None => Ok(open_store(config)?),
         Some(g) => Ok(Arc::new(store::postgres::SharedStore::new(

@@ -257,27 +257,6 @@ impl LoadedKey {
     }
 }
 
-/// The key that signs a message: the one `options.dkim_key` names, else its From
-/// domain's `[[sending_domain]] dkim_key`; `None`: not signed.
-pub fn key_for<'a>(
-    config: &'a crate::Config,
-    api: Option<&crate::api::SmtpApi>,
-    facts: &crate::api::MessageFacts,
-) -> Option<&'a LoadedKey> {
-    let keys = &config.loaded_dkim_keys;
-    if let Some(name) = api.and_then(|a| a.options.dkim_key.as_deref()) {
-        return keys.get(name);
-    }
-    let domain = crate::api::plan::sending_domain(facts)?;
-    let name = config
-        .sending_domains
-        .iter()
-        .find(|d| d.name.0 == domain)?
-        .dkim_key
-        .as_deref()?;
-    keys.get(name)
-}
-
 /// A new private key as PEM: RSA-2048 (PKCS#8) or Ed25519 (PKCS#8).
 pub fn generate_pem(ed25519: bool) -> Result<String, String> {
     use mail_auth::dkim::generate::DkimKeyPair;

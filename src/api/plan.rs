@@ -125,8 +125,37 @@ pub fn needs_body(facts: &MessageFacts, api: &ParsedApi, config: &Config) -> boo
             .iter()
             .any(|(kind, _)| personalised(*kind, &engagement))
     }) || (engagement.per_recipient() && facts.rcpts.len() > 1);
-    let signed = crate::dkim::key_for(config, api.as_ref(), facts).is_some();
+    let signed = dkim_key_name(config, api.as_ref(), facts).is_some();
     copies || engagement.rewrites_body() || multipart || signed
+}
+
+/// The name of the `[[dkim_key]]` that signs a message: the one `options.dkim_key`
+/// names, else its From domain's `[[sending_domain]] dkim_key`; `None`: not signed.
+/// Chosen among the configured names, as values: the keys themselves are loaded with
+/// the configuration and used where the message is signed (render.rs).
+fn dkim_key_name<'a>(
+    config: &'a Config,
+    api: Option<&SmtpApi>,
+    facts: &MessageFacts,
+) -> Option<&'a str> {
+    let configured = |name: &str| {
+        config
+            .dkim_keys
+            .iter()
+            .find(|k| k.name == name)
+            .map(|k| k.name.as_str())
+    };
+    if let Some(name) = api.and_then(|a| a.options.dkim_key.as_deref()) {
+        return configured(name);
+    }
+    let domain = sending_domain(facts)?;
+    let name = config
+        .sending_domains
+        .iter()
+        .find(|d| d.name.0 == domain)?
+        .dkim_key
+        .as_deref()?;
+    configured(name)
 }
 
 /// Does this kind of added recipient get a copy of its own? Bcc recipients always (only
@@ -354,7 +383,7 @@ pub fn plan_parsed(
         });
     }
 
-    let dkim_key = crate::dkim::key_for(config, api.as_ref(), facts).map(|k| k.name.clone());
+    let dkim_key = dkim_key_name(config, api.as_ref(), facts).map(str::to_owned);
     let mail_from = bounce_address(facts, config, transmission_id);
     let mut header_edits = marker_edits;
     if mail_from.is_some() {

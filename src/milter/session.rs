@@ -4,13 +4,13 @@
 use crate::api::copies::HeaderField;
 use crate::api::plan::{ParsedApi, needs_body, parse_api, plan_parsed};
 use crate::api::recipients::strip_brackets;
-use crate::api::{HeaderEdit, MessageFacts, Plan, Rejection};
+use crate::api::{MessageFacts, Plan, Rejection};
 use crate::config::Config;
 use crate::ids::IdGenerator;
 use crate::reinject::Reinjector;
 use crate::render::{Rendered, render};
 use crate::store::Store;
-use indymilter::{ActionError, ContextActions, EomActions, ProtoOpts};
+use indymilter::ProtoOpts;
 use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -387,62 +387,4 @@ impl Session {
     pub fn abort(&mut self) {
         self.reset();
     }
-}
-
-/// Carry out a plan with milter actions. The MTA applies them only if we then accept,
-/// so an error part-way leaves nothing half-done once we answer tempfail.
-pub async fn apply(
-    plan: &Plan,
-    rendered: &Rendered,
-    actions: &EomActions,
-) -> Result<(), ActionError> {
-    for edit in plan.header_edits.iter().chain(&rendered.original_edits) {
-        match edit {
-            HeaderEdit::Delete { name, index } => {
-                actions
-                    .change_header(name.as_str(), *index, None::<&str>)
-                    .await?
-            }
-            HeaderEdit::Change { name, index, value } => {
-                actions
-                    .change_header(name.as_str(), *index, Some(value.as_str()))
-                    .await?
-            }
-            HeaderEdit::Add { name, value } => {
-                actions.add_header(name.as_str(), value.as_str()).await?
-            }
-        }
-    }
-    for rcpt in plan.added_recipients() {
-        actions.add_recipient(format!("<{}>", rcpt.address)).await?;
-    }
-    for rcpt in plan.deleted_recipients() {
-        actions
-            .delete_recipient(format!("<{}>", rcpt.address))
-            .await?;
-    }
-    if let Some(sender) = &plan.mail_from {
-        actions
-            .change_sender(format!("<{sender}>"), None::<&str>)
-            .await?;
-    }
-    if let Some(body) = &rendered.original_body {
-        // The protocol carries at most 64 KiB a packet.
-        for chunk in body.chunks(65_535) {
-            actions.replace_body(chunk).await?;
-        }
-    }
-    if let Some(signature) = &rendered.signature {
-        // First, above every other header.
-        actions
-            .insert_header(0, "DKIM-Signature", signature.as_str())
-            .await?;
-    }
-    if plan.sandbox {
-        // Postfix: the hold queue (`postqueue -j`, `postsuper -H` releases).
-        actions
-            .quarantine(format!("msys-milter sandbox {}", plan.transmission_id))
-            .await?;
-    }
-    Ok(())
 }

@@ -570,3 +570,37 @@ fn without_the_loop_marker_copies_carry_only_their_bcc() {
     assert_eq!(names(&marked), ["Bcc", "X-MSYS-Reinjected", "X-MSFBL"]);
     assert_eq!(names(&unmarked), ["Bcc", "X-MSFBL"]);
 }
+
+/// A client cannot put its own message in the sandbox (the hold queue) or pick a
+/// route: the X-MSYS-Sandbox and X-MSYS-Route headers it sends are deleted, every one.
+#[test]
+fn a_clients_own_sandbox_and_route_headers_are_deleted() {
+    let mut f = facts(r#"{"campaign_id": "c"}"#);
+    f.headers.push(HeaderField::new("X-MSYS-Sandbox", "yes"));
+    f.headers.push(HeaderField::new("x-msys-sandbox", "again"));
+    f.headers
+        .push(HeaderField::new("X-MSYS-Route", "smtp:[evil.example]"));
+    let p = outcome(&f, &config("")).unwrap();
+    assert!(!p.sandbox);
+    let deleted: Vec<(String, i32)> = p
+        .header_edits
+        .iter()
+        .filter_map(|e| match e {
+            HeaderEdit::Delete { name, index } => Some((name.to_ascii_lowercase(), *index)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deleted
+            .iter()
+            .filter(|(n, _)| n == "x-msys-sandbox")
+            .count(),
+        2,
+        "{deleted:?}"
+    );
+    assert!(
+        deleted.iter().any(|(n, _)| n == "x-msys-route"),
+        "{deleted:?}"
+    );
+    assert!(!p.header_edits.iter().any(|e| matches!(e, HeaderEdit::Add { name, .. } if name.eq_ignore_ascii_case("X-MSYS-Sandbox") || name.eq_ignore_ascii_case("X-MSYS-Route"))));
+}

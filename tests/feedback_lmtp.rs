@@ -486,3 +486,38 @@ async fn a_forged_dsn_naming_a_stranger_suppresses_nobody() {
         .unwrap();
     assert!(entries.is_empty(), "{entries:?}");
 }
+
+/// The listener's own limits, whatever the client sends: the 1,001st recipient of a
+/// message gets 452 4.5.3 (and the message goes to the first 1,000 only), and the 20th
+/// bad command ends the session with 421 4.7.0.
+#[tokio::test]
+async fn recipients_and_errors_are_capped() {
+    let deliver = Arc::new(Recording::default());
+    let mut input = String::from("LHLO c.example\r\nMAIL FROM:<>\r\n");
+    for i in 0..1001 {
+        input.push_str(&format!("RCPT TO:<r{i}@ok.example>\r\n"));
+    }
+    input.push_str("DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n");
+    let out = converse(Arc::clone(&deliver), input.as_bytes(), 1 << 20).await;
+    assert_eq!(
+        out.matches("452 4.5.3 too many recipients").count(),
+        1,
+        "{out}"
+    );
+    let delivered = deliver.messages.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].1.len(), 1000);
+
+    let deliver = Arc::new(Recording::default());
+    let mut input = String::from("LHLO c.example\r\n");
+    for _ in 0..30 {
+        input.push_str("BOGUS\r\n");
+    }
+    let out = converse(Arc::clone(&deliver), input.as_bytes(), 1 << 20).await;
+    assert!(
+        out.ends_with("421 4.7.0 too many errors, closing\r\n"),
+        "{out}"
+    );
+    // Each of the first 20 errors answered, then closed: the rest is never read.
+    assert_eq!(out.matches("\r\n5").count(), 20, "{out}");
+}

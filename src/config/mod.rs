@@ -968,6 +968,17 @@ name = "other.example"
             e.starts_with("/etc/msys-milter.toml:2: key `http.listen`"),
             "{e}"
         );
+        // A guessable loop-marker and X-MSFBL key is refused.
+        let e = parse("[reinject]\nsecret = \"short\"\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/msys-milter.toml:2: key `reinject.secret`: secret must be at least 16"
+            ),
+            "{e}"
+        );
+        // The REST API serves HTTPS unless told otherwise: without a certificate, no start.
+        let e = parse("[api]\nlisten = \"127.0.0.1:8443\"\n").unwrap_err();
+        assert!(e.contains("tls_cert"), "{e}");
         let c = parse("[tracking]\nbase_url = \"https://t.example.com\"\nsecrets = [\"0123456789abcdef\"]\nopen = true\n").unwrap();
         assert!(c.tracking.open && !c.tracking.click);
         assert_eq!(c.reinject.smtp.as_deref(), Some("127.0.0.1:10026"));

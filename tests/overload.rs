@@ -150,6 +150,18 @@ fn a_webhook_that_never_answers_holds_no_message_up() {
 /// message still goes through beside them.
 #[test]
 fn two_thousand_milter_connections_at_once() {
+    // This test's side holds 2,000 sockets too: its soft descriptor limit up to the hard.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < 4096 {
+            limit.rlim_cur = limit.rlim_max.min(4096);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
     let milter = Milter::start("max_connections = 2100\n");
     let port = milter.port;
     let pid = milter.pid();

@@ -50,6 +50,18 @@ pub fn copy_key(from: &str, to: &str, rcpt_type: RcptType) -> String {
     hex(&h.finalize()[..16])
 }
 
+/// A copy's own MAIL FROM: the message's bounce address (`bounces+TID@domain`) with a
+/// tag of the recipient (`bounces+TID-1a2b3c4d@domain`). The MTA logs it when the copy
+/// is in its queue, so a retry after a kill can tell whether the MTA took a copy whose
+/// `250` never arrived. DSNs to it still name the transmission.
+pub fn copy_sender(bounce_address: &str, rcpt: &str) -> String {
+    let Some((local, domain)) = bounce_address.rsplit_once('@') else {
+        return bounce_address.to_owned();
+    };
+    let tag = Sha256::digest(rcpt.to_lowercase().as_bytes());
+    format!("{local}-{}@{domain}", hex(&tag[..4]))
+}
+
 /// A copy's ledger value: its size and the MTA's reply (which names its queue id).
 pub fn copy_value(size: usize, reply: &str) -> String {
     format!("{size} {reply}")
@@ -116,6 +128,18 @@ mod tests {
             one,
             copy_key("other@b.example", "b@example.com", RcptType::Bcc)
         );
+    }
+
+    #[test]
+    fn each_copy_has_a_sender_of_its_own() {
+        let a = copy_sender("bounces+42@b.example.net", "A@example.org");
+        assert_eq!(a, copy_sender("bounces+42@b.example.net", "a@example.org"));
+        assert!(
+            a.starts_with("bounces+42-") && a.ends_with("@b.example.net"),
+            "{a}"
+        );
+        assert_eq!(a.len(), "bounces+42-12345678@b.example.net".len());
+        assert_ne!(a, copy_sender("bounces+42@b.example.net", "b@example.org"));
     }
 
     #[test]

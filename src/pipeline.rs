@@ -222,9 +222,27 @@ async fn hand_over(
         .iter()
         .map(|c| crate::ledger::copy_key(from, &c.address, c.rcpt_type))
         .collect();
-    let earlier = |i: usize| ledger.and_then(|(_, known)| known.copies.get(&keys[i]));
+    let found = taken_before_a_crash(shared, settings, accepted, ledger, &keys, queue_id).await?;
+    let earlier = |i: usize| {
+        ledger
+            .and_then(|(_, known)| known.copies.get(&keys[i]))
+            .or_else(|| found.get(&i))
+    };
+    // The message's transmission id is in the ledger before any copy leaves: a retry
+    // keeps it, so the copies' own senders (and links) are the same at every attempt.
+    if let Some((digest, known)) = ledger
+        && known.transmission_id.is_none()
+    {
+        let commit = Commit {
+            ledger: vec![ledger_row(digest, LEDGER_TRANSMISSION, tid)],
+            ..Commit::default()
+        };
+        shared.store.commit(commit).await.map_err(|e| {
+            tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: the ledger of copies: {e}");
+            store_failed()
+        })?;
+    }
     crate::failpoint::hit("before_copies");
-    let mut first_record = ledger.is_some_and(|(_, known)| known.transmission_id.is_none());
     let make = |i: usize| {
         if earlier(i).is_some() {
             return Ok(None);
@@ -236,11 +254,9 @@ async fn hand_over(
             .map_err(|r| r.reply())
     };
     let record = |taken: Vec<(usize, String, usize)>| {
+        crate::failpoint::hit("copy_taken");
         let mut rows = Vec::new();
         if let Some((digest, _)) = ledger {
-            if std::mem::take(&mut first_record) {
-                rows.push(ledger_row(digest, LEDGER_TRANSMISSION, tid));
-            }
             for (i, reply, size) in &taken {
                 let value = crate::ledger::copy_value(*size, reply);
                 rows.push(ledger_row(digest, &keys[*i], &value));
@@ -290,6 +306,72 @@ async fn hand_over(
             (None, None) => (None, 0),
         })
         .collect())
+}
+
+/// On a retry: the copies that are not in the ledger but that the MTA's log shows it
+/// queued (each copy has a sender of its own, `ledger::copy_sender`), by their index in
+/// the plan, as ledger values; written to the ledger too. These are the copies the MTA
+/// took as the daemon was killed, before it could read the MTA's `250`. Needs the
+/// MTA's log (`[feedback] mta_log`); without it such a copy is handed over again.
+async fn taken_before_a_crash(
+    shared: &Shared,
+    settings: &Settings,
+    accepted: &Accepted,
+    ledger: Option<&(String, Ledger)>,
+    keys: &[String],
+    queue_id: &str,
+) -> Result<std::collections::HashMap<usize, String>, Reply> {
+    let mut found = std::collections::HashMap::new();
+    let plan = &accepted.plan;
+    let (Some((digest, known)), Some(bounce), Some(log)) = (
+        ledger,
+        plan.mail_from.as_deref(),
+        settings.config.feedback.mta_log.as_deref(),
+    ) else {
+        return Ok(found);
+    };
+    let missing: Vec<usize> = (0..plan.copies.len())
+        .filter(|i| !known.copies.contains_key(&keys[*i]))
+        .collect();
+    if known.transmission_id.is_none() || missing.is_empty() {
+        return Ok(found);
+    }
+    // What the MTA logged before now must be in the store first.
+    let wait = std::time::Duration::from_secs(3);
+    if !crate::feedback::follow::caught_up(shared.store.as_ref(), log, wait).await {
+        tracing::warn!(queue_id = %queue_id, "{queue_id}: the MTA log follower is behind: a copy the MTA took before a crash may be handed over again");
+    }
+    let senders: Vec<String> = missing
+        .iter()
+        .map(|i| crate::ledger::copy_sender(bounce, &plan.copies[*i].address).to_lowercase())
+        .collect();
+    let queued = shared.store.mta_queued(&senders).await.map_err(|e| {
+        tracing::error!(queue_id = %queue_id, "{queue_id}: the MTA's queued copies: {e}");
+        store_failed()
+    })?;
+    let mut rows = Vec::new();
+    for (sender, mta_queue_id) in queued {
+        let Some(n) = senders.iter().position(|s| *s == sender) else {
+            continue;
+        };
+        let i = missing[n];
+        let reply = format!("250 2.0.0 Ok: queued as {mta_queue_id} (seen in the MTA's log)");
+        let value = crate::ledger::copy_value(accepted.original_size.unwrap_or(0), &reply);
+        tracing::info!(queue_id = %queue_id, transmission_id = %plan.transmission_id, rcpt = %plan.copies[i].address, mta_queue_id = %mta_queue_id, "{queue_id}: copy taken by the MTA before a crash: not handed over again");
+        rows.push(ledger_row(digest, &keys[i], &value));
+        found.insert(i, value);
+    }
+    if !rows.is_empty() {
+        let commit = Commit {
+            ledger: rows,
+            ..Commit::default()
+        };
+        shared.store.commit(commit).await.map_err(|e| {
+            tracing::error!(queue_id = %queue_id, "{queue_id}: the ledger of copies: {e}");
+            store_failed()
+        })?;
+    }
+    Ok(found)
 }
 
 fn ledger_row(digest: &str, key: &str, value: &str) -> LedgerRow {

@@ -74,7 +74,10 @@ impl Copies {
         let bytes = render_copy(&facts.headers, &self.shared_edits, &copy_plan, body);
         drop(own_body);
         Ok(Copy {
-            from: plan.mail_from.as_ref().unwrap_or(&facts.mail_from).clone(),
+            from: match &plan.mail_from {
+                Some(bounce) => crate::ledger::copy_sender(bounce, &copy.address),
+                None => facts.mail_from.clone(),
+            },
             to: copy.address.clone(),
             rcpt_type: copy.rcpt_type,
             bytes: sign_copy(dkim_key(plan, config), bytes)?,

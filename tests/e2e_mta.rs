@@ -29,11 +29,23 @@ under_each_mta!(
 
 const BOUNCES: &str = "[envelope]\nbounce_domain = \"bounces.example.net\"\n";
 
+/// The transmission id in a bounce address: `bounces+TID@domain`, or a copy's own
+/// `bounces+TID-tag@domain` (eight hex digits of its recipient).
 fn assert_bounce_address(mail_from: &str, domain: &str) -> String {
-    let id = mail_from
+    let local = mail_from
         .strip_prefix("bounces+")
         .and_then(|m| m.strip_suffix(&format!("@{domain}")))
         .unwrap_or_else(|| panic!("MAIL FROM {mail_from} is not a bounce address at {domain}"));
+    let id = match local.split_once('-') {
+        Some((id, tag)) => {
+            assert!(
+                tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{mail_from}"
+            );
+            id
+        }
+        None => local,
+    };
     assert!(
         !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
         "{mail_from}"

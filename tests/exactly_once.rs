@@ -304,3 +304,57 @@ fn copies_over_the_ceiling_are_refused_before_any_is_handed_over() {
     );
     assert!(handed(dir.path()).is_empty());
 }
+
+/// The one window the ledger cannot see: the MTA has queued a copy and sent its `250`
+/// when the daemon dies, before it reads the reply. Each copy has a sender of its own,
+/// which the MTA logs once the copy is queued; the retry finds it in the log the
+/// daemon follows, and does not hand that copy over again. Through the real Postfix.
+#[test]
+fn a_copy_the_mta_took_as_the_daemon_died_is_not_handed_over_again() {
+    use support::e2e::E2e;
+    let mut e2e = E2e::start_feedback(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+        &[],
+        "",
+    );
+    e2e.milter
+        .set_env(&[("MSYS_MILTER_FAILPOINT", "copy_taken")]);
+    e2e.milter.restart();
+    let message = "From: App <app@example.com>\nTo: to@example.org\nSubject: once\n\
+                   Message-ID: <taken@example.com>\nDate: Sun, 6 Dec 2026 06:00:00 +0000\n\
+                   X-MSYS-API: {\"bcc\": [\"b1@example.org\"]}\n\nHello\n";
+    let first = e2e.send("app@example.com", &["to@example.org"], message);
+    assert!(
+        first.is_err(),
+        "the daemon died at the copy's 250: {first:?}"
+    );
+    assert!(e2e.milter.wait_exit(Duration::from_secs(10)));
+    e2e.milter.set_env(&[]);
+    e2e.milter.restart();
+    // The client sends the same message again.
+    let retry = e2e.send("app@example.com", &["to@example.org"], message);
+    assert!(retry.is_ok(), "{retry:?}\n{}", e2e.milter.log());
+    e2e.wait_for_exactly(2);
+    let mut per_rcpt: BTreeMap<String, usize> = BTreeMap::new();
+    for r in e2e.capture.all() {
+        for rcpt in r.rcpts {
+            *per_rcpt.entry(rcpt).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        per_rcpt,
+        BTreeMap::from([
+            ("b1@example.org".to_owned(), 1),
+            ("to@example.org".to_owned(), 1)
+        ]),
+        "{}",
+        e2e.milter.log()
+    );
+    assert!(
+        e2e.milter
+            .log()
+            .contains("copy taken by the MTA before a crash"),
+        "{}",
+        e2e.milter.log()
+    );
+}

@@ -116,7 +116,8 @@ impl TryFrom<String> for KeyHash {
              which prints the line to add"
                 .to_owned()
         };
-        if text.len() != 64 {
+        // Hex digits only before slicing by byte: a multi-byte character would split.
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut out = [0u8; 32];

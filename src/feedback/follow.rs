@@ -154,6 +154,17 @@ impl Follower {
             }
         };
         let (mut file, mut pos) = self.open(saved).await;
+        if saved.is_none() {
+            // The first start reads from the end: say where, so that a crash before the
+            // first line is read still leaves every later line to read.
+            let commit = Commit {
+                cursor: Some((CURSOR.to_owned(), pos.render())),
+                ..Commit::default()
+            };
+            if let Err(e) = self.store.commit(commit).await {
+                tracing::warn!(mta_log = %self.path.display(), "cannot save the MTA log position: {e}");
+            }
+        }
         let mut pending: Vec<u8> = Vec::new();
         // Inside a line over MAX_LINE: its bytes are dropped up to its end.
         let mut skipping = false;
@@ -248,6 +259,14 @@ impl Follower {
             cursor: Some((CURSOR.to_owned(), next.render())),
             ..Commit::default()
         };
+        // Copies' own senders the MTA queued (see ledger::copy_sender): a retry after a
+        // kill looks them up.
+        commit.mta_queued = text
+            .lines()
+            .filter_map(maillog::queued_sender)
+            .filter(|(_, sender)| is_copy_sender(sender, &self.config))
+            .map(|(queue_id, sender)| (sender.to_lowercase(), queue_id.to_owned()))
+            .collect();
         let matched = self.match_attempts(&attempts, &mut commit).await?;
         let now = crate::ids::unix_secs();
         for ((a, line), _) in attempts.iter().zip(&matched).filter(|(_, m)| !**m) {
@@ -445,6 +464,43 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+/// A copy's own sender: our bounce address with a recipient's tag (`bounces+TID-tag@`).
+fn is_copy_sender(sender: &str, config: &Config) -> bool {
+    sender
+        .rsplit_once('@')
+        .is_some_and(|(local, _)| local.contains('+') && local.contains('-'))
+        && matches!(
+            feedback_address(sender, config),
+            Some(FeedbackAddress::Verp { .. })
+        )
+}
+
+/// Wait until the follower has read `path` up to where it ends now, at most `timeout`:
+/// whatever the MTA logged before this call is then in the store. `false` when it did
+/// not catch up in time (or the file cannot be read).
+pub async fn caught_up(store: &dyn Store, path: &std::path::Path, timeout: Duration) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(pos)) = store.cursor(CURSOR).await
+            && let Some(pos) = Position::parse(&pos)
+            && (pos.dev != meta.dev() || pos.ino != meta.ino() || pos.offset >= meta.len())
+        {
+            // Rotated meanwhile: the follower has moved past the file we measured.
+            let rotated = pos.dev != meta.dev() || pos.ino != meta.ino();
+            if !rotated || pos.offset > 0 {
+                return true;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -140,6 +140,24 @@ fn postfix(line: &str) -> Option<Attempt<'_>> {
     })
 }
 
+/// A line that says the MTA has a message in its queue, with its envelope sender:
+/// Postfix's `qmgr: QID: from=<s>, size=N, nrcpt=N (queue active)` (logged once the
+/// queue file is committed) or Sendmail's `QID: from=<s>, size=N, class=0, nrcpts=N,
+/// ...` (logged once the message is accepted). (queue id, sender).
+pub fn queued_sender(line: &str) -> Option<(&str, &str)> {
+    let (program, queue_id, fields) = tagged(line)?;
+    let queue_line = if program.starts_with("postfix") {
+        program.ends_with("/qmgr") && fields.contains(", nrcpt=")
+    } else {
+        (program == "sendmail" || program == "sm-mta") && fields.contains(", nrcpts=")
+    };
+    if !queue_line {
+        return None;
+    }
+    let sender = fields.strip_prefix("from=<")?.split_once(">,")?.0;
+    Some((queue_id, sender))
+}
+
 /// Read one Sendmail log line, e.g. `sm-mta[812]: 6B2GqOcU028373: to=<a@example.org>,<b@example.org>,
 /// delay=00:00:01, xdelay=00:00:01, mailer=relay, pri=120432, relay=mx.example.org.
 /// [192.0.2.10], dsn=2.0.0, stat=Sent (6B2Gq... Message accepted for delivery)`.
@@ -261,6 +279,40 @@ fn sendmail_delay(value: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_senders() {
+        let postfix = "Dec  6 06:14:53 mta postfix/qmgr[25037]: 468EA99604D: from=<bounces+3878-1a2b3c4d@bounces.example.net>, size=1672, nrcpt=1 (queue active)";
+        assert_eq!(
+            queued_sender(postfix),
+            Some(("468EA99604D", "bounces+3878-1a2b3c4d@bounces.example.net"))
+        );
+        let sendmail = "Dec  6 06:14:53 mta sm-mta[812]: 6B2GqOcU028373: from=<bounces+3878-1a2b3c4d@bounces.example.net>, size=1672, class=0, nrcpts=1, msgid=<m@x>, proto=ESMTP, daemon=MTA-reinject, relay=localhost [127.0.0.1]";
+        assert_eq!(
+            queued_sender(sendmail),
+            Some((
+                "6B2GqOcU028373",
+                "bounces+3878-1a2b3c4d@bounces.example.net"
+            ))
+        );
+        // A message-id line, a delivery, a bounce's null sender: not queue lines of ours.
+        assert_eq!(
+            queued_sender("Dec  6 06:14:53 mta postfix/cleanup[1]: 468EA99604D: message-id=<m@x>"),
+            None
+        );
+        assert_eq!(
+            queued_sender(
+                "Dec  6 06:14:53 mta postfix/smtp[1]: 468EA99604D: to=<a@b>, relay=x, delay=1, dsn=2.0.0, status=sent (ok)"
+            ),
+            None
+        );
+        assert_eq!(
+            queued_sender(
+                "Dec  6 06:14:53 mta postfix/qmgr[1]: 468EA99604D: from=<>, size=1, nrcpt=1 (queue active)"
+            ),
+            Some(("468EA99604D", ""))
+        );
+    }
 
     #[test]
     fn line_times() {

@@ -42,6 +42,8 @@ pub fn feedback_address(rcpt: &str, config: &Config) -> Option<FeedbackAddress> 
             .get(..prefix.len())
             .filter(|p| p.eq_ignore_ascii_case(&prefix))
             .map(|_| &local[prefix.len()..])
+            // A copy's own sender carries a tag after the id: `bounces+TID-1a2b3c4d@`.
+            .map(|id| id.split_once('-').map_or(id, |(id, _)| id))
             .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
             .map(str::to_owned)
     };
@@ -336,6 +338,12 @@ mod tests {
         let c = config();
         assert_eq!(
             feedback_address("bounces+123@Bounces.Example.net", &c),
+            Some(FeedbackAddress::Verp {
+                transmission_id: "123".into()
+            })
+        );
+        assert_eq!(
+            feedback_address("bounces+123-1a2b3c4d@bounces.example.net", &c),
             Some(FeedbackAddress::Verp {
                 transmission_id: "123".into()
             })

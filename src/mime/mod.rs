@@ -207,6 +207,17 @@ impl Prepared {
             if part.start < pos || part.header_start.is_some_and(|h| h < pos) {
                 return Err(MimeError::Unparseable);
             }
+            // A part that does not end with a line break, with text after it on the same
+            // line (a lenient parser's boundary): its new last line would join that text
+            // and could pass 998 octets. Such a part is left as it came.
+            let old = &raw[part.start..part.end];
+            if part.end < raw.len()
+                && !old.ends_with(b"\n")
+                && raw[part.end] != b'\r'
+                && raw[part.end] != b'\n'
+            {
+                continue;
+            }
             let mut rewritten = html::rewrite_html(&part.html, opts, links)?;
             if part.cte == Cte::SevenBit && part.ascii && !rewritten.is_ascii() {
                 // CSS inlining may turn `&eacute;` into a raw `é`; a 7bit part stays ASCII.
@@ -235,7 +246,6 @@ impl Prepared {
                 },
             };
             // Keep the line break(s) that separated the old body from what follows.
-            let old = &raw[part.start..part.end];
             let tail = &old[old.trim_ascii_end().len()..];
             while encoded.last().is_some_and(|b| b.is_ascii_whitespace()) {
                 encoded.pop();

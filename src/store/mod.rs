@@ -148,6 +148,8 @@ pub struct Commit {
     pub log_pending: Vec<PendingAttempt>,
     /// Kept attempts (by `seq`) now matched, or given up on.
     pub log_resolved: Vec<i64>,
+    /// Copies' own senders the MTA's log shows queued: (sender, lower-cased; queue id).
+    pub mta_queued: Vec<(String, String)>,
 }
 
 /// An attempt from the MTA's log (a delivery, deferral or bounce line) whose queue id
@@ -434,6 +436,12 @@ pub trait Store: Send + Sync {
     /// Forget kept MTA log attempts created before `before`: mail that is not ours.
     fn prune_log_pending(&self, _before: u64) -> StoreFuture<'_, u64> {
         done(0)
+    }
+
+    /// Which of `senders` (copies' own senders, lower-cased) the MTA's log showed
+    /// queued: (sender, queue id).
+    fn mta_queued<'a>(&'a self, _senders: &'a [String]) -> StoreFuture<'a, Vec<(String, String)>> {
+        done(Vec::new())
     }
 
     /// What the exactly-once ledger holds for the message with digest `message`.

@@ -173,6 +173,12 @@ CREATE TABLE log_pending (
 );
 CREATE INDEX log_pending_queue_id ON log_pending (queue_id, rcpt);
 CREATE INDEX log_pending_created ON log_pending (created);
+CREATE TABLE mta_queued (
+    sender TEXT PRIMARY KEY,
+    queue_id TEXT NOT NULL,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX mta_queued_created ON mta_queued (created);
 ",
 ];
 
@@ -657,6 +663,15 @@ fn write_commit(
     let mut resolved = conn.prepare_cached("DELETE FROM log_pending WHERE seq = ?1")?;
     for seq in &commit.log_resolved {
         resolved.execute(params![seq])?;
+    }
+    if !commit.mta_queued.is_empty() {
+        let now = int(crate::ids::unix_secs());
+        let mut queued = conn.prepare_cached(
+            "INSERT OR REPLACE INTO mta_queued (sender, queue_id, created) VALUES (?1, ?2, ?3)",
+        )?;
+        for (sender, queue_id) in &commit.mta_queued {
+            queued.execute(params![sender, queue_id, now])?;
+        }
     }
     Ok(())
 }
@@ -1251,11 +1266,33 @@ impl Store for SqliteStore {
 
     fn prune_ledger(&self, before: u64) -> StoreFuture<'_, u64> {
         self.write(move |conn, _| {
-            Ok(conn.execute(
+            let ledger = conn.execute(
                 "DELETE FROM ledger WHERE created < ?1",
                 params![int(before)],
-            )? as u64)
+            )?;
+            let queued = conn.execute(
+                "DELETE FROM mta_queued WHERE created < ?1",
+                params![int(before)],
+            )?;
+            Ok((ledger + queued) as u64)
         })
+    }
+
+    fn mta_queued<'a>(&'a self, senders: &'a [String]) -> StoreFuture<'a, Vec<(String, String)>> {
+        Self::ready(self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT queue_id FROM mta_queued WHERE sender = ?1")?;
+            let mut found = Vec::new();
+            for sender in senders {
+                if let Some(queue_id) = stmt
+                    .query_row(params![sender], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    found.push((sender.clone(), queue_id));
+                }
+            }
+            Ok(found)
+        }))
     }
 
     fn prune_counters(&self, before: u64) -> StoreFuture<'_, u64> {

@@ -311,6 +311,10 @@ impl Store for SharedStore {
         self.local.prune_ledger(before)
     }
 
+    fn mta_queued<'a>(&'a self, senders: &'a [String]) -> StoreFuture<'a, Vec<(String, String)>> {
+        self.local.mta_queued(senders)
+    }
+
     fn prune_counters(&self, before: u64) -> StoreFuture<'_, u64> {
         self.local.prune_counters(before)
     }

@@ -115,7 +115,9 @@ async fn bcc_copies_are_handed_over_before_the_original_is_accepted() {
             std::fs::read_to_string(dir.path().join(format!("{kind}.{rcpt}"))).unwrap()
         };
         let (args, msg) = (read("args"), read("msg"));
-        assert_eq!(args.trim(), format!("-i -f {new_sender} -- {rcpt}"));
+        // Each copy's sender is the bounce address with its recipient's tag.
+        let own_sender = msys_milter::ledger::copy_sender(&new_sender, rcpt);
+        assert_eq!(args.trim(), format!("-i -f {own_sender} -- {rcpt}"));
         assert!(!msg.contains('\r'), "sendmail(1) gets LF line ends");
         assert!(msg.starts_with("From: App <app@example.com>\nTo: to@example.org\nMessage-ID: <m1@example.com>\nSubject: Hi\nCc: cc@example.com\n"), "{msg}");
         assert!(

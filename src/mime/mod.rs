@@ -14,6 +14,8 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 pub enum MimeError {
     #[error("the message cannot be parsed as MIME")]
     Unparseable,
+    #[error("rewriting would change the message's MIME structure")]
+    StructureChanged,
     #[error(transparent)]
     Html(#[from] html::HtmlError),
 }
@@ -64,6 +66,11 @@ pub struct Prepared {
     raw: Vec<u8>,
     body_start: usize,
     parts: Vec<HtmlPart>,
+    /// MIME parts of the message as received.
+    part_count: usize,
+    /// The first rewrite was parsed again and kept the MIME structure: every rewrite
+    /// differs from it only in its links, so one check serves them all.
+    structure_kept: std::sync::OnceLock<bool>,
 }
 
 /// A `text/html` part to rewrite: its decoded text, how to encode it back, where it is.
@@ -179,11 +186,14 @@ impl Prepared {
             });
         }
         parts.sort_by_key(|p| p.start);
+        let part_count = message.parts.len();
         drop(message);
         Ok(Prepared {
             raw,
             body_start,
             parts,
+            part_count,
+            structure_kept: std::sync::OnceLock::new(),
         })
     }
 
@@ -262,6 +272,16 @@ impl Prepared {
             pos = part.end;
         }
         out.extend_from_slice(&raw[pos..]);
+        // Hostile input (boundary-like text hidden in an encoding, found by fuzzing) must
+        // never make the rewrite split or merge parts: then the body goes out unchanged.
+        let kept = *self.structure_kept.get_or_init(|| {
+            let mut whole = raw[..self.body_start].to_vec();
+            whole.extend_from_slice(&out);
+            parse_message(&whole).is_some_and(|m| m.parts.len() == self.part_count)
+        });
+        if !kept {
+            return Err(MimeError::StructureChanged);
+        }
         Ok(Some(out))
     }
 }

@@ -233,14 +233,8 @@ async fn hand_over(
     if let Some((digest, known)) = ledger
         && known.transmission_id.is_none()
     {
-        let commit = Commit {
-            ledger: vec![ledger_row(digest, LEDGER_TRANSMISSION, tid)],
-            ..Commit::default()
-        };
-        shared.store.commit(commit).await.map_err(|e| {
-            tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: the ledger of copies: {e}");
-            store_failed()
-        })?;
+        let row = ledger_row(digest, LEDGER_TRANSMISSION, tid);
+        commit_ledger(shared, vec![row], queue_id).await?;
     }
     crate::failpoint::hit("before_copies");
     let make = |i: usize| {
@@ -263,16 +257,7 @@ async fn hand_over(
             }
         }
         async move {
-            if !rows.is_empty() {
-                let commit = Commit {
-                    ledger: rows,
-                    ..Commit::default()
-                };
-                shared.store.commit(commit).await.map_err(|e| {
-                    tracing::error!(queue_id = %queue_id, transmission_id = %tid, "{queue_id}: the ledger of copies: {e}");
-                    store_failed()
-                })?;
-            }
+            commit_ledger(shared, rows, queue_id).await?;
             // Logged once in the ledger: a retry will not hand these over again.
             for (i, reply, _) in &taken {
                 let copy = &plan.copies[*i];
@@ -361,17 +346,23 @@ async fn taken_before_a_crash(
         rows.push(ledger_row(digest, &keys[i], &value));
         found.insert(i, value);
     }
-    if !rows.is_empty() {
-        let commit = Commit {
-            ledger: rows,
-            ..Commit::default()
-        };
-        shared.store.commit(commit).await.map_err(|e| {
-            tracing::error!(queue_id = %queue_id, "{queue_id}: the ledger of copies: {e}");
-            store_failed()
-        })?;
-    }
+    commit_ledger(shared, rows, queue_id).await?;
     Ok(found)
+}
+
+/// Write `rows` to the ledger (nothing to do when empty); a store failure is a 451.
+async fn commit_ledger(shared: &Shared, rows: Vec<LedgerRow>, queue_id: &str) -> Result<(), Reply> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let commit = Commit {
+        ledger: rows,
+        ..Commit::default()
+    };
+    shared.store.commit(commit).await.map_err(|e| {
+        tracing::error!(queue_id = %queue_id, "{queue_id}: the ledger of copies: {e}");
+        store_failed()
+    })
 }
 
 fn ledger_row(digest: &str, key: &str, value: &str) -> LedgerRow {

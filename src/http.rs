@@ -163,6 +163,8 @@ pub struct HttpState {
     pub sink: Arc<dyn EventSink>,
     /// For the backlog figures of /metrics.
     pub store: Option<Arc<dyn Store>>,
+    /// Who may read /metrics (`[http] metrics_from`).
+    pub metrics_from: crate::netguard::Networks,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -447,7 +449,63 @@ impl<S: Send + Sync> FromRequestParts<S> for Requester {
     }
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+/// Whether a request for /metrics comes from `from`: the peer, and every address a proxy
+/// on this host says it forwarded for (a client can add entries, never remove the one
+/// its proxy appends, so all must be in `from`).
+fn metrics_allowed(from: &crate::netguard::Networks, request: &axum::extract::Request) -> bool {
+    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
+        return false;
+    };
+    if !from.contains(peer.ip()) {
+        return false;
+    }
+    let headers = request.headers();
+    let forwarded_for = |value: &str| -> Vec<Option<std::net::IpAddr>> {
+        value
+            .split(',')
+            .map(|entry| entry.trim().trim_matches('"'))
+            .map(|entry| {
+                let entry = entry
+                    .strip_prefix('[')
+                    .and_then(|e| e.split_once(']').map(|(ip, _)| ip))
+                    .unwrap_or(entry);
+                entry.parse().ok().or_else(|| {
+                    // `1.2.3.4:5678`
+                    entry.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+                })
+            })
+            .collect()
+    };
+    let mut claimed = Vec::new();
+    for value in headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .chain(headers.get_all("x-real-ip"))
+    {
+        match value.to_str() {
+            Ok(v) => claimed.extend(forwarded_for(v)),
+            Err(_) => return false,
+        }
+    }
+    for value in headers.get_all(header::FORWARDED) {
+        let Ok(v) = value.to_str() else { return false };
+        for element in v.split([',', ';']) {
+            if let Some((name, addr)) = element.trim().split_once('=')
+                && name.eq_ignore_ascii_case("for")
+            {
+                claimed.extend(forwarded_for(addr));
+            }
+        }
+    }
+    claimed
+        .iter()
+        .all(|ip| ip.is_some_and(|ip| from.contains(ip)))
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>, request: axum::extract::Request) -> Response {
+    if !metrics_allowed(&state.metrics_from, &request) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let m = crate::metrics::global();
     if let Some(store) = &state.store
         && let Ok(status) = store.sink_status().await

@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod milter;
 pub mod mime;
+pub mod netguard;
 pub mod pipeline;
 pub mod record;
 pub mod reinject;

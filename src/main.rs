@@ -743,6 +743,7 @@ async fn start_http(
             ids: Arc::clone(ids),
         }),
         store: Some(Arc::clone(store)),
+        metrics_from: config.http.metrics_from.clone(),
     });
     let shutdown = async {
         let _ = stopped.await;

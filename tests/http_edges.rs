@@ -30,6 +30,10 @@ const PERSON: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 F
 
 impl Endpoint {
     async fn start() -> Endpoint {
+        Endpoint::start_with(msys_milter::netguard::Networks::loopback()).await
+    }
+
+    async fn start_with(metrics_from: msys_milter::netguard::Networks) -> Endpoint {
         let keys = Keys::new(&["edge-secret-0123456789"]).unwrap();
         let events = Arc::new(Recorded::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -38,6 +42,7 @@ impl Endpoint {
             keys: Some(keys.clone()),
             sink: events.clone(),
             store: None,
+            metrics_from,
         });
         tokio::spawn(serve(
             listener,
@@ -264,4 +269,38 @@ async fn machine_requests_are_flagged() {
             "{agent:?}"
         );
     }
+}
+
+/// `/metrics` (queue sizes, API key names on its counters) answers only `[http]
+/// metrics_from`: the peer and every address a proxy says it forwarded for.
+#[tokio::test]
+async fn metrics_answer_only_the_allowed_networks_even_through_a_proxy() {
+    let e = Endpoint::start().await;
+    let with = |extra: &str| {
+        format!("GET /metrics HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let (status, _, body) = e.request(with(""), Vec::new()).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("# EOF"));
+    for (forwarded, want) in [
+        ("X-Forwarded-For: 203.0.113.9\r\n", 404),
+        // A client's own entry first, its proxy's appended: all must be allowed.
+        ("X-Forwarded-For: 127.0.0.1, 203.0.113.9\r\n", 404),
+        ("X-Real-IP: 203.0.113.9\r\n", 404),
+        ("Forwarded: for=203.0.113.9;proto=https\r\n", 404),
+        ("Forwarded: for=\"[2001:db8::1]:4711\"\r\n", 404),
+        ("X-Forwarded-For: unknown\r\n", 404),
+        ("X-Forwarded-For: 127.0.0.1\r\n", 200),
+        ("Forwarded: for=\"[::1]\"\r\n", 200),
+    ] {
+        let (status, ..) = e.request(with(forwarded), Vec::new()).await;
+        assert_eq!(status, want, "{forwarded}");
+    }
+    // Health checks and tracking are for everyone.
+    let elsewhere = Endpoint::start_with(
+        msys_milter::netguard::Networks::try_from(vec!["10.0.0.0/8".to_owned()]).unwrap(),
+    )
+    .await;
+    assert_eq!(elsewhere.get("/metrics").await.0, 404);
+    assert_eq!(elsewhere.get("/healthz").await.0, 200);
 }

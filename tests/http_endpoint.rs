@@ -33,6 +33,7 @@ impl Endpoint {
             keys: Some(keys.clone()),
             sink: events.clone(),
             store: None,
+            metrics_from: msys_milter::netguard::Networks::loopback(),
         });
         tokio::spawn(serve(
             listener,

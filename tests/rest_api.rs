@@ -706,3 +706,81 @@ fn https_with_the_configured_certificate_and_keys_reloaded_on_sighup() {
         401
     );
 }
+
+/// A webhook made through the API is a caller's say, not the administrator's: it may
+/// not point the daemon at this host, its private network or a cloud's metadata
+/// service unless `[api] webhook_allow_networks` lists them; names are checked as they
+/// resolve.
+#[test]
+fn webhooks_made_through_the_api_reach_no_private_address_unless_allowed() {
+    let make = |api: &Api, target: &str| {
+        let body = format!(r#"{{"name":"n","target":"{target}","events":["delivery"]}}"#);
+        api.try_call(
+            "POST",
+            "/api/v1/webhooks",
+            Some(KEY),
+            &[],
+            Some(body.into_bytes()),
+        )
+        .unwrap()
+    };
+    let description = |a: &support::rest::Answer| a.body["errors"][0]["description"].to_string();
+    let (_milter, api, _) = start("");
+    for target in [
+        "http://127.0.0.1:9/hook",
+        "http://[::1]:9/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+    ] {
+        let a = make(&api, target);
+        assert_eq!(a.status, 400, "{target}: {:?}", a.body);
+        assert!(
+            description(&a).contains("is not a public address"),
+            "{:?}",
+            a.body
+        );
+    }
+    // A name is refused when all it resolves to is refused.
+    let a = make(&api, "http://localhost:9/");
+    assert_eq!(
+        (a.status, a.message()),
+        (400, "Webhook target failed the test POST")
+    );
+    assert!(
+        description(&a).contains("is not a public address"),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(
+        api.call("GET", "/api/v1/webhooks", Some(KEY), None).body["results"],
+        serde_json::json!([])
+    );
+
+    // Allowed: the test POST is made (nothing listens on port 9, so it fails there).
+    let (_milter, api, _) = start("webhook_allow_networks = [\"127.0.0.0/8\"]\n");
+    let a = make(&api, "http://127.0.0.1:9/hook");
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert!(
+        !description(&a).contains("is not a public address"),
+        "{:?}",
+        a.body
+    );
+}
+
+/// A client that keeps sending wrong keys gets 429 before any key is checked (a
+/// guesser learns nothing more, even with the right key) for a minute's worth.
+#[test]
+fn a_client_sending_wrong_keys_is_held_back() {
+    let (_milter, api, _) = start("auth_failures_per_minute = 3\n");
+    let get = |key| {
+        api.try_call("GET", "/api/v1/suppression-list", Some(key), &[], None)
+            .unwrap()
+            .status
+    };
+    assert_eq!(get(KEY), 200);
+    for _ in 0..3 {
+        assert_eq!(get("wrong"), 401);
+    }
+    assert_eq!(get("wrong"), 429);
+    assert_eq!(get(KEY), 429);
+}

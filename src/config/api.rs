@@ -22,6 +22,12 @@ pub struct Api {
     pub max_body_bytes: ByteLimit,
     /// Days the deliverability counters are kept (they outlive the events).
     pub metrics_retention_days: AtLeastOne,
+    /// Requests with a wrong or missing key one client address may make per minute (429
+    /// beyond, before any key is hashed).
+    pub auth_failures_per_minute: AtLeastOne,
+    /// Networks that webhooks made through the API may post to besides public
+    /// addresses (by default none: not this host, nor a private or link-local network).
+    pub webhook_allow_networks: crate::netguard::Networks,
 }
 
 impl Default for Api {
@@ -35,6 +41,8 @@ impl Default for Api {
             max_connections: AtLeastOne(64),
             max_body_bytes: ByteLimit(16 * 1024 * 1024),
             metrics_retention_days: AtLeastOne(400),
+            auth_failures_per_minute: AtLeastOne(30),
+            webhook_allow_networks: crate::netguard::Networks::default(),
         }
     }
 }

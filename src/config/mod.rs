@@ -138,6 +138,9 @@ pub struct Http {
     pub max_header_bytes: ByteLimit,
     /// Largest request body (413 above; a one-click POST is a few dozen bytes).
     pub max_body_bytes: ByteLimit,
+    /// Client networks that may read /metrics (others get 404); through a proxy on this
+    /// host, the address it forwards is checked too.
+    pub metrics_from: crate::netguard::Networks,
 }
 
 impl Default for Http {
@@ -149,6 +152,7 @@ impl Default for Http {
             idle_timeout: AtLeastOne(30),
             max_header_bytes: ByteLimit(16_384),
             max_body_bytes: ByteLimit(16_384),
+            metrics_from: crate::netguard::Networks::loopback(),
         }
     }
 }
@@ -740,10 +744,20 @@ impl Config {
         let Some(listen) = &self.api.listen else {
             return Ok(());
         };
-        if listen.parse::<std::net::SocketAddr>().is_err() {
+        let Ok(address) = listen.parse::<std::net::SocketAddr>() else {
             return Err(invalid(
                 "listen",
                 format!("`{listen}` is not an address and port: use e.g. \"127.0.0.1:8443\""),
+            ));
+        };
+        // Keys travel in every request: in plain HTTP only over loopback, to a proxy on
+        // this host that speaks TLS to the world.
+        if !self.api.tls && !address.ip().is_loopback() {
+            return Err(invalid(
+                "tls",
+                format!(
+                    "`tls = false` sends API keys in the clear: allowed only when [api] listen is a loopback address (it is `{listen}`); set tls_cert and tls_key, or listen on 127.0.0.1 behind a TLS proxy"
+                ),
             ));
         }
         if *listen == self.http.listen {
@@ -979,6 +993,13 @@ name = "other.example"
         // The REST API serves HTTPS unless told otherwise: without a certificate, no start.
         let e = parse("[api]\nlisten = \"127.0.0.1:8443\"\n").unwrap_err();
         assert!(e.contains("tls_cert"), "{e}");
+        // Plain HTTP only on loopback: keys would cross the network in the clear.
+        let e = parse("[api]\nlisten = \"0.0.0.0:8443\"\ntls = false\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/msys-milter.toml:3: key `api.tls`: `tls = false` sends API keys"),
+            "{e}"
+        );
+        assert!(parse("[api]\nlisten = \"[::1]:8443\"\ntls = false\n").is_ok());
         let c = parse("[tracking]\nbase_url = \"https://t.example.com\"\nsecrets = [\"0123456789abcdef\"]\nopen = true\n").unwrap();
         assert!(c.tracking.open && !c.tracking.click);
         assert_eq!(c.reinject.smtp.as_deref(), Some("127.0.0.1:10026"));

@@ -81,7 +81,13 @@ pub fn api_sink_name(id: &str) -> String {
 /// A webhook made through the REST API as a sink (`None` when inactive or unusable):
 /// SparkPost's object (`target`, `events`, `auth_type` none or basic with
 /// `auth_credentials`, `custom_headers`), sent like a `[[webhook]]`.
-pub fn from_api(hook: &crate::store::query::StoredWebhook) -> Option<SinkConfig> {
+///
+/// It posts only where `reach` permits: a target that names an address it may not reach
+/// is unusable (logged), a name is checked each time it resolves.
+pub fn from_api(
+    hook: &crate::store::query::StoredWebhook,
+    reach: &Arc<crate::netguard::Reach>,
+) -> Option<SinkConfig> {
     use super::webhook::Auth;
     use serde_json::Value;
     let spec: Value = serde_json::from_str(&hook.spec).ok()?;
@@ -89,6 +95,13 @@ pub fn from_api(hook: &crate::store::query::StoredWebhook) -> Option<SinkConfig>
         return None;
     }
     let target = spec.get("target")?.as_str()?;
+    if let Err(why) = reqwest::Url::parse(target)
+        .map_err(|e| e.to_string())
+        .and_then(|url| reach.check_literal(&url))
+    {
+        tracing::warn!(webhook = %hook.id, "webhook not used: {why}");
+        return None;
+    }
     let auth = match spec.get("auth_type").and_then(Value::as_str) {
         Some("basic") => {
             let c = spec.get("auth_credentials")?;
@@ -124,7 +137,9 @@ pub fn from_api(hook: &crate::store::query::StoredWebhook) -> Option<SinkConfig>
             name: api_sink_name(&hook.id),
             types,
         },
-        target: Target::webhook(target, auth).ok()?.with_headers(headers),
+        target: Target::webhook_within(target, auth, Some(Arc::clone(reach)))
+            .ok()?
+            .with_headers(headers),
         batch_size: 100,
         batch_wait: Duration::from_millis(1000),
         retry_for: Duration::from_secs(72 * 3600),
@@ -138,7 +153,10 @@ pub async fn all(
 ) -> Result<Vec<SinkConfig>, reqwest::Error> {
     let mut sinks = configured(config)?;
     match store.api_webhooks().await {
-        Ok(hooks) => sinks.extend(hooks.iter().filter_map(from_api)),
+        Ok(hooks) => {
+            let reach = Arc::new(crate::netguard::Reach::of(config));
+            sinks.extend(hooks.iter().filter_map(|h| from_api(h, &reach)));
+        }
         Err(e) => tracing::error!("cannot read the webhooks made through the API: {e}"),
     }
     Ok(sinks)

@@ -31,11 +31,27 @@ pub enum Target {
 
 impl Target {
     pub fn webhook(url: &str, auth: Auth) -> Result<Target, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        Target::webhook_within(url, auth, None)
+    }
+
+    /// A webhook that, with `reach`, posts only to the addresses `reach` permits, checked
+    /// as its name resolves at each connection, and follows no redirect (a webhook made
+    /// through the API: its target is a caller's say, not the administrator's).
+    pub fn webhook_within(
+        url: &str,
+        auth: Auth,
+        reach: Option<std::sync::Arc<crate::netguard::Reach>>,
+    ) -> Result<Target, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
-            .user_agent(concat!("msys-milter/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("msys-milter/", env!("CARGO_PKG_VERSION")));
+        if let Some(reach) = reach {
+            builder = builder
+                .dns_resolver(std::sync::Arc::new(crate::netguard::GuardedResolver(reach)))
+                .redirect(reqwest::redirect::Policy::none());
+        }
+        let client = builder.build()?;
         Ok(Target::Webhook {
             url: url.to_owned(),
             auth,

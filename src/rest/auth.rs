@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -50,8 +51,97 @@ pub struct Caller {
 /// The keys in force and what each has spent of its rate.
 pub struct Keys {
     keys: Vec<ApiKey>,
-    per_minute: u32,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Buckets<String>,
+}
+
+/// Token buckets, one per `K`, each holding a minute's worth and refilled evenly.
+struct Buckets<K> {
+    per_minute: f64,
+    held: Mutex<HashMap<K, (f64, Instant)>>,
+}
+
+/// Most clients whose failures are remembered: a flood from more addresses forgets the
+/// ones that have earned their full allowance back first.
+const MAX_TRACKED: usize = 10_000;
+
+impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
+    fn new(per_minute: usize) -> Buckets<K> {
+        Buckets {
+            per_minute: f64::from(u32::try_from(per_minute).unwrap_or(u32::MAX).max(1)),
+            held: Mutex::default(),
+        }
+    }
+
+    /// `key`'s tokens now, refilled.
+    fn level(&self, held: &HashMap<K, (f64, Instant)>, key: &K, now: Instant) -> f64 {
+        held.get(key).map_or(self.per_minute, |(tokens, last)| {
+            (tokens + now.duration_since(*last).as_secs_f64() * self.per_minute / 60.0)
+                .min(self.per_minute)
+        })
+    }
+
+    /// Whether `key` has a token left (none is spent).
+    fn has(&self, key: &K) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        self.level(&held, key, Instant::now()) >= 1.0
+    }
+
+    /// Spend one of `key`'s tokens: false when it had none.
+    fn spend(&self, key: &K) -> bool {
+        let now = Instant::now();
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = self.level(&held, key, now);
+        if held.len() >= MAX_TRACKED && !held.contains_key(key) {
+            let full = self.per_minute;
+            held.retain(|_, (t, last)| {
+                *t + now.duration_since(*last).as_secs_f64() * full / 60.0 < full
+            });
+        }
+        let left = if tokens >= 1.0 { tokens - 1.0 } else { tokens };
+        if held.len() < MAX_TRACKED || held.contains_key(key) {
+            held.insert(key.clone(), (left, now));
+        }
+        tokens >= 1.0
+    }
+}
+
+/// Requests without a good key, per client: past its allowance a client gets 429 before
+/// its key is even hashed. IPv6 clients count by /64 (one host holds a whole one).
+pub struct Failures(Buckets<IpAddr>);
+
+impl Failures {
+    pub fn new(per_minute: usize) -> Failures {
+        Failures(Buckets::new(per_minute))
+    }
+
+    fn client(ip: IpAddr) -> IpAddr {
+        let IpAddr::V6(v6) = ip else { return ip };
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return IpAddr::V4(v4);
+        }
+        let mut segments = v6.segments();
+        segments[4..].fill(0);
+        IpAddr::from(segments)
+    }
+
+    /// 429 when `ip` has used up its failures.
+    pub fn admit(&self, ip: IpAddr) -> Result<(), ApiError> {
+        if self.0.has(&Failures::client(ip)) {
+            Ok(())
+        } else {
+            crate::metrics::global().api_throttled("(no key)");
+            Err(too_many())
+        }
+    }
+
+    /// `ip` sent a wrong or missing key.
+    pub fn failed(&self, ip: IpAddr) {
+        self.0.spend(&Failures::client(ip));
+    }
+}
+
+fn too_many() -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests")
 }
 
 /// SHA-256 of a key, as `[[api_key]] key_sha256` holds it.
@@ -94,8 +184,7 @@ impl Keys {
     pub fn new(keys: Vec<ApiKey>, per_minute: usize) -> Keys {
         Keys {
             keys,
-            per_minute: u32::try_from(per_minute).unwrap_or(u32::MAX).max(1),
-            buckets: Mutex::default(),
+            buckets: Buckets::new(per_minute),
         }
     }
 
@@ -162,24 +251,13 @@ impl Keys {
         })
     }
 
-    /// One request from `key`: a token bucket holding a minute's worth, refilled evenly.
+    /// One request from `key`, 429 over its rate.
     fn spend(&self, key: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let capacity = f64::from(self.per_minute);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((capacity, now));
-        let refill = now.duration_since(*last).as_secs_f64() * capacity / 60.0;
-        *tokens = (*tokens + refill).min(capacity);
-        *last = now;
-        if *tokens < 1.0 {
-            crate::metrics::global().api_throttled(key);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many requests",
-            ));
+        if self.buckets.spend(&key.to_owned()) {
+            return Ok(());
         }
-        *tokens -= 1.0;
-        Ok(())
+        crate::metrics::global().api_throttled(key);
+        Err(too_many())
     }
 }
 
@@ -275,5 +353,34 @@ mod tests {
         let e = k.authorize(&h, Grant::SuppressionView).unwrap_err();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.message, "Too many requests");
+    }
+
+    #[test]
+    fn a_client_that_keeps_failing_gets_429_before_its_key_is_checked() {
+        let f = Failures::new(3);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..3 {
+            f.admit(a).unwrap();
+            f.failed(a);
+        }
+        assert_eq!(
+            f.admit(a).unwrap_err().status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Others are not held back; one IPv6 /64 is one client.
+        f.admit(b).unwrap();
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for _ in 0..3 {
+            f.failed(v6("2001:db8:1:2::1"));
+        }
+        assert!(f.admit(v6("2001:db8:1:2:ffff::9")).is_err());
+        assert!(f.admit(v6("2001:db8:1:3::1")).is_ok());
+        // Memory stays bounded whatever the number of clients.
+        let many = Failures::new(1);
+        for n in 0..(MAX_TRACKED as u32 + 500) {
+            many.failed(IpAddr::from(n.to_be_bytes()));
+        }
+        assert!(many.0.held.lock().unwrap().len() <= MAX_TRACKED);
     }
 }

@@ -26,9 +26,13 @@ use std::sync::{Arc, RwLock};
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     keys: RwLock<Arc<auth::Keys>>,
+    /// Wrong or missing keys per client (kept across reloads).
+    failures: auth::Failures,
     max_body: usize,
     /// The configuration file's webhooks (listed read-only).
     config_webhooks: RwLock<Vec<crate::config::Webhook>>,
+    /// Where webhooks made here may post.
+    reach: RwLock<Arc<crate::netguard::Reach>>,
     /// Webhooks may be made here (a host alone with a store).
     webhooks_writable: bool,
     /// Woken when a webhook is made, changed or removed: the sinks restart.
@@ -40,8 +44,10 @@ impl ApiState {
         ApiState {
             store,
             keys: RwLock::new(Arc::new(keys_of(config))),
+            failures: auth::Failures::new(config.api.auth_failures_per_minute.0),
             max_body: config.api.max_body_bytes.0,
             config_webhooks: RwLock::new(config.webhooks.clone()),
+            reach: RwLock::new(Arc::new(crate::netguard::Reach::of(config))),
             webhooks_writable: config.store.enabled && config.store.postgres.is_none(),
             webhooks_changed: Arc::default(),
         }
@@ -61,6 +67,12 @@ impl ApiState {
             .config_webhooks
             .write()
             .unwrap_or_else(|p| p.into_inner()) = config.webhooks.clone();
+        *self.reach.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(crate::netguard::Reach::of(config));
+    }
+
+    pub(crate) fn reach(&self) -> Arc<crate::netguard::Reach> {
+        Arc::clone(&self.reach.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn authorize(&self, req: &Request, grant: Grant) -> Result<auth::Caller, ApiError> {
@@ -115,8 +127,15 @@ async fn dispatch(state: &ApiState, request: axum::extract::Request) -> ApiResul
     let segments: Vec<&str> = rest.split('/').collect();
     let params = Params::parse(parts.uri.query())?;
     {
+        // A client without a peer address (never over TCP) is one client.
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0u8; 4]), |c| c.0.ip());
+        state.failures.admit(client)?;
         let keys = Arc::clone(&state.keys.read().unwrap_or_else(|p| p.into_inner()));
-        keys.known(&parts.headers)?;
+        keys.known(&parts.headers)
+            .inspect_err(|_| state.failures.failed(client))?;
     }
     let body = axum::body::to_bytes(body, state.max_body)
         .await

@@ -13,6 +13,7 @@ use crate::store::query::StoredWebhook;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 
 /// What SparkPost POSTs to a new target to see that it answers.
 const PING: &str = r#"[{"msys":{}}]"#;
@@ -156,7 +157,10 @@ pub async fn get(state: &ApiState, req: &Request, id: &str) -> ApiResult {
 
 /// A webhook object checked: `target` an http(s) URL, known `events`, `auth_type` none
 /// or basic (with `auth_credentials`), string `custom_headers`.
-fn checked(mut m: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+fn checked(
+    mut m: Map<String, Value>,
+    reach: &crate::netguard::Reach,
+) -> Result<Map<String, Value>, ApiError> {
     for key in ["id", "source", "last_successful", "last_failure", "links"] {
         m.remove(key);
     }
@@ -164,11 +168,13 @@ fn checked(mut m: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
         .get("target")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::missing("target"))?;
-    if !(target.starts_with("https://") || target.starts_with("http://"))
-        || reqwest::Url::parse(target).is_err()
-    {
-        return Err(ApiError::invalid("target must be an http or https URL"));
-    }
+    let url = reqwest::Url::parse(target)
+        .ok()
+        .filter(|_| target.starts_with("https://") || target.starts_with("http://"))
+        .ok_or_else(|| ApiError::invalid("target must be an http or https URL"))?;
+    reach
+        .check_literal(&url)
+        .map_err(|why| ApiError::invalid(format!("target: {why}")))?;
     if m.get("name")
         .and_then(Value::as_str)
         .is_none_or(str::is_empty)
@@ -223,7 +229,10 @@ fn checked(mut m: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// The target a webhook object names, to POST to.
-fn target_of(m: &Map<String, Value>) -> Result<Target, ApiError> {
+fn target_of(
+    m: &Map<String, Value>,
+    reach: &Arc<crate::netguard::Reach>,
+) -> Result<Target, ApiError> {
     // Posted to whether or not it is active.
     let mut active = m.clone();
     active.insert("active".into(), json!(true));
@@ -233,14 +242,17 @@ fn target_of(m: &Map<String, Value>) -> Result<Target, ApiError> {
         created: 0,
         updated: 0,
     };
-    crate::events::sink::from_api(&spec)
+    crate::events::sink::from_api(&spec, reach)
         .map(|s| s.target)
         .ok_or_else(|| ApiError::invalid("target must be an http or https URL"))
 }
 
 /// SparkPost's test POST before it keeps a new target: 400 when it is not accepted.
-async fn test_post(m: &Map<String, Value>) -> Result<(), ApiError> {
-    let target = target_of(m)?;
+async fn test_post(
+    m: &Map<String, Value>,
+    reach: &Arc<crate::netguard::Reach>,
+) -> Result<(), ApiError> {
+    let target = target_of(m, reach)?;
     let id = crate::rest::auth::new_key()
         .map(|(k, _)| k)
         .unwrap_or_default();
@@ -298,8 +310,9 @@ async fn save(
 pub async fn create(state: &ApiState, req: &Request) -> ApiResult {
     main_account(state, req, Grant::WebhooksModify)?;
     writable(state)?;
-    let m = checked(json_body(&req.body)?)?;
-    test_post(&m).await?;
+    let reach = state.reach();
+    let m = checked(json_body(&req.body)?, &reach)?;
+    test_post(&m, &reach).await?;
     let (key, _) =
         crate::rest::auth::new_key().map_err(|e| ApiError::unavailable("webhook id", e))?;
     let id = key[..32].to_owned();
@@ -329,9 +342,10 @@ pub async fn update(state: &ApiState, req: &Request, id: &str) -> ApiResult {
     for (k, v) in json_body(&req.body)? {
         m.insert(k, v);
     }
-    let m = checked(m)?;
+    let reach = state.reach();
+    let m = checked(m, &reach)?;
     if m.get("target") != old_target.as_ref() {
-        test_post(&m).await?;
+        test_post(&m, &reach).await?;
     }
     save(state, id, m, stored.created).await?;
     tracing::info!(webhook = %id, "API: webhook updated");
@@ -388,7 +402,7 @@ pub async fn validate(state: &ApiState, req: &Request, id: &str) -> ApiResult {
         _ => {
             let stored = stored(state, id).await?;
             let m: Map<String, Value> = serde_json::from_str(&stored.spec).unwrap_or_default();
-            target_of(&m)?
+            target_of(&m, &state.reach())?
         }
     };
     let batch = crate::rest::auth::new_key()

@@ -413,7 +413,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleTimeout<S> 
 }
 
 /// Who made a request: user agent, address (the first `X-Forwarded-For` entry when a
-/// proxy on this host passed it on, else the peer), and whether it is a machine.
+/// proxy on this host passed it on, the peer being loopback, also written as
+/// `::ffff:127.0.0.1`; else the peer), and whether it is a machine.
 pub struct Requester(pub Visitor);
 
 impl<S: Send + Sync> FromRequestParts<S> for Requester {
@@ -437,9 +438,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Requester {
             .or_else(|| header("x-real-ip"))
             .filter(|f| f.parse::<std::net::IpAddr>().is_ok());
         let ip_address = match peer {
-            Some(ip) if ip.is_loopback() => forwarded.or_else(|| Some(ip.to_string())),
+            Some(ip) if ip.to_canonical().is_loopback() => {
+                forwarded.or_else(|| Some(ip.to_string()))
+            }
             Some(ip) => Some(ip.to_string()),
-            None => forwarded,
+            // No peer, no proxy to believe.
+            None => None,
         };
         Ok(Requester(Visitor {
             machine: is_machine(user_agent.as_deref()),

@@ -132,7 +132,8 @@ pub struct Http {
     pub max_connections: AtLeastOne,
     /// Seconds a client has to send a request's headers.
     pub header_timeout: AtLeastOne,
-    /// Seconds a connection may stay silent (between keep-alive requests).
+    /// Seconds a connection may stay silent mid-request (between keep-alive requests
+    /// `header_timeout` applies too: waiting for the next request's head).
     pub idle_timeout: AtLeastOne,
     /// Largest request head (431 above).
     pub max_header_bytes: ByteLimit,

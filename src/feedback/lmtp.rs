@@ -139,7 +139,12 @@ where
                 .await
                 {
                     Ok(Ok(message)) => message,
-                    Ok(Err(_)) => return,
+                    Ok(Err(e)) => {
+                        if e.kind() == std::io::ErrorKind::TimedOut {
+                            crate::metrics::global().connection_timed_out("lmtp");
+                        }
+                        return;
+                    }
                     Err(_) => {
                         crate::metrics::global().connection_timed_out("lmtp");
                         return;
@@ -279,7 +284,11 @@ async fn read_data<R: AsyncBufReadExt + Unpin>(
     let mut malformed = false;
     loop {
         line.clear();
-        match read_line(reader, &mut line, MAX_DATA_LINE).await? {
+        // Silence is cut at IDLE inside a message too, not only at DATA_TIMEOUT's end.
+        let read = tokio::time::timeout(IDLE, read_line(reader, &mut line, MAX_DATA_LINE))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+        match read? {
             Line::Eof => {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }

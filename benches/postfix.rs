@@ -2,8 +2,11 @@
 //! namespace: run with bench/run.sh). Prints Markdown tables for BENCHMARKS.md.
 //!
 //! 1. Throughput: smtp-source -> Postfix -> smtp-sink, 5,000 messages with an X-MSYS-API
-//!    header carrying a cc list, 20 sessions; alternating rounds of Postfix without a
-//!    milter, with a do-nothing milter, and with msys-milter.
+//!    header carrying a cc list, 20 sessions; alternating rounds (BENCH_ROUNDS, 5) of
+//!    Postfix without a milter, with the lean do-nothing milter (end-of-message only),
+//!    the do-nothing indymilter milter (every stage), and msys-milter with the store off,
+//!    on, on with a webhook, on with two worker threads, and with tracking; then the
+//!    header path alone (the message without cc).
 //! 2. Personalised copies: messages with 0, 10 and 100 bcc recipients, one session:
 //!    SMTP transaction latency (end of DATA includes the milter's end of message, which
 //!    hands over every copy before answering) and the milter's CPU per copy.
@@ -14,8 +17,8 @@ mod common;
 mod support;
 
 use common::{
-    Killed, bench_messages, campaign_message, median, null_milter, print_milter_rows, smtp_sink,
-    submit, wait_for_port,
+    Killed, bench_messages, campaign_message, lean_milter, median, null_milter, smtp_sink, submit,
+    wait_for_port,
 };
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,103 +52,240 @@ fn behind_postfix(sink_port: u16, toml: &str) -> (Postfix, Milter) {
     (postfix, milter)
 }
 
+/// One way of running Postfix in the throughput table: its rounds' rates and the
+/// milter's CPU.
+struct Setup {
+    name: &'static str,
+    postfix: Postfix,
+    milter_pid: Option<u32>,
+    rates: Vec<f64>,
+    ticks: u64,
+}
+
 fn throughput() {
     let count = bench_messages().unwrap_or(5000);
-    let rounds = 3;
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let (_sink, sink_port) = smtp_sink();
     let dir = tempfile::tempdir().unwrap();
     let message = dir.path().join("message.txt");
     campaign_message(&message);
-
-    let plain = Postfix::start(None, sink_port);
-    let null_port = free_port();
-    let _null = null_milter(null_port);
-    let with_null = Postfix::start(Some(null_port), sink_port);
-    let (with_msys, _msys) = behind_postfix(
-        sink_port,
-        "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
-    );
-    // The state layer side by side: the store off, and on with a webhook consumer.
-    let (with_store_off, store_off) = behind_postfix(
-        sink_port,
-        "[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\nenabled = false\n",
-    );
+    let base = "[envelope]\nbounce_domain = \"bounces.example.net\"\n";
     let hook = support::webhook::Webhook::start(200);
-    let (with_webhook, hooked) = behind_postfix(
-        sink_port,
-        &format!(
-            "[envelope]\nbounce_domain = \"bounces.example.net\"\n[[webhook]]\nurl = \"{}\"\n",
-            hook.url()
-        ),
+
+    let mut keep_alive: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut setups: Vec<Setup> = Vec::new();
+    let mut add = |name, postfix, milter_pid| {
+        setups.push(Setup {
+            name,
+            postfix,
+            milter_pid,
+            rates: Vec::new(),
+            ticks: 0,
+        })
+    };
+    add("no milter", Postfix::start(None, sink_port), None);
+    let port = free_port();
+    let lean = lean_milter(port);
+    add(
+        "lean do-nothing milter (end-of-message only)",
+        Postfix::start(Some(port), sink_port),
+        Some(lean.0.id()),
     );
+    keep_alive.push(Box::new(lean));
+    let port = free_port();
+    let null = null_milter(port);
+    add(
+        "do-nothing indymilter milter (every stage)",
+        Postfix::start(Some(port), sink_port),
+        Some(null.0.id()),
+    );
+    keep_alive.push(Box::new(null));
+    for (name, toml) in [
+        (
+            "msys-milter, store off",
+            format!("{base}[store]\nenabled = false\n"),
+        ),
+        ("msys-milter, default (store on)", base.to_owned()),
+        (
+            "msys-milter, store on + a webhook",
+            format!("{base}[[webhook]]\nurl = \"{}\"\n", hook.url()),
+        ),
+    ] {
+        let (postfix, milter) = behind_postfix(sink_port, &toml);
+        add(name, postfix, Some(milter.pid()));
+        keep_alive.push(Box::new(milter));
+    }
+    // The runtime shape before: two async workers.
+    let (postfix, milter) = behind_postfix(sink_port, &format!("worker_threads = 2\n{base}"));
+    add(
+        "msys-milter, default but 2 worker threads (the shape before)",
+        postfix,
+        Some(milter.pid()),
+    );
+    keep_alive.push(Box::new(milter));
     let tracking_port = free_port();
     let with_tracking = Postfix::start(Some(tracking_port), sink_port);
-    let _tracking = Milter::start_on(
+    let tracking = Milter::start_on(
         tracking_port,
         &format!(
-            "[envelope]\nbounce_domain = \"bounces.example.net\"\n[reinject]\nsmtp = \"127.0.0.1:{}\"\n\
+            "{base}[reinject]\nsmtp = \"127.0.0.1:{}\"\n\
              [tracking]\nopen = true\nclick = true\nbase_url = \"https://track.example.com\"\nsecrets = [\"bench-secret-0123456789\"]\n\
              [http]\nlisten = \"127.0.0.1:{}\"\n",
             with_tracking.reinject_port,
             free_port()
         ),
     );
+    add(
+        "msys-milter, open and click tracking on (the 2 cc become personalised copies, re-injected)",
+        with_tracking,
+        Some(tracking.pid()),
+    );
+    keep_alive.push(Box::new(tracking));
+    run_throughput(setups, count, rounds, &message, &hook);
+}
 
-    let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    let (mut off_ticks, mut on_ticks) = (0, 0);
-    // A warm-up round each, not counted.
-    for p in [
-        &plain,
-        &with_null,
-        &with_msys,
-        &with_tracking,
-        &with_store_off,
-        &with_webhook,
-    ] {
-        round(p, &message, count / 10, 20);
+fn run_throughput(
+    mut setups: Vec<Setup>,
+    count: usize,
+    rounds: usize,
+    message: &std::path::Path,
+    hook: &support::webhook::Webhook,
+) {
+    let message = message.to_owned();
+    // BENCH_ONLY=4 runs setup 4 alone (e.g. under perf), printing its milter's pid.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let keep: Vec<usize> = only.split(',').filter_map(|i| i.parse().ok()).collect();
+        let mut i = 0;
+        setups.retain(|_| {
+            i += 1;
+            keep.contains(&(i - 1))
+        });
+        for s in &setups {
+            eprintln!("setup {} pid {:?}", s.name, s.milter_pid);
+        }
+        for _ in 0..rounds {
+            for s in &setups {
+                round(&s.postfix, &message, count, 20);
+            }
+        }
+        return;
+    }
+    // A warm-up round each, not counted; then alternating rounds.
+    for s in &setups {
+        round(&s.postfix, &message, count / 10, 20);
     }
     for _ in 0..rounds {
-        a.push(round(&plain, &message, count, 20));
-        b.push(round(&with_null, &message, count, 20));
-        c.push(round(&with_msys, &message, count, 20));
-        d.push(round(&with_tracking, &message, count, 20));
-        let t = cpu_ticks(store_off.pid());
-        off.push(round(&with_store_off, &message, count, 20));
-        off_ticks += cpu_ticks(store_off.pid()) - t;
-        let t = cpu_ticks(hooked.pid());
-        on.push(round(&with_webhook, &message, count, 20));
-        on_ticks += cpu_ticks(hooked.pid()) - t;
+        for s in &mut setups {
+            let t = s.milter_pid.map(cpu_ticks);
+            s.rates.push(round(&s.postfix, &message, count, 20));
+            if let (Some(pid), Some(t)) = (s.milter_pid, t) {
+                s.ticks += cpu_ticks(pid) - t;
+            }
+        }
     }
-    let (a, b, c, d) = (median(a), median(b), median(c), median(d));
-    let (off, on) = (median(off), median(on));
     let per_msg = |ticks: u64| ticks as f64 * 10_000.0 / (count * rounds) as f64;
+    // Ratios per round, then their median: the rounds of one setup and its baseline ran
+    // next to each other, so the noise of the moment cancels.
+    let ratio =
+        |a: &Setup, b: &Setup| median(a.rates.iter().zip(&b.rates).map(|(x, y)| x / y).collect());
     println!("### Through Postfix: smtp-source -> Postfix -> smtp-sink\n");
     println!(
-        "{count} messages a round (3 KB: a text part and an HTML part with 10 links; X-MSYS-API with 2 cc: msys-milter adds 2 recipients, a Cc: header and a bounce address), 20 sessions, median of {rounds} alternating rounds; msgs/s (messages submitted) from the first message sent until Postfix's queue is empty.\n"
-    );
-    print_milter_rows("Postfix", a, b, c);
-    println!(
-        "| msys-milter, open and click tracking on (the 2 cc copies become personalised copies, re-injected) | {d:.0} | {:.2} | {:.2} |",
-        d / a,
-        d / b
+        "{count} messages a round (3 KB: a text part and an HTML part with 10 links; X-MSYS-API with 2 cc: msys-milter adds 2 recipients, a Cc: header and a bounce address), 20 sessions, {rounds} alternating rounds; msgs/s (messages submitted) from the first message sent until Postfix's queue is empty (the median round); ratios are the median of the per-round ratios.\n"
     );
     println!(
-        "\nThe state layer, side by side in the same rounds (each message: 3 injection events committed before the answer; the webhook gets them in batches):\n"
+        "| Postfix with | msgs/s | vs no milter | vs lean milter | vs do-nothing milter | milter CPU per message |"
     );
-    println!("| msys-milter | msgs/s | vs store off | milter CPU per message |");
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
+    let (plain, lean, null) = (&setups[0], &setups[1], &setups[2]);
+    for s in &setups {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            s.name,
+            median(s.rates.clone()),
+            ratio(s, plain),
+            ratio(s, lean),
+            ratio(s, null),
+            s.milter_pid
+                .map_or("-".to_owned(), |_| format!("{:.0} us", per_msg(s.ticks)))
+        );
+    }
+    let (off, on, hooked) = (&setups[3], &setups[4], &setups[5]);
+    let rounds_vs_lean: Vec<String> = on
+        .rates
+        .iter()
+        .zip(&lean.rates)
+        .map(|(x, y)| format!("{:.2}", x / y))
+        .collect();
     println!(
-        "| store off (`[store] enabled = false`) | {off:.0} | 1.00 | {:.0} us |",
-        per_msg(off_ticks)
-    );
-    println!(
-        "| store on, events to a webhook | {on:.0} | {:.2} | {:.0} us |",
-        on / off,
-        per_msg(on_ticks)
+        "\nmsys-milter (default) vs the lean milter, round by round: {}. The state layer (store on + a webhook vs store off): {:.2}; the store alone (default vs store off): {:.2}.",
+        rounds_vs_lean.join(" "),
+        ratio(hooked, off),
+        ratio(on, off)
     );
     let delivered = hook.delivered().len();
     println!("\nThe webhook acknowledged {delivered} events during the run.");
+
+    // The header path alone: the same message without cc, so Postfix delivers it to one
+    // recipient whatever the milter (the lean milter adds no recipient either).
+    let plain_message = message.with_file_name("header-only.txt");
+    header_only_message(&plain_message);
+    let picked = [0, 1, 2, 3, 4, 6];
+    let mut rates = vec![Vec::new(); picked.len()];
+    let mut ticks = vec![0u64; picked.len()];
+    for &i in &picked {
+        round(&setups[i].postfix, &plain_message, count / 10, 20);
+    }
+    for _ in 0..rounds {
+        for (k, &i) in picked.iter().enumerate() {
+            let s = &setups[i];
+            let t = s.milter_pid.map(cpu_ticks);
+            rates[k].push(round(&s.postfix, &plain_message, count, 20));
+            if let (Some(pid), Some(t)) = (s.milter_pid, t) {
+                ticks[k] += cpu_ticks(pid) - t;
+            }
+        }
+    }
+    let vs =
+        |a: usize, b: usize| median(rates[a].iter().zip(&rates[b]).map(|(x, y)| x / y).collect());
+    println!(
+        "\nThe header path alone: the same message with `X-MSYS-API: {{\"campaign_id\": \"bench\", \"metadata\": {{\"user\": \"42\"}}}}` (no cc: one recipient whatever the milter; msys-milter validates the header, plans, rewrites MAIL FROM, deletes the header and commits an injection event), same rounds:\n"
+    );
+    println!("| Postfix with | msgs/s | vs no milter | vs lean milter | milter CPU per message |");
+    println!("|---|---|---|---|---|");
+    for (k, &i) in picked.iter().enumerate() {
+        let s = &setups[i];
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} |",
+            s.name,
+            median(rates[k].clone()),
+            vs(k, 0),
+            vs(k, 1),
+            s.milter_pid
+                .map_or("-".to_owned(), |_| format!("{:.0} us", per_msg(ticks[k])))
+        );
+    }
+    let by_round: Vec<String> = rates[4]
+        .iter()
+        .zip(&rates[1])
+        .map(|(x, y)| format!("{:.2}", x / y))
+        .collect();
+    println!(
+        "\nmsys-milter (default) vs the lean milter on the header path, round by round: {}.",
+        by_round.join(" ")
+    );
+}
+
+/// The throughput message without cc: the header path alone.
+fn header_only_message(path: &std::path::Path) {
+    campaign_message(path);
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find("X-MSYS-API:").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    let header = "X-MSYS-API: {\"campaign_id\": \"bench\", \"metadata\": {\"user\": \"42\"}}";
+    std::fs::write(path, format!("{}{header}{}", &text[..start], &text[end..])).unwrap();
 }
 
 fn copies() {

@@ -569,7 +569,10 @@ fn run_daemon(config_path: Option<&Path>, socket: Option<SocketSpec>) -> anyhow:
              bounce_domain): MAIL FROM is left unchanged"
         );
     }
+    // One worker by default (see `worker_threads`): heavy work leaves it through
+    // `blocking::heavy`, which needs the multi-thread runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.0)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -139,7 +139,14 @@ pub async fn end_of_message(
             return refused(&rejection.reply());
         }
     }
-    let accepted = match planned.render(&settings.config) {
+    let body_work = planned.body_work();
+    let render = || planned.render(&settings.config);
+    let rendered = if body_work {
+        crate::blocking::heavy(render)
+    } else {
+        render()
+    };
+    let accepted = match rendered {
         Ok(accepted) => accepted,
         Err(rejection) => return refused(&rejection.reply()),
     };
@@ -241,11 +248,13 @@ async fn hand_over(
         if earlier(i).is_some() {
             return Ok(None);
         }
-        rendered
-            .copies
-            .make(&plan.copies[i], plan, facts, body, &settings.config)
-            .map(Some)
-            .map_err(|r| r.reply())
+        crate::blocking::heavy(|| {
+            rendered
+                .copies
+                .make(&plan.copies[i], plan, facts, body, &settings.config)
+        })
+        .map(Some)
+        .map_err(|r| r.reply())
     };
     let record = |taken: Vec<(usize, String, usize)>| {
         crate::failpoint::hit("copy_taken");

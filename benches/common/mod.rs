@@ -36,13 +36,27 @@ pub fn smtp_sink() -> (Killed, u16) {
 }
 
 pub fn null_milter(port: u16) -> Killed {
+    do_nothing_milter(port, &[])
+}
+
+/// The leanest milter that still reads a message: it negotiates away every stage but
+/// end-of-message, with TCP_NODELAY and QUICKACK (the floor for any milter).
+pub fn lean_milter(port: u16) -> Killed {
+    do_nothing_milter(port, &["--lean"])
+}
+
+fn do_nothing_milter(port: u16, args: &[&str]) -> Killed {
     let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/release/examples/null_milter");
     assert!(
         exe.exists(),
         "build it first: cargo build --release --examples"
     );
-    let child = Command::new(exe).arg(port.to_string()).spawn().unwrap();
+    let child = Command::new(exe)
+        .arg(port.to_string())
+        .args(args)
+        .spawn()
+        .unwrap();
     wait_for_port(port, "the do-nothing milter");
     Killed(child)
 }

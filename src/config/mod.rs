@@ -397,6 +397,10 @@ pub struct Config {
     /// Largest message body buffered for copies; larger ones are refused (552 5.3.4).
     #[serde(deserialize_with = "values::size")]
     pub max_message_size: usize,
+    /// Async worker threads. One by default: a message's milter dialogue is short, and
+    /// a second worker costs more in cross-thread wake-ups than it saves; heavy work
+    /// (rewriting, signing, copies, API queries) moves off the worker while it runs.
+    pub worker_threads: AtLeastOne,
     pub envelope: Envelope,
     pub reinject: Reinject,
     pub tracking: Tracking,
@@ -427,6 +431,7 @@ impl Default for Config {
             node_id: NodeId(0),
             max_connections: 1024,
             max_message_size: 50 * 1024 * 1024,
+            worker_threads: AtLeastOne(1),
             envelope: Envelope::default(),
             reinject: Reinject::default(),
             tracking: Tracking::default(),

@@ -249,15 +249,21 @@ impl Planned {
     }
 
     /// Render the original's changes and what its copies are made from.
+    /// Whether rendering reads the body: copies, a rewrite or a signature (CPU-heavy).
+    pub fn body_work(&self) -> bool {
+        !self.plan.copies.is_empty()
+            || self.plan.engagement.rewrites_body()
+            || self.plan.dkim_key.is_some()
+    }
+
     pub fn render(self, config: &Config) -> Result<Accepted, Rejection> {
+        let body_work = self.body_work();
         let Planned {
             plan,
             facts,
             body,
             body_too_large,
         } = self;
-        let signed = plan.dkim_key.is_some();
-        let body_work = !plan.copies.is_empty() || plan.engagement.rewrites_body() || signed;
         if body_too_large && body_work {
             return Err(Rejection::TooLarge);
         }

@@ -424,6 +424,12 @@ impl SqliteStore {
         result
     }
 
+    /// [`Self::read`] for an API query over many rows: the daemon's other tasks go on
+    /// meanwhile.
+    fn read_heavy<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        crate::blocking::heavy(|| self.read(f))
+    }
+
     fn ready<T: Send + 'static>(result: StoreResult<T>) -> StoreFuture<'static, T> {
         Box::pin(std::future::ready(result))
     }
@@ -1168,25 +1174,25 @@ impl Store for SqliteStore {
         &self,
         q: super::query::SuppressionQuery,
     ) -> StoreFuture<'_, super::query::SuppressionPage> {
-        Self::ready(self.read(|conn| super::sqlite_query::suppression_search(conn, &q)))
+        Self::ready(self.read_heavy(|conn| super::sqlite_query::suppression_search(conn, &q)))
     }
 
     fn suppression_summary(&self, account: Option<Account>) -> StoreFuture<'_, Vec<(String, u64)>> {
-        Self::ready(self.read(|conn| super::sqlite_query::suppression_summary(conn, account)))
+        Self::ready(self.read_heavy(|conn| super::sqlite_query::suppression_summary(conn, account)))
     }
 
     fn event_search(
         &self,
         q: super::query::EventQuery,
     ) -> StoreFuture<'_, super::query::EventPage> {
-        Self::ready(self.read(|conn| super::sqlite_query::event_search(conn, &q)))
+        Self::ready(self.read_heavy(|conn| super::sqlite_query::event_search(conn, &q)))
     }
 
     fn metrics(
         &self,
         q: super::query::MetricsQuery,
     ) -> StoreFuture<'_, Vec<super::query::MetricsRow>> {
-        Self::ready(self.read(|conn| super::sqlite_query::metrics(conn, &q)))
+        Self::ready(self.read_heavy(|conn| super::sqlite_query::metrics(conn, &q)))
     }
 
     fn dimension_values(

@@ -358,6 +358,62 @@ fn copies() {
             p50 - base_p50
         );
     }
+    copies_vs_messages(&postfix, pid, sink_port);
+}
+
+/// What N personalised copies cost Postfix against N messages smtp-source submits on one
+/// connection (no milter): the time until each Postfix's queue is empty again.
+fn copies_vs_messages(with_msys: &Postfix, milter_pid: u32, sink_port: u16) {
+    let plain = Postfix::start(None, sink_port);
+    let dir = tempfile::tempdir().unwrap();
+    let body = "A body line of the benchmark message.\n".repeat(50);
+    let single = dir.path().join("single.txt");
+    std::fs::write(&single, support::message("", &body)).unwrap();
+    let rounds = 5;
+    println!(
+        "\nN personalised copies (one message with N bcc through msys-milter; each copy re-injected into Postfix) against N messages that smtp-source submits on one connection to Postfix without a milter: time from the first byte until the queue is empty again, median of {rounds} alternating rounds.\n"
+    );
+    println!(
+        "| N | N copies, ms | N messages (smtp-source), ms | copies vs messages | milter CPU per copy |"
+    );
+    println!("|---|---|---|---|---|");
+    for n in [10usize, 100] {
+        let list: Vec<String> = (0..n).map(|i| format!("\"bcc{i}@example.com\"")).collect();
+        let msg = support::message(
+            &format!("X-MSYS-API: {{\"bcc\": [{}]}}\n", list.join(",")),
+            &body,
+        );
+        let (mut copies, mut messages, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ticks = 0;
+        for _ in 0..rounds {
+            let t0 = cpu_ticks(milter_pid);
+            let start = Instant::now();
+            support::send(
+                with_msys.smtp_port,
+                "app@example.com",
+                &["to@example.org"],
+                &msg,
+            )
+            .unwrap();
+            while !with_msys.queue_is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let c = start.elapsed().as_secs_f64() * 1000.0;
+            ticks += cpu_ticks(milter_pid) - t0;
+            let rate = submit(plain.smtp_port, &single, n, 1, || plain.queue_is_empty());
+            let m = n as f64 / rate * 1000.0;
+            copies.push(c);
+            messages.push(m);
+            ratios.push(c / m);
+        }
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} us |",
+            median(copies),
+            median(messages),
+            median(ratios),
+            ticks as f64 * 10_000.0 / (n * rounds) as f64
+        );
+    }
 }
 
 const DKIM_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dkim/rsa2048.pem");

@@ -97,6 +97,10 @@ async fn main() {
             println!("| {durability:?} | {writers} | {rate:.0} |");
         }
     }
+    // `cargo bench --bench store -- events`: this table alone.
+    if std::env::args().skip(1).any(|a| a == "events") {
+        return;
+    }
 
     // What keeping each recipient's message with its transmission costs (every later
     // event of a recipient names its copy from it): side by side, alternating rounds.

@@ -4,6 +4,10 @@
 //! query over many rows) hands that worker's other tasks to another thread while it runs,
 //! so one large message never stalls the others.
 
+/// A body over this is heavy work to rewrite or copy (about a millisecond of CPU); a
+/// smaller one is done sooner than the worker could hand its other tasks over.
+pub const HEAVY_BYTES: usize = 256 * 1024;
+
 /// Run `f`, letting the runtime's other tasks go on elsewhere meanwhile when it can (a
 /// multi-thread runtime; elsewhere, e.g. a test's current-thread runtime, `f` just runs).
 pub fn heavy<R>(f: impl FnOnce() -> R) -> R {

@@ -248,13 +248,18 @@ async fn hand_over(
         if earlier(i).is_some() {
             return Ok(None);
         }
-        crate::blocking::heavy(|| {
+        let make_one = || {
             rendered
                 .copies
                 .make(&plan.copies[i], plan, facts, body, &settings.config)
-        })
-        .map(Some)
-        .map_err(|r| r.reply())
+        };
+        // A small copy is made faster than the worker could hand its other tasks over.
+        let made = if body.len() > crate::blocking::HEAVY_BYTES || plan.dkim_key.is_some() {
+            crate::blocking::heavy(make_one)
+        } else {
+            make_one()
+        };
+        made.map(Some).map_err(|r| r.reply())
     };
     let record = |taken: Vec<(usize, String, usize)>| {
         crate::failpoint::hit("copy_taken");

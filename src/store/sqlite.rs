@@ -1,7 +1,8 @@
 //! The embedded store: SQLite (rusqlite, bundled) in WAL mode. One writer thread takes
 //! every write from a channel and commits whatever has queued up in one transaction
-//! (group commit: one fsync for many messages); each write runs in a savepoint, so one
-//! that fails does not take the others down. Reads use connections of their own.
+//! (group commit: one fsync for many messages); a write that fails does not take the
+//! others down (the group is written again, each write in a savepoint). Reads use
+//! connections of their own.
 
 use super::{
     Account, Batch, Commit, Queued, SinkSpec, SinkStatus, Store, StoreError, StoreFuture,
@@ -206,7 +207,7 @@ trait Job: Send {
 }
 
 struct FnJob<T, F> {
-    f: Option<F>,
+    f: F,
     value: Option<T>,
     reply: tokio::sync::oneshot::Sender<StoreResult<T>>,
 }
@@ -214,11 +215,10 @@ struct FnJob<T, F> {
 impl<T, F> Job for FnJob<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send,
+    F: Fn(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send,
 {
     fn run(&mut self, conn: &Connection, sinks: &[SinkSpec]) -> rusqlite::Result<()> {
-        let f = self.f.take().ok_or(rusqlite::Error::InvalidQuery)?;
-        self.value = Some(f(conn, sinks)?);
+        self.value = Some((self.f)(conn, sinks)?);
         Ok(())
     }
 
@@ -306,6 +306,12 @@ impl SqliteStore {
         }
         let mut conn = open(path, durability).map_err(err(path))?;
         migrate(&mut conn, path)?;
+        // Checkpoints run beside the writer, not inside its commits (they copied the
+        // WAL into the database and fsynced it in the commit that crossed 1000 pages).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(err(path))?;
+        let checkpointing = Arc::new(Checkpointing::default());
+        start_checkpointer(path, durability, Arc::clone(&checkpointing))?;
         let sinks = Arc::new(RwLock::new(Vec::new()));
         let committed = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
@@ -324,7 +330,11 @@ impl SqliteStore {
                     &writer_path,
                     &writer_committed,
                     &writer_queued,
-                )
+                    &checkpointing,
+                );
+                checkpointing
+                    .stopped
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             })
             .map_err(|source| StoreError::Directory {
                 path: path.display().to_string(),
@@ -368,12 +378,12 @@ impl SqliteStore {
     pub(super) fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send + 'static,
+        F: Fn(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send + 'static,
     {
         use std::sync::atomic::Ordering::Relaxed;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Box<dyn Job> = Box::new(FnJob {
-            f: Some(f),
+            f,
             value: None,
             reply,
         });
@@ -490,6 +500,7 @@ fn writer(
     path: &Path,
     committed: &tokio::sync::Notify,
     queued: &std::sync::atomic::AtomicUsize,
+    checkpointing: &Checkpointing,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
@@ -508,57 +519,148 @@ fn writer(
             continue;
         }
         let sinks = sinks.read().map(|s| s.clone()).unwrap_or_default();
-        let mut ok = Vec::with_capacity(group.len());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(store = %path.display(), "cannot begin a transaction: {e}");
-            for job in group {
-                job.finish(Err(err(path)(e.clone_for_report())));
-            }
-            continue;
-        }
-        let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-        super::sqlite_query::GROUP_COUNTS.with(|c| c.borrow_mut().clear());
-        for mut job in group {
-            let _ = savepoint("SAVEPOINT job");
-            super::sqlite_query::JOB_COUNTS.with(|c| c.borrow_mut().clear());
-            match job.run(&conn, &sinks) {
-                Ok(()) => {
-                    let _ = savepoint("RELEASE job");
-                    super::sqlite_query::keep_job_counts();
-                    ok.push(job);
-                }
-                Err(e) => {
-                    let _ = savepoint("ROLLBACK TO job");
-                    let _ = savepoint("RELEASE job");
-                    tracing::error!(store = %path.display(), "write failed: {e}");
-                    job.finish(Err(err(path)(e)));
-                }
-            }
-        }
-        // The group's counter sums: a few upserts for many messages. Derived data: a
-        // failure here is logged and never fails the messages' commit.
-        if super::sqlite_query::group_counted() {
-            let _ = savepoint("SAVEPOINT counters");
-            if let Err(e) = super::sqlite_query::write_group_counts(&conn) {
-                let _ = savepoint("ROLLBACK TO counters");
-                tracing::error!(store = %path.display(), "the deliverability counters were not updated: {e}");
-            }
-            let _ = savepoint("RELEASE counters");
-        }
-        let result = conn.execute_batch("COMMIT");
-        if result.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for job in ok {
-            job.finish(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(err(path)(e.clone_for_report())),
-            });
-        }
-        if result.is_ok() {
+        // Most groups have no failing write: all in one transaction without a savepoint
+        // each (savepoints copy every page a write touches again). A failure rolls the
+        // group back and runs it again with one savepoint per write, so it fails alone.
+        let written = match write_group(&conn, group, &sinks, path, false) {
+            Ok(committed) => committed,
+            Err(group) => write_group(&conn, group, &sinks, path, true).unwrap_or(false),
+        };
+        if written {
             committed.notify_waiters();
         }
+        // The checkpointer is behind (every frame it copied was followed by new ones):
+        // one checkpoint here, between transactions, lets the next one start the WAL over.
+        if checkpointing.behind.swap(false, Relaxed)
+            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(store = %path.display(), "checkpoint: {e}");
+        }
     }
+}
+
+/// The checkpointer's state, shared with the writer.
+#[derive(Default)]
+struct Checkpointing {
+    /// The WAL has grown past [`WAL_BEHIND_PAGES`]: the writer checkpoints once itself.
+    behind: std::sync::atomic::AtomicBool,
+    /// The writer is gone: so is the checkpointer.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// WAL pages (4 KiB) beyond which the writer checkpoints itself once: under steady load a
+/// checkpoint beside it never catches up with the last frame, and only a checkpoint that
+/// did lets the WAL start over.
+const WAL_BEHIND_PAGES: i64 = 8_192;
+
+/// A thread of its own that checkpoints the WAL (PASSIVE: never blocking the writer or
+/// readers), so a commit never pays for one.
+fn start_checkpointer(
+    path: &Path,
+    durability: Durability,
+    state: Arc<Checkpointing>,
+) -> StoreResult<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let conn = open(path, durability).map_err(err(path))?;
+    let file = path.to_owned();
+    std::thread::Builder::new()
+        .name("msys-store-ckpt".into())
+        .spawn(move || {
+            while !state.stopped.load(Relaxed) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                }) {
+                    Ok((log, _)) if log > WAL_BEHIND_PAGES => state.behind.store(true, Relaxed),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(store = %file.display(), "checkpoint: {e}"),
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| StoreError::Directory {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Write `group` in one transaction and answer every job (`Ok(true)` when it
+/// committed); `isolated`: each write in a savepoint, so a failing one fails alone.
+/// Without isolation, a failing write rolls everything back and the group comes back
+/// unanswered, to be written again.
+fn write_group(
+    conn: &Connection,
+    mut group: Vec<Box<dyn Job>>,
+    sinks: &[SinkSpec],
+    path: &Path,
+    isolated: bool,
+) -> Result<bool, Vec<Box<dyn Job>>> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(store = %path.display(), "cannot begin a transaction: {e}");
+        for job in group {
+            job.finish(Err(err(path)(e.clone_for_report())));
+        }
+        return Ok(false);
+    }
+    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    super::sqlite_query::GROUP_COUNTS.with(|c| c.borrow_mut().clear());
+    let mut ok = Vec::with_capacity(group.len());
+    let mut failed = Vec::new();
+    for job in &mut group {
+        if isolated {
+            let _ = savepoint("SAVEPOINT job");
+        }
+        super::sqlite_query::JOB_COUNTS.with(|c| c.borrow_mut().clear());
+        match job.run(conn, sinks) {
+            Ok(()) => {
+                if isolated {
+                    let _ = savepoint("RELEASE job");
+                }
+                super::sqlite_query::keep_job_counts();
+                ok.push(true);
+            }
+            Err(e) if isolated => {
+                let _ = savepoint("ROLLBACK TO job");
+                let _ = savepoint("RELEASE job");
+                tracing::error!(store = %path.display(), "write failed: {e}");
+                failed.push(e);
+                ok.push(false);
+            }
+            Err(_) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(group);
+            }
+        }
+    }
+    // The group's counter sums: a few upserts for many messages. Derived data: a
+    // failure here is logged and never fails the messages' commit.
+    if super::sqlite_query::group_counted() {
+        let _ = savepoint("SAVEPOINT counters");
+        if let Err(e) = super::sqlite_query::write_group_counts(conn) {
+            let _ = savepoint("ROLLBACK TO counters");
+            tracing::error!(store = %path.display(), "the deliverability counters were not updated: {e}");
+        }
+        let _ = savepoint("RELEASE counters");
+    }
+    let result = conn.execute_batch("COMMIT");
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let mut failed = failed.into_iter();
+    for (job, ok) in group.into_iter().zip(ok) {
+        if !ok {
+            let e = failed.next().unwrap_or(rusqlite::Error::InvalidQuery);
+            job.finish(Err(err(path)(e)));
+            continue;
+        }
+        job.finish(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(err(path)(e.clone_for_report())),
+        });
+    }
+    Ok(result.is_ok())
 }
 
 /// rusqlite errors are not `Clone`; one failed commit is reported to every write in it.
@@ -1324,5 +1426,83 @@ impl Store for SqliteStore {
             )?;
             Ok((events + transmissions + queued) as u64)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes queued together go in one transaction; one that fails fails alone, and the
+    /// others are committed (the group is written again, each write in a savepoint).
+    #[tokio::test]
+    async fn a_failing_write_fails_alone_in_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        for round in 0..20 {
+            // Sent at once (a write is queued when called): mostly one group.
+            let writes: Vec<_> = (0..8)
+                .map(|i| {
+                    let name = format!("c{round}-{i}");
+                    store.write(move |conn, _| {
+                        if i == 3 {
+                            conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                        }
+                        conn.execute(
+                            "INSERT INTO cursors (name, value) VALUES (?1, 'v')",
+                            [&name],
+                        )?;
+                        Ok(i)
+                    })
+                })
+                .collect();
+            for (i, w) in writes.into_iter().enumerate() {
+                let got = w.await;
+                if i == 3 {
+                    assert!(got.is_err(), "the failing write reports its error");
+                } else {
+                    assert_eq!(got.unwrap(), i);
+                }
+            }
+            let kept: i64 = store
+                .read(|c| {
+                    c.query_row(
+                        "SELECT count(*) FROM cursors WHERE name LIKE ?1",
+                        [format!("c{round}-%")],
+                        |r| r.get(0),
+                    )
+                })
+                .unwrap();
+            assert_eq!(kept, 7, "round {round}");
+        }
+    }
+
+    /// Commits never checkpoint; the checkpointer beside the writer copies the WAL into
+    /// the database file soon after.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        for i in 0..2_000 {
+            store
+                .write(move |conn, _| {
+                    conn.execute(
+                        "INSERT INTO cursors (name, value) VALUES (?1, ?2)",
+                        (format!("k{i}"), "v".repeat(1000)),
+                    )
+                })
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(&path).unwrap().len() < before + 2_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file did not grow: no checkpoint"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -6,7 +6,13 @@
 
 /// A body over this is heavy work to rewrite or copy (about a millisecond of CPU); a
 /// smaller one is done sooner than the worker could hand its other tasks over.
-pub const HEAVY_BYTES: usize = 256 * 1024;
+const HEAVY_BYTES: usize = 256 * 1024;
+
+/// Whether rendering a body of `body_len` bytes (signed or not: an RSA signature is
+/// about a millisecond whatever the size) is worth [`heavy`].
+pub fn is_heavy(body_len: usize, signed: bool) -> bool {
+    signed || body_len > HEAVY_BYTES
+}
 
 /// Run `f`, letting the runtime's other tasks go on elsewhere meanwhile when it can (a
 /// multi-thread runtime; elsewhere, e.g. a test's current-thread runtime, `f` just runs).

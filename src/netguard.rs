@@ -39,17 +39,10 @@ impl Networks {
         ])
     }
 
+    /// An IPv4 address written as IPv6 (`::ffff:10.0.0.1`) is judged as the IPv4 one.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
-    }
-}
-
-/// An IPv4 address written as IPv6 (`::ffff:10.0.0.1`) is judged as the IPv4 one.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -57,7 +50,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// (cloud metadata lives at 169.254.169.254), documentation, benchmarking, multicast or
 /// reserved one.
 pub fn is_public(ip: IpAddr) -> bool {
-    match canonical(ip) {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let [a, b, ..] = v4.octets();
             !(v4.is_unspecified()

@@ -139,9 +139,9 @@ pub async fn end_of_message(
             return refused(&rejection.reply());
         }
     }
-    let body_work = planned.body_work();
+    let heavy = planned.heavy();
     let render = || planned.render(&settings.config);
-    let rendered = if body_work {
+    let rendered = if heavy {
         crate::blocking::heavy(render)
     } else {
         render()
@@ -253,8 +253,7 @@ async fn hand_over(
                 .copies
                 .make(&plan.copies[i], plan, facts, body, &settings.config)
         };
-        // A small copy is made faster than the worker could hand its other tasks over.
-        let made = if body.len() > crate::blocking::HEAVY_BYTES || plan.dkim_key.is_some() {
+        let made = if crate::blocking::is_heavy(body.len(), plan.dkim_key.is_some()) {
             crate::blocking::heavy(make_one)
         } else {
             make_one()

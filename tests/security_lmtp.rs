@@ -5,68 +5,23 @@
 //! The two timeout tests wait out `IDLE` (300 s) and `DATA_TIMEOUT` (600 s) on tokio's
 //! paused clock, in no real time.
 
+mod support;
+
 use msys_milter::config::Config;
 use msys_milter::events::{self, EventType, Recipient, Stamp, Transmission};
 use msys_milter::feedback::follow::{self, Follower};
 use msys_milter::feedback::inbound::{Inbound, Keep};
-use msys_milter::feedback::lmtp::{self, Deliver, Reply};
+use msys_milter::feedback::lmtp;
 use msys_milter::ids::IdGenerator;
 use msys_milter::store::sqlite::Durability;
 use msys_milter::store::{Commit, SqliteStore, Store, SuppressionFilter};
 use msys_milter::tracking::token::{self, Keys, Kind, TokenData};
-use std::future::Future;
 use std::io::Write as _;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+use support::lmtp::{Recording, converse};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-
-/// One delivered message: sender, recipients, content.
-type Delivered = (String, Vec<String>, Vec<u8>);
-
-/// Accepts recipients at `ok.example`, records each message, answers `250 2.0.0 Ok`.
-#[derive(Default)]
-struct Recording {
-    messages: Mutex<Vec<Delivered>>,
-}
-
-impl Deliver for Recording {
-    fn rcpt(&self, rcpt: &str) -> Result<(), Reply> {
-        if rcpt.ends_with("@ok.example") {
-            Ok(())
-        } else {
-            Err(format!("550 5.1.1 <{rcpt}>: no"))
-        }
-    }
-
-    fn data<'a>(
-        &'a self,
-        from: &'a str,
-        rcpts: &'a [String],
-        message: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Vec<Reply>> + Send + 'a>> {
-        self.messages
-            .lock()
-            .unwrap()
-            .push((from.to_owned(), rcpts.to_vec(), message));
-        Box::pin(async move { vec!["250 2.0.0 Ok".to_owned(); rcpts.len()] })
-    }
-}
-
-/// Run one client conversation: write `input` at once (pipelined), read to EOF.
-async fn converse<D: Deliver>(deliver: Arc<D>, input: &[u8], max_size: usize) -> String {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let task =
-        tokio::spawn(async move { lmtp::serve(server, "lmtp.test", max_size, deliver).await });
-    let (mut read, mut write) = tokio::io::split(client);
-    write.write_all(input).await.unwrap();
-    write.shutdown().await.unwrap();
-    let mut out = String::new();
-    read.read_to_string(&mut out).await.unwrap();
-    task.await.unwrap();
-    out
-}
 
 /// Read until what was read so far contains `want`; panics on EOF first.
 async fn read_until<R: AsyncRead + Unpin>(read: &mut R, want: &str) -> String {

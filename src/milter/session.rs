@@ -248,14 +248,19 @@ impl Planned {
         Ok(())
     }
 
-    /// Render the original's changes and what its copies are made from.
-    /// Whether rendering reads the body: copies, a rewrite or a signature (CPU-heavy).
+    /// Whether rendering reads the body: copies, a rewrite or a signature.
     pub fn body_work(&self) -> bool {
         !self.plan.copies.is_empty()
             || self.plan.engagement.rewrites_body()
             || self.plan.dkim_key.is_some()
     }
 
+    /// Whether rendering is worth moving off the async worker (`blocking::is_heavy`).
+    pub fn heavy(&self) -> bool {
+        self.body_work() && crate::blocking::is_heavy(self.body.len(), self.plan.dkim_key.is_some())
+    }
+
+    /// Render the original's changes and what its copies are made from.
     pub fn render(self, config: &Config) -> Result<Accepted, Rejection> {
         let body_work = self.body_work();
         let Planned {

@@ -6,6 +6,7 @@
 pub mod anymail;
 pub mod capture;
 pub mod e2e;
+pub mod lmtp;
 pub mod mta;
 pub mod pg;
 pub mod postfix;

@@ -6,6 +6,10 @@
 //!
 //! Run: cargo build --release --examples && cargo bench --bench milter
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
+use cpu::cpu_ticks;
 use indymilter_test::{Actions, MacroStage, ProtoOpts, Status, TestConnection};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -25,6 +29,8 @@ fn free_port() -> u16 {
 struct Proc {
     child: Child,
     addr: SocketAddr,
+    /// msys-milter's own state directory (its store), fresh for each process.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Proc {
@@ -40,10 +46,19 @@ impl Proc {
             assert!(Instant::now() < deadline, "milter did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Proc { child, addr }
+        Proc {
+            child,
+            addr,
+            _state: None,
+        }
     }
 
     fn msys(config: &str) -> Proc {
+        Proc::msys_exe(env!("CARGO_BIN_EXE_msys-milter").as_ref(), config)
+    }
+
+    /// msys-milter from `exe` (another build, to compare with) with `config`.
+    fn msys_exe(exe: &std::path::Path, config: &str) -> Proc {
         let port = free_port();
         let file = std::env::temp_dir().join(format!("msys-bench-{port}.toml"));
         std::fs::write(
@@ -51,9 +66,15 @@ impl Proc {
             format!("socket = \"inet:127.0.0.1:{port}\"\n{config}"),
         )
         .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_msys-milter"));
-        cmd.arg("--config").arg(&file).env("RUST_LOG", "warn");
-        Proc::spawn(cmd, port)
+        let state = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(exe);
+        cmd.arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .env("STATE_DIRECTORY", state.path());
+        let mut p = Proc::spawn(cmd, port);
+        p._state = Some(state);
+        p
     }
 
     fn null(args: &[&str]) -> Proc {
@@ -150,6 +171,23 @@ struct Round {
     msgs_per_sec: f64,
     p50: Duration,
     p99: Duration,
+    /// The milter process's CPU (user + system) per message, when measured.
+    cpu_us: f64,
+}
+
+/// [`round`] against `milter`, with its CPU per message.
+async fn measured(
+    milter: &Proc,
+    concurrency: usize,
+    per_conn: usize,
+    body: &'static [u8],
+) -> Round {
+    let pid = milter.child.id();
+    let before = cpu_ticks(pid);
+    let mut r = round(milter.addr, concurrency, per_conn, body).await;
+    // Clock ticks are 10 ms: 1e4 us each.
+    r.cpu_us = (cpu_ticks(pid) - before) as f64 * 1e4 / (concurrency * per_conn) as f64;
+    r
 }
 
 /// `concurrency` connections sending `per_conn` messages each.
@@ -183,6 +221,7 @@ async fn round(
         msgs_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
         p50: all[all.len() / 2],
         p99: all[all.len() * 99 / 100],
+        cpu_us: f64::NAN,
     }
 }
 
@@ -202,26 +241,48 @@ async fn main() {
         .repeat(50)
         .leak();
     let msys = Proc::msys("[envelope]\nbounce_domain = \"bounces.example.net\"\n");
+    let msys_off = Proc::msys(
+        "[envelope]\nbounce_domain = \"bounces.example.net\"\n[store]\nenabled = false\n",
+    );
     let null = Proc::null(&[]);
     let lean = Proc::null(&["--lean"]);
+    // BENCH_BASELINE=/path/to/msys-milter: another build, side by side (store on).
+    let baseline = std::env::var_os("BENCH_BASELINE").map(|exe| {
+        Proc::msys_exe(
+            exe.as_ref(),
+            "[envelope]\nbounce_domain = \"bounces.example.net\"\n",
+        )
+    });
+    // Messages a round, all connections together (BENCH_MESSAGES; 4,000).
+    let messages: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
 
     println!("### Milter level: msys-milter vs a do-nothing indymilter milter\n");
     println!(
-        "Load generator: indymilter-test as the MTA, one process, loopback; messages carry an X-MSYS-API header with 2 cc and 1 archive recipient and a 2 KB body; abort between messages; median of {rounds} alternating rounds. The do-nothing milter takes every stage and answers each (the protocol's own cost for a milter that reads the message); the lean one negotiates away everything but end-of-message (a floor no milter that reads headers can reach).\n"
+        "Load generator: indymilter-test as the MTA, one process, loopback; messages carry an X-MSYS-API header with 2 cc and 1 archive recipient and a 2 KB body; abort between messages; {messages} messages a round, median of {rounds} alternating rounds. The do-nothing milter takes every stage and answers each (the protocol's own cost for a milter that reads the message); the lean one negotiates away everything but end-of-message (a floor no milter that reads headers can reach). msys-milter runs with its defaults (the store on: each message's transmission and injection events committed before the answer) and with the store off. CPU per message: the milter process's user + system time from /proc, divided by the messages.\n"
     );
     println!(
         "| concurrency | do-nothing msgs/s | msys msgs/s | ratio | do-nothing p50 ms | msys p50 ms | do-nothing p99 ms | msys p99 ms | lean do-nothing msgs/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut cpu_rows = Vec::new();
     for concurrency in [1, 8, 32] {
-        let per_conn = 4000 / concurrency;
-        let (mut n, mut m, mut l) = (Vec::new(), Vec::new(), Vec::new());
+        let per_conn = messages / concurrency;
+        let (mut n, mut m, mut l, mut o) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut b = Vec::new();
         for _ in 0..rounds {
-            n.push(round(null.addr, concurrency, per_conn, body).await);
-            m.push(round(msys.addr, concurrency, per_conn, body).await);
-            l.push(round(lean.addr, concurrency, per_conn, body).await);
+            if let Some(p) = &baseline {
+                b.push(measured(p, concurrency, per_conn, body).await);
+            }
+            n.push(measured(&null, concurrency, per_conn, body).await);
+            m.push(measured(&msys, concurrency, per_conn, body).await);
+            l.push(measured(&lean, concurrency, per_conn, body).await);
+            o.push(measured(&msys_off, concurrency, per_conn, body).await);
         }
         let rate = |r: &[Round]| median(r.iter().map(|x| x.msgs_per_sec).collect());
+        let cpu = |r: &[Round]| median(r.iter().map(|x| x.cpu_us).collect());
         let pick = |r: &[Round], f: fn(&Round) -> Duration| {
             let mut v: Vec<Duration> = r.iter().map(f).collect();
             v.sort();
@@ -237,7 +298,47 @@ async fn main() {
             ms(pick(&m, |r| r.p99)),
             rate(&l),
         );
+        // Round by round, each milter's CPU against the do-nothing milter's of that round.
+        let ratio = |r: &[Round]| {
+            median(
+                r.iter()
+                    .zip(&n)
+                    .map(|(x, base)| x.cpu_us / base.cpu_us)
+                    .collect(),
+            )
+        };
+        cpu_rows.push(format!(
+            "| {concurrency} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            cpu(&l),
+            cpu(&n),
+            cpu(&o),
+            cpu(&m),
+            ratio(&o),
+            ratio(&m),
+        ));
+        if !b.is_empty() {
+            let vs = median(m.iter().zip(&b).map(|(x, y)| x.cpu_us / y.cpu_us).collect());
+            println!(
+                "(c={concurrency}: BENCH_BASELINE {:.0} us/msg, this build {:.0}; this build vs baseline, round by round median: {vs:.2})",
+                cpu(&b),
+                cpu(&m)
+            );
+        }
     }
+    println!(
+        "\nCPU per message at the milter protocol level, same rounds (us; ratios are the median of each round's ratio to the do-nothing milter):\n"
+    );
+    println!(
+        "| concurrency | lean do-nothing | do-nothing | msys-milter, store off | msys-milter, default (store on) | store off vs do-nothing | store on vs do-nothing |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for row in cpu_rows {
+        println!("{row}");
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "protocol") {
+        return;
+    }
+    drop(msys_off);
 
     println!(
         "\n### TCP_NODELAY: a milter answering end-of-message with 3 actions, concurrency 1\n"

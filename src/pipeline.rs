@@ -13,6 +13,7 @@ use crate::render::Rendered;
 use crate::store::{Commit, LEDGER_COMMITTED, LEDGER_TRANSMISSION, Ledger, LedgerRow};
 use crate::suppression;
 use std::future::Future;
+use std::time::Duration;
 
 /// What becomes of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub enum Action<'a> {
     /// The next part of the new body (at most 64 KiB).
     ReplaceBody(&'a [u8]),
     Quarantine(&'a str),
+    /// Still at work: the MTA starts its end-of-message timeout again.
+    Progress,
 }
 
 /// Asks the MTA for the changes to the message at hand; it applies them only if the
@@ -157,7 +160,9 @@ pub async fn end_of_message(
         amp_enabled: accepted.rendered.amp_enabled,
     };
     if !accepted.plan.copies.is_empty() {
-        match hand_over(shared, &settings, &accepted, ledger.as_ref(), queue_id).await {
+        let every = Duration::from_secs(settings.config.reinject.progress_seconds.0 as u64);
+        let handing = hand_over(shared, &settings, &accepted, ledger.as_ref(), queue_id);
+        match with_progress(handing, actions, every).await {
             Ok(copies) => handed.copies = copies,
             Err(reply) => return refused(&reply),
         }
@@ -203,6 +208,29 @@ pub async fn end_of_message(
         "{queue_id}: accepted"
     );
     (verdict, outcome)
+}
+
+/// `work`'s output; meanwhile the MTA hears every `every` that the milter is still at
+/// work, so a long hand-over is not cut by its end-of-message timeout. A progress reply
+/// that cannot be sent is left to the hand-over's own outcome: the answer will fail too.
+async fn with_progress<T>(
+    work: impl Future<Output = T>,
+    actions: &impl MtaActions,
+    every: Duration,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticks.tick() => {
+                if let Err(e) = actions.act(Action::Progress).await {
+                    tracing::debug!("progress reply not sent: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// Hand over the message's copies, made one at a time, but those an earlier attempt

@@ -483,6 +483,65 @@ fn copies_through_sendmail_keep_their_bcc_and_pass_the_milter_once() {
     );
 }
 
+/// Copies whose hand-over takes longer than Postfix's `milter_content_timeout`: the
+/// milter's progress replies keep Postfix waiting, and the message is accepted, not
+/// tempfailed (without them Postfix gives up after 3 s here).
+#[test]
+fn a_hand_over_longer_than_postfixs_milter_timeout_is_kept_alive() {
+    let capture = Capture::start();
+    let milter_port = free_port();
+    let postfix = support::postfix::Postfix::start_with(
+        Some(milter_port),
+        capture.port,
+        None,
+        "milter_content_timeout = 3s\n",
+    );
+    postfix.edit_master_cf(|m| {
+        m.replace(
+            "pickup unix n - n 60 1 pickup\n",
+            "pickup unix n - n 60 1 pickup\n  -o cleanup_service_name=cleanup-reinject\n",
+        )
+    });
+    // Each copy takes 2 s to hand over, one at a time: 4 s for the two bcc copies.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = support::script(
+        dir.path(),
+        "sendmail",
+        "#!/bin/sh\nsleep 2\nexec /usr/sbin/sendmail \"$@\"\n",
+    );
+    let conf = postfix.conf_dir().display().to_string();
+    let milter = Milter::start_with_env(
+        milter_port,
+        &format!(
+            "{BOUNCES}\n[reinject]\nsendmail = \"{}\"\ntimeout = 10\nconcurrency = 1\nprogress_seconds = 1\n",
+            slow.display()
+        ),
+        &[("MAIL_CONFIG", &conf)],
+    );
+    let e = E2e {
+        capture,
+        mta: Mta::Postfix(postfix),
+        milter,
+    };
+    let msg = message(
+        &format!("Content-Type: text/plain; charset=utf-8\n{BCC_API}"),
+        BODY,
+    );
+    let started = std::time::Instant::now();
+    e.send("app@example.com", &["to@example.org"], &msg)
+        .unwrap_or_else(|err| panic!("{err}\n{}", e.postfix().log()));
+    assert!(
+        started.elapsed() > std::time::Duration::from_secs(3),
+        "the hand-over outlasted the timeout"
+    );
+    e.wait_for_exactly(BCC_API_RCPTS.len());
+    assert!(
+        !e.postfix().log().contains("timed out"),
+        "{}",
+        e.postfix().log()
+    );
+}
+
 #[test]
 fn smtputf8_bcc_addresses_are_passed_on() {
     let e = E2e::start(BOUNCES);

@@ -14,20 +14,16 @@ use std::time::Duration;
 /// `dir/count.RCPT`; exits 75 (tempfail) for a recipient while `dir/fail.RCPT` exists,
 /// and first sleeps while `dir/slow.RCPT` exists.
 fn fake_sendmail(dir: &Path) -> PathBuf {
-    let script = dir.join("sendmail");
-    std::fs::write(
-        &script,
-        format!(
+    support::script(
+        dir,
+        "sendmail",
+        &format!(
             "#!/bin/sh\nd={d}\nwhile [ -e $d/slow.$5 ]; do sleep 0.05; done\n\
              if [ -e $d/fail.$5 ]; then cat >/dev/null; exit 75; fi\n\
              cat >> $d/msg.$5\necho x >> $d/count.$5\n",
             d = dir.display()
         ),
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
 }
 
 /// Copies each recipient was handed.

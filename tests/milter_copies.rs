@@ -12,18 +12,14 @@ use std::time::Duration;
 /// `dir/msg.RCPT` (copies are handed over concurrently), and exits with the status in
 /// `dir/exit` (0 when absent).
 fn fake_sendmail(dir: &Path) -> PathBuf {
-    let script = dir.join("sendmail");
-    std::fs::write(
-        &script,
-        format!(
+    support::script(
+        dir,
+        "sendmail",
+        &format!(
             "#!/bin/sh\necho \"$@\" > {d}/args.$5\ncat > {d}/msg.$5\nexit $(cat {d}/exit 2>/dev/null || echo 0)\n",
             d = dir.display()
         ),
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
 }
 
 async fn connect(addr: std::net::SocketAddr) -> TestConnection {
@@ -165,10 +161,11 @@ async fn a_failed_hand_over_tempfails_the_whole_message() {
 #[tokio::test]
 async fn a_hand_over_that_hangs_times_out_into_a_tempfail() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("slow-sendmail");
-    std::fs::write(&script, "#!/bin/sh\ncat > /dev/null\nsleep 30\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = support::script(
+        dir.path(),
+        "slow-sendmail",
+        "#!/bin/sh\ncat > /dev/null\nsleep 30\n",
+    );
     let addr = support::start_in_process(&format!(
         "[reinject]\nsendmail = \"{}\"\ntimeout = 1\n",
         script.display()
@@ -241,4 +238,39 @@ async fn without_the_loop_marker_copies_carry_none() {
         assert!(!msg.contains("X-MSYS-Reinjected"), "{msg}");
     }
     conn.close().await.unwrap();
+}
+
+/// A hand-over that takes longer than the MTA's end-of-message timeout: the milter
+/// tells the MTA it is still at work every `progress_seconds` until it answers (through
+/// Postfix, with a short `milter_content_timeout`: tests/e2e_mta.rs).
+#[tokio::test]
+async fn a_long_hand_over_reports_progress_until_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sendmail = support::script(
+        dir.path(),
+        "sendmail",
+        "#!/bin/sh\nsleep 2.5\ncat >/dev/null\n",
+    );
+    let addr = support::start_in_process(&format!(
+        "[reinject]\nsendmail = \"{}\"\nprogress_seconds = 1\n",
+        sendmail.display()
+    ))
+    .await;
+    let mut conn = connect(addr).await;
+    let (actions, status, _) = send(&mut conn, &[b"Hello\r\n"]).await;
+    assert_eq!(status, Status::Continue);
+    let progress = actions
+        .iter()
+        .filter(|a| matches!(a, EomAction::Progress))
+        .count();
+    assert!(
+        progress >= 2,
+        "one progress reply a second for 2.5 s: {actions:?}"
+    );
+    // Progress comes before every change to the message: the hand-over is done first.
+    let first_change = actions
+        .iter()
+        .position(|a| !matches!(a, EomAction::Progress))
+        .unwrap();
+    assert_eq!(first_change, progress, "{actions:?}");
 }

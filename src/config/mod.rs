@@ -68,6 +68,11 @@ pub struct Reinject {
     /// any is handed over.
     #[serde(deserialize_with = "values::size")]
     pub max_copies_bytes: usize,
+    /// While copies are handed over, the MTA is told every this many seconds that the
+    /// milter is still at work (SMFIR_PROGRESS). Postfix starts its
+    /// `milter_content_timeout` (300 s) again at each; Sendmail starts its per-reply
+    /// read timeout (`T=R:`, 10 s by default) again, but not its overall `T=E:` limit.
+    pub progress_seconds: AtLeastOne,
 }
 
 impl Reinject {
@@ -89,6 +94,7 @@ impl Default for Reinject {
             dedupe_hours: 24,
             inflight_bytes: 128 * 1024 * 1024,
             max_copies_bytes: 4 * 1024 * 1024 * 1024,
+            progress_seconds: AtLeastOne(5),
         }
     }
 }

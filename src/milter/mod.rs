@@ -187,6 +187,7 @@ impl MtaActions for indymilter::EomActions {
             Action::ChangeSender(sender) => self.change_sender(sender, None::<&str>).await,
             Action::ReplaceBody(chunk) => self.replace_body(chunk).await,
             Action::Quarantine(reason) => self.quarantine(reason).await,
+            Action::Progress => self.progress().await,
         };
         done.map_err(|e| e.to_string())
     }

@@ -21,6 +21,16 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// Write `text` to `dir/name` as an executable script (a stand-in for sendmail(1)); its
+/// path.
+pub fn script(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// The real daemon, started with a config file; stopped (SIGTERM) when dropped.
 pub struct Milter {
     child: Option<Child>,

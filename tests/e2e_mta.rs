@@ -437,14 +437,6 @@ fn a_copy_forced_back_through_the_milter_passes_once_unchanged() {
 #[test]
 fn copies_through_sendmail_keep_their_bcc_and_pass_the_milter_once() {
     let e = E2e::start_with_sendmail(BOUNCES);
-    // Locally submitted mail goes pickup -> cleanup, which drops Bcc: headers; the
-    // README tells sendmail users to give pickup the re-injection cleanup service.
-    e.postfix().edit_master_cf(|m| {
-        m.replace(
-            "pickup unix n - n 60 1 pickup\n",
-            "pickup unix n - n 60 1 pickup\n  -o cleanup_service_name=cleanup-reinject\n",
-        )
-    });
     let msg = message(
         &format!("Content-Type: text/plain; charset=utf-8\n{BCC_API}"),
         BODY,
@@ -488,20 +480,6 @@ fn copies_through_sendmail_keep_their_bcc_and_pass_the_milter_once() {
 /// tempfailed (without them Postfix gives up after 3 s here).
 #[test]
 fn a_hand_over_longer_than_postfixs_milter_timeout_is_kept_alive() {
-    let capture = Capture::start();
-    let milter_port = free_port();
-    let postfix = support::postfix::Postfix::start_with(
-        Some(milter_port),
-        capture.port,
-        None,
-        "milter_content_timeout = 3s\n",
-    );
-    postfix.edit_master_cf(|m| {
-        m.replace(
-            "pickup unix n - n 60 1 pickup\n",
-            "pickup unix n - n 60 1 pickup\n  -o cleanup_service_name=cleanup-reinject\n",
-        )
-    });
     // Each copy takes 2 s to hand over, one at a time: 4 s for the two bcc copies.
     let dir = tempfile::tempdir().unwrap();
     let slow = support::script(
@@ -509,20 +487,12 @@ fn a_hand_over_longer_than_postfixs_milter_timeout_is_kept_alive() {
         "sendmail",
         "#!/bin/sh\nsleep 2\nexec /usr/sbin/sendmail \"$@\"\n",
     );
-    let conf = postfix.conf_dir().display().to_string();
-    let milter = Milter::start_with_env(
-        milter_port,
-        &format!(
-            "{BOUNCES}\n[reinject]\nsendmail = \"{}\"\ntimeout = 10\nconcurrency = 1\nprogress_seconds = 1\n",
-            slow.display()
-        ),
-        &[("MAIL_CONFIG", &conf)],
+    let e = E2e::start_with_sendmail_at(
+        BOUNCES,
+        &slow.display().to_string(),
+        "concurrency = 1\nprogress_seconds = 1\n",
+        "milter_content_timeout = 3s\n",
     );
-    let e = E2e {
-        capture,
-        mta: Mta::Postfix(postfix),
-        milter,
-    };
     let msg = message(
         &format!("Content-Type: text/plain; charset=utf-8\n{BCC_API}"),
         BODY,

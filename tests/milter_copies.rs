@@ -22,6 +22,18 @@ fn fake_sendmail(dir: &Path) -> PathBuf {
     )
 }
 
+/// The milter in process, handing copies to a sendmail(1) stand-in that runs `script`,
+/// with `reinject` added to `[reinject]`; a connection to it.
+async fn start_with_script(dir: &Path, script: &str, reinject: &str) -> TestConnection {
+    let sendmail = support::script(dir, "sendmail", script);
+    let addr = support::start_in_process(&format!(
+        "[reinject]\nsendmail = \"{}\"\n{reinject}",
+        sendmail.display()
+    ))
+    .await;
+    connect(addr).await
+}
+
 async fn connect(addr: std::net::SocketAddr) -> TestConnection {
     support::connect_in_process(addr).await
 }
@@ -161,17 +173,12 @@ async fn a_failed_hand_over_tempfails_the_whole_message() {
 #[tokio::test]
 async fn a_hand_over_that_hangs_times_out_into_a_tempfail() {
     let dir = tempfile::tempdir().unwrap();
-    let script = support::script(
+    let mut conn = start_with_script(
         dir.path(),
-        "slow-sendmail",
         "#!/bin/sh\ncat > /dev/null\nsleep 30\n",
-    );
-    let addr = support::start_in_process(&format!(
-        "[reinject]\nsendmail = \"{}\"\ntimeout = 1\n",
-        script.display()
-    ))
+        "timeout = 1\n",
+    )
     .await;
-    let mut conn = connect(addr).await;
     let started = std::time::Instant::now();
     let (_, status, _) = send(&mut conn, &[b"body\r\n"]).await;
     assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
@@ -246,17 +253,12 @@ async fn without_the_loop_marker_copies_carry_none() {
 #[tokio::test]
 async fn a_long_hand_over_reports_progress_until_the_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let sendmail = support::script(
+    let mut conn = start_with_script(
         dir.path(),
-        "sendmail",
         "#!/bin/sh\nsleep 2.5\ncat >/dev/null\n",
-    );
-    let addr = support::start_in_process(&format!(
-        "[reinject]\nsendmail = \"{}\"\nprogress_seconds = 1\n",
-        sendmail.display()
-    ))
+        "progress_seconds = 1\n",
+    )
     .await;
-    let mut conn = connect(addr).await;
     let (actions, status, _) = send(&mut conn, &[b"Hello\r\n"]).await;
     assert_eq!(status, Status::Continue);
     let progress = actions

@@ -88,13 +88,32 @@ impl E2e {
 
     /// Copies go through this Postfix's sendmail(1).
     pub fn start_with_sendmail(toml: &str) -> E2e {
+        E2e::start_with_sendmail_at(toml, "/usr/sbin/sendmail", "", "")
+    }
+
+    /// Copies go through `sendmail` (which calls this Postfix's sendmail(1)), with
+    /// `reinject` added to `[reinject]` and `main_cf` to Postfix's main.cf. Locally
+    /// submitted mail goes pickup -> cleanup, which drops Bcc: headers: as README tells
+    /// sendmail users, pickup gets the re-injection cleanup service.
+    pub fn start_with_sendmail_at(
+        toml: &str,
+        sendmail: &str,
+        reinject: &str,
+        main_cf: &str,
+    ) -> E2e {
         let capture = Capture::start();
         let milter_port = free_port();
-        let postfix = Postfix::start(Some(milter_port), capture.port);
+        let postfix = Postfix::start_with(Some(milter_port), capture.port, None, main_cf);
+        postfix.edit_master_cf(|m| {
+            m.replace(
+                "pickup unix n - n 60 1 pickup\n",
+                "pickup unix n - n 60 1 pickup\n  -o cleanup_service_name=cleanup-reinject\n",
+            )
+        });
         let conf = postfix.conf_dir().display().to_string();
         let milter = Milter::start_with_env(
             milter_port,
-            &format!("{toml}\n[reinject]\nsendmail = \"/usr/sbin/sendmail\"\ntimeout = 10\n"),
+            &format!("{toml}\n[reinject]\nsendmail = \"{sendmail}\"\ntimeout = 10\n{reinject}"),
             &[("MAIL_CONFIG", &conf)],
         );
         E2e {

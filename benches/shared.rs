@@ -19,7 +19,7 @@ use support::shared::{host, idle_host, message, unsubscribe};
 
 async fn backlog_empty(store: &SqliteStore) {
     loop {
-        let b = store.ship_backlog().unwrap();
+        let b = store.ship_backlog().await.unwrap();
         if b.events + b.transmissions + b.suppression == 0 {
             return;
         }

@@ -86,6 +86,20 @@ async fn send(conn: &mut TestConnection, queue_id: &str) -> Status {
 /// queue ids the MTA's log can be matched by.
 fn injections(store: &Path) -> (BTreeMap<String, usize>, Vec<String>, Vec<String>) {
     let conn = rusqlite::Connection::open(store).unwrap();
+    // A commit reaches the events table from the store's journal within 50 ms: read once
+    // the journal is applied (read from another process, as here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while conn
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0))
+        .unwrap()
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal is never applied"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut per_rcpt = BTreeMap::new();
     let mut stmt = conn
         .prepare("SELECT rcpt FROM events WHERE type = 'injection'")
@@ -184,6 +198,25 @@ async fn with_dedupe_hours_zero_a_retry_hands_everything_again() {
     );
 }
 
+/// One message to the daemon at `port`, as the MTA's attempt `queue_id`: its answer, or
+/// `None` when the connection dropped (the daemon died).
+fn send_to(port: u16, queue_id: &'static str) -> Option<Status> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut conn = TestConnection::configure()
+            .read_timeout(Duration::from_secs(20))
+            .available_actions(indymilter_test::Actions::all())
+            .open_tcp(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let status = tokio::spawn(async move { send(&mut conn, queue_id).await }).await;
+        status.ok()
+    })
+}
+
 /// The real daemon aborts at `point` during the first attempt; the MTA's connection
 /// drops (Postfix then tempfails the client). Restarted, it takes the client's retry:
 /// every recipient has exactly one copy and one injection event.
@@ -196,22 +229,7 @@ fn crash_at(point: &str) {
         &[("MSYS_MILTER_FAILPOINT", point)],
     );
     let port = milter.port;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let attempt = |queue_id: &'static str| {
-        runtime.block_on(async move {
-            let mut conn = TestConnection::configure()
-                .read_timeout(Duration::from_secs(20))
-                .available_actions(indymilter_test::Actions::all())
-                .open_tcp(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let status = tokio::spawn(async move { send(&mut conn, queue_id).await }).await;
-            status.ok()
-        })
-    };
+    let attempt = |queue_id: &'static str| send_to(port, queue_id);
     assert_eq!(
         attempt("4QA"),
         None,
@@ -258,6 +276,31 @@ fn a_crash_after_the_copies_before_the_commit() {
 #[test]
 fn a_crash_after_the_commit_before_the_answer() {
     crash_at("after_commit");
+}
+
+/// The daemon answers once the commit is in the store's journal, and aborts as it
+/// brings the tables up to date behind it: restarted, it applies the journal, and the
+/// accepted message's events are all there, once.
+#[test]
+fn a_crash_while_the_journal_is_applied_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sendmail = fake_sendmail(dir.path());
+    let mut milter = support::Milter::start_with_env(
+        support::postfix::free_port(),
+        &config(&sendmail, None),
+        &[("MSYS_MILTER_FAILPOINT", "store_apply")],
+    );
+    assert_eq!(send_to(milter.port, "4QA"), Some(Status::Continue));
+    assert!(
+        milter.wait_exit(Duration::from_secs(10)),
+        "the crash point store_apply was not reached"
+    );
+    milter.set_env(&[]);
+    milter.restart();
+    let (events, tids, queue_ids) = injections(&milter.store_path());
+    assert_eq!(events, once_each());
+    assert_eq!(tids.len(), 1, "{tids:?}");
+    assert!(queue_ids.contains(&"4QA".to_owned()), "{queue_ids:?}");
 }
 
 #[test]

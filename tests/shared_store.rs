@@ -35,7 +35,7 @@ async fn until(store: &dyn Store, rcpt: &str, want: bool, limit: Duration) -> Du
 async fn drained(store: &SqliteStore, limit: Duration) {
     let start = Instant::now();
     loop {
-        let b = store.ship_backlog().unwrap();
+        let b = store.ship_backlog().await.unwrap();
         if b.events + b.transmissions + b.suppression == 0 {
             return;
         }
@@ -53,7 +53,7 @@ async fn shipping_twice_counts_once() {
     a.commit(unsubscribe("gone@example.org")).await.unwrap();
     let pg = Pg::new(&cluster.url(), 1, "a.test").unwrap();
     pg.prepare().await.unwrap();
-    let batch = a.ship_batch(100).unwrap();
+    let batch = a.ship_batch(100).await.unwrap();
     assert_eq!(
         (
             batch.transmissions.len(),
@@ -66,7 +66,7 @@ async fn shipping_twice_counts_once() {
     pg.ship(&batch, "origin-a").await.unwrap();
     pg.ship(&batch, "origin-a").await.unwrap();
     a.shipped(batch).await.unwrap();
-    assert!(a.ship_batch(100).unwrap().is_empty());
+    assert!(a.ship_batch(100).await.unwrap().is_empty());
     assert_eq!(cluster.sql("SELECT count(*) FROM events"), "3");
     assert_eq!(cluster.sql("SELECT count(*) FROM transmissions"), "1");
     assert_eq!(cluster.sql("SELECT count(*) FROM suppression_log"), "1");
@@ -81,7 +81,7 @@ async fn shipping_twice_counts_once() {
     })
     .await
     .unwrap();
-    let batch = a.ship_batch(100).unwrap();
+    let batch = a.ship_batch(100).await.unwrap();
     pg.ship(&batch, "origin-a").await.unwrap();
     assert_eq!(cluster.sql("SELECT count(*) FROM suppression"), "0");
     assert_eq!(cluster.sql("SELECT count(*) FROM suppression_log"), "2");
@@ -184,7 +184,7 @@ async fn with_postgres_down_commits_go_on_and_the_backlog_drains_when_it_is_back
         "commits never wait on PostgreSQL: {took:?}"
     );
     assert!(is_suppressed(&a, "while-down@example.org").await);
-    let backlog = a.local.ship_backlog().unwrap();
+    let backlog = a.local.ship_backlog().await.unwrap();
     assert_eq!((backlog.events, backlog.transmissions), (300, 100));
     cluster.restart();
     drained(&a.local, Duration::from_secs(30)).await;
@@ -240,7 +240,7 @@ async fn a_lease_is_claimed_renewed_and_a_stale_token_refused() {
         types: None,
     }]);
     a_local.commit(message("900", 9000)).await.unwrap();
-    let batch = a_local.ship_batch(100).unwrap();
+    let batch = a_local.ship_batch(100).await.unwrap();
     a.ship(&batch, "a").await.unwrap();
     let sink = "webhook:http://hook.test/";
     let (first, token_a) = a.claim(sink, 10, "B1", 0).await.unwrap().unwrap();

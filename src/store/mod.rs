@@ -4,6 +4,7 @@
 //! themselves (`ids.rs`), so a server backend can implement [`Store`] unchanged.
 //! [`sqlite::SqliteStore`] is the embedded default.
 
+mod journal;
 pub mod postgres;
 pub mod query;
 pub mod ship;

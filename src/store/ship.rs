@@ -183,9 +183,9 @@ impl SqliteStore {
         self.shipping.store(on, Ordering::Relaxed);
     }
 
-    /// The oldest `max` of each kind waiting to be shipped.
-    pub fn ship_batch(&self, max: usize) -> StoreResult<ShipBatch> {
-        self.read(|conn| read_batch(conn, max))
+    /// The oldest `max` of each kind waiting to be shipped (the journal applied first).
+    pub async fn ship_batch(&self, max: usize) -> StoreResult<ShipBatch> {
+        self.read_applied(move |conn| read_batch(conn, max)).await
     }
 
     /// Forget `batch`: PostgreSQL has committed it.
@@ -208,9 +208,9 @@ impl SqliteStore {
         })
     }
 
-    /// How much waits to be shipped.
-    pub fn ship_backlog(&self) -> StoreResult<ShipBacklog> {
-        self.read(|conn| {
+    /// How much waits to be shipped (the journal applied first).
+    pub async fn ship_backlog(&self) -> StoreResult<ShipBacklog> {
+        self.read_applied(|conn| {
             let count = |table: &str| -> rusqlite::Result<u64> {
                 conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
                     r.get::<_, i64>(0)
@@ -223,6 +223,7 @@ impl SqliteStore {
                 suppression: count("ship_suppression")?,
             })
         })
+        .await
     }
 
     /// Apply other hosts' suppression changes to the local replica, and save how far

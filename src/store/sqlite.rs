@@ -4,6 +4,7 @@
 //! others down (the group is written again, each write in a savepoint). Reads use
 //! connections of their own.
 
+use super::journal::{self, Journal, Pending, Progress};
 use super::{
     Account, Batch, Commit, Queued, SinkSpec, SinkStatus, Store, StoreError, StoreFuture,
     StoreResult, SuppressionEntry, SuppressionFilter, SuppressionType,
@@ -181,6 +182,14 @@ CREATE TABLE mta_queued (
 ) WITHOUT ROWID;
 CREATE INDEX mta_queued_created ON mta_queued (created);
 ",
+    // Commits appended here first; the tables they fill are written behind, in batches
+    // (see journal.rs).
+    r"
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY,
+    body TEXT NOT NULL
+);
+",
 ];
 
 /// Writes queued at once beyond this wait for the next transaction.
@@ -204,6 +213,53 @@ trait Job: Send {
     fn finish(self: Box<Self>, result: StoreResult<()>);
     /// Its caller gave up waiting (`write_timeout`): not to be written.
     fn cancelled(&self) -> bool;
+    /// It reads or changes the tables the journal fills: the journal is applied first.
+    fn needs_tables(&self) -> bool {
+        true
+    }
+    /// What it appended to the journal, once its group committed.
+    fn take_journaled(&mut self) -> Option<Pending> {
+        None
+    }
+}
+
+/// A commit: its direct part written in the group's transaction, the rest appended to
+/// the journal.
+struct CommitJob {
+    direct: Commit,
+    /// The journaled part and its row.
+    journaled: Option<(Pending, String)>,
+    shipping: bool,
+    reply: tokio::sync::oneshot::Sender<StoreResult<()>>,
+}
+
+impl Job for CommitJob {
+    fn run(&mut self, conn: &Connection, _: &[SinkSpec]) -> rusqlite::Result<()> {
+        write_commit(conn, &[], &self.direct, &[], false)?;
+        if self.shipping {
+            super::ship::queue_commit(conn, &self.direct)?;
+        }
+        if let Some((p, body)) = &mut self.journaled {
+            journal::append(conn, p, body)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, result: StoreResult<()>) {
+        let _ = self.reply.send(result);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn needs_tables(&self) -> bool {
+        false
+    }
+
+    fn take_journaled(&mut self) -> Option<Pending> {
+        self.journaled.take().map(|(p, _)| p)
+    }
 }
 
 struct FnJob<T, F> {
@@ -252,7 +308,14 @@ pub struct SqliteStore {
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// How long a write waits for the writer (`[store] write_timeout`), in ms.
     write_timeout_ms: std::sync::atomic::AtomicU64,
+    /// How far the journal is applied (reads of its tables wait for it).
+    progress: Arc<Progress>,
+    /// Hangs up when the writer thread is done.
+    stopped: Mutex<Option<mpsc::Receiver<()>>>,
 }
+
+/// How long closing the store waits for the writer to finish.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 pub(super) fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
@@ -333,6 +396,8 @@ impl SqliteStore {
         // WAL into the database and fsynced it in the commit that crossed 1000 pages).
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(err(path))?;
+        let progress = Arc::new(Progress::default());
+        let journal = Journal::recover(&conn, path, Arc::clone(&progress)).map_err(err(path))?;
         let checkpointing = Arc::new(Checkpointing::default());
         start_checkpointer(path, durability, Arc::clone(&checkpointing))?;
         let sinks = Arc::new(RwLock::new(Vec::new()));
@@ -343,18 +408,19 @@ impl SqliteStore {
         let writer_committed = Arc::clone(&committed);
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer_queued = Arc::clone(&queued);
+        let (done, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("msys-store-writer".into())
             .spawn(move || {
-                writer(
-                    conn,
-                    rx,
-                    &writer_sinks,
-                    &writer_path,
-                    &writer_committed,
-                    &writer_queued,
-                    &checkpointing,
-                );
+                let _done = done;
+                let shared = WriterShared {
+                    sinks: &writer_sinks,
+                    path: &writer_path,
+                    committed: &writer_committed,
+                    queued: &writer_queued,
+                    checkpointing: &checkpointing,
+                };
+                writer(conn, rx, journal, &shared);
                 checkpointing
                     .stopped
                     .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -373,6 +439,8 @@ impl SqliteStore {
             counting: std::sync::atomic::AtomicBool::new(true),
             queued,
             write_timeout_ms: std::sync::atomic::AtomicU64::new(10_000),
+            progress,
+            stopped: Mutex::new(Some(stopped)),
         })
     }
 
@@ -393,9 +461,19 @@ impl SqliteStore {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Stop the writer once the writes queued so far are done.
+    /// Stop the writer once the writes queued so far are done and the journal is
+    /// applied; waits for that a few seconds at most (a stalled disk: the next start
+    /// applies it).
     pub fn close(&self) {
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stopped) = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = stopped.recv_timeout(CLOSE_WAIT);
+        }
     }
 
     pub(super) fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
@@ -403,13 +481,22 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection, &[SinkSpec]) -> rusqlite::Result<T> + Send + 'static,
     {
-        use std::sync::atomic::Ordering::Relaxed;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Box<dyn Job> = Box::new(FnJob {
             f,
             value: None,
             reply,
         });
+        self.send(job, answer)
+    }
+
+    /// Hand `job` to the writer; its answer comes on `answer`.
+    fn send<T: Send + 'static>(
+        &self,
+        job: Box<dyn Job>,
+        answer: tokio::sync::oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreFuture<'_, T> {
+        use std::sync::atomic::Ordering::Relaxed;
         if self.queued.load(Relaxed) >= MAX_QUEUED {
             return Box::pin(std::future::ready(Err(StoreError::Busy {
                 queued: MAX_QUEUED,
@@ -455,6 +542,44 @@ impl SqliteStore {
             idle.push(conn);
         }
         result
+    }
+
+    /// Resolves once every commit journaled before the call is in the tables.
+    fn settle(&self) -> Option<StoreFuture<'_, ()>> {
+        // A write that needs the tables: the writer applies the journal before it.
+        self.progress.behind().then(|| self.write(|_, _| Ok(())))
+    }
+
+    /// [`Self::read`] of the tables the journal fills: after it is applied.
+    pub(super) fn read_applied<'a, T: Send + 'a>(
+        &'a self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        match self.settle() {
+            None => Self::ready_ref(self.read(f)),
+            Some(settle) => Box::pin(async move {
+                settle.await?;
+                self.read(f)
+            }),
+        }
+    }
+
+    /// [`Self::read_heavy`] of the tables the journal fills: after it is applied.
+    fn read_heavy_applied<'a, T: Send + 'a>(
+        &'a self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        let settle = self.settle();
+        Box::pin(async move {
+            if let Some(settle) = settle {
+                settle.await?;
+            }
+            self.read_heavy(f)
+        })
+    }
+
+    fn ready_ref<'a, T: Send + 'a>(result: StoreResult<T>) -> StoreFuture<'a, T> {
+        Box::pin(std::future::ready(result))
     }
 
     /// [`Self::read`] for an API query over many rows: the daemon's other tasks go on
@@ -516,17 +641,55 @@ fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
 }
 
 /// The writer thread: one transaction per group of queued writes.
+/// What the writer thread shares with the store.
+struct WriterShared<'a> {
+    sinks: &'a RwLock<Vec<SinkSpec>>,
+    path: &'a Path,
+    committed: &'a tokio::sync::Notify,
+    queued: &'a std::sync::atomic::AtomicUsize,
+    checkpointing: &'a Checkpointing,
+}
+
 fn writer(
     conn: Connection,
     rx: mpsc::Receiver<Box<dyn Job>>,
-    sinks: &RwLock<Vec<SinkSpec>>,
-    path: &Path,
-    committed: &tokio::sync::Notify,
-    queued: &std::sync::atomic::AtomicUsize,
-    checkpointing: &Checkpointing,
+    mut journal: Journal,
+    shared: &WriterShared<'_>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    while let Ok(first) = rx.recv() {
+    let WriterShared {
+        sinks,
+        path,
+        committed,
+        queued,
+        checkpointing,
+    } = *shared;
+    let apply = |journal: &mut Journal| match journal.apply(&conn, path) {
+        Ok(applied) => {
+            if applied {
+                committed.notify_waiters();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(store = %path.display(), "applying the journal: {e}");
+            Err(e)
+        }
+    };
+    let _ = apply(&mut journal);
+    loop {
+        let first = match journal.wait() {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(wait) => rx.recv_timeout(wait),
+        };
+        let first = match first {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = apply(&mut journal);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -538,19 +701,50 @@ fn writer(
         crate::failpoint::stall("store_writer");
         // Writes whose callers gave up waiting are not written: they were answered.
         group.retain(|job| !job.cancelled());
-        if group.is_empty() {
+        if journal.full() && apply(&mut journal).is_err() {
+            for job in group {
+                job.finish(Err(StoreError::Busy {
+                    queued: journal::MAX_PENDING,
+                }));
+            }
             continue;
         }
         let sinks = sinks.read().map(|s| s.clone()).unwrap_or_default();
-        // Most groups have no failing write: all in one transaction without a savepoint
-        // each (savepoints copy every page a write touches again). A failure rolls the
-        // group back and runs it again with one savepoint per write, so it fails alone.
-        let written = match write_group(&conn, group, &sinks, path, false) {
-            Ok(committed) => committed,
-            Err(group) => write_group(&conn, group, &sinks, path, true).unwrap_or(false),
-        };
-        if written {
-            committed.notify_waiters();
+        // Written in runs: a write that needs the journal's tables up to date starts a
+        // run of its own, after the journal is applied.
+        while !group.is_empty() {
+            let cut = group
+                .iter()
+                .skip(1)
+                .position(|job| job.needs_tables())
+                .map_or(group.len(), |i| i + 1);
+            let rest = group.split_off(cut);
+            let mut run = std::mem::replace(&mut group, rest);
+            if run[0].needs_tables()
+                && !journal.is_empty()
+                && let Err(e) = apply(&mut journal)
+            {
+                run.remove(0).finish(Err(err(path)(e)));
+            }
+            if run.is_empty() {
+                continue;
+            }
+            // Most runs have no failing write: all in one transaction without a
+            // savepoint each (savepoints copy every page a write touches again). A
+            // failure rolls the run back and writes it again with one savepoint per
+            // write, so it fails alone.
+            let written = match write_group(&conn, run, &sinks, path, false, &mut journal) {
+                Ok(committed) => committed,
+                Err(run) => {
+                    write_group(&conn, run, &sinks, path, true, &mut journal).unwrap_or(false)
+                }
+            };
+            if written {
+                committed.notify_waiters();
+            }
+        }
+        if journal.due() {
+            let _ = apply(&mut journal);
         }
         // The checkpointer is behind (every frame it copied was followed by new ones):
         // one checkpoint here, between transactions, lets the next one start the WAL over.
@@ -560,6 +754,8 @@ fn writer(
             tracing::warn!(store = %path.display(), "checkpoint: {e}");
         }
     }
+    // Closed: what is journaled goes into the tables now (or at the next start).
+    let _ = apply(&mut journal);
 }
 
 /// The checkpointer's state, shared with the writer.
@@ -618,6 +814,7 @@ fn write_group(
     sinks: &[SinkSpec],
     path: &Path,
     isolated: bool,
+    journal: &mut Journal,
 ) -> Result<bool, Vec<Box<dyn Job>>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(store = %path.display(), "cannot begin a transaction: {e}");
@@ -656,19 +853,19 @@ fn write_group(
             }
         }
     }
-    // The group's counter sums: a few upserts for many messages. Derived data: a
-    // failure here is logged and never fails the messages' commit.
-    if super::sqlite_query::group_counted() {
-        let _ = savepoint("SAVEPOINT counters");
-        if let Err(e) = super::sqlite_query::write_group_counts(conn) {
-            let _ = savepoint("ROLLBACK TO counters");
-            tracing::error!(store = %path.display(), "the deliverability counters were not updated: {e}");
-        }
-        let _ = savepoint("RELEASE counters");
-    }
+    write_counts(conn, path);
     let result = conn.execute_batch("COMMIT");
     if result.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
+    } else {
+        // Durable now: in the journal before any caller hears so.
+        let appended = group
+            .iter_mut()
+            .zip(&ok)
+            .filter(|(_, ok)| **ok)
+            .filter_map(|(job, _)| job.take_journaled())
+            .collect();
+        journal.journaled(appended);
     }
     let mut failed = failed.into_iter();
     for (job, ok) in group.into_iter().zip(ok) {
@@ -683,6 +880,21 @@ fn write_group(
         });
     }
     Ok(result.is_ok())
+}
+
+/// The counter sums of a group (or of an applied journal): a few upserts for many
+/// messages. Derived data: a failure here is logged and never fails the commit.
+pub(super) fn write_counts(conn: &Connection, path: &Path) {
+    if !super::sqlite_query::group_counted() {
+        return;
+    }
+    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    let _ = savepoint("SAVEPOINT counters");
+    if let Err(e) = super::sqlite_query::write_group_counts(conn) {
+        let _ = savepoint("ROLLBACK TO counters");
+        tracing::error!(store = %path.display(), "the deliverability counters were not updated: {e}");
+    }
+    let _ = savepoint("RELEASE counters");
 }
 
 /// rusqlite errors are not `Clone`; one failed commit is reported to every write in it.
@@ -701,9 +913,10 @@ impl CloneForReport for rusqlite::Error {
     }
 }
 
-fn write_commit(
+/// Write `commit`; `outbox`: each event's sinks.
+pub(super) fn write_commit(
     conn: &Connection,
-    sinks: &[SinkSpec],
+    outbox: &[Vec<String>],
     commit: &Commit,
     items: &[String],
     counting: bool,
@@ -729,7 +942,7 @@ fn write_commit(
     } else {
         &commit.events[..]
     };
-    for (e, item) in events.iter().zip(items) {
+    for (i, (e, item)) in events.iter().zip(items).enumerate() {
         let id = int(e.event_id);
         let campaign = e.fields.get("campaign_id").and_then(|c| c.as_str());
         let inserted = insert_event.execute(params![
@@ -745,8 +958,8 @@ fn write_commit(
         if inserted == 1 && counting {
             counted.push(e);
         }
-        for sink in sinks.iter().filter(|s| s.wants(e.kind)) {
-            queue.execute(params![sink.name, id])?;
+        for sink in outbox.get(i).into_iter().flatten() {
+            queue.execute(params![sink, id])?;
         }
         if e.kind == EventType::Injection {
             index_queued(conn, e)?;
@@ -955,17 +1168,50 @@ fn opt_u64(v: Option<i64>) -> Option<u64> {
 
 impl Store for SqliteStore {
     fn commit(&self, commit: Commit) -> StoreFuture<'_, ()> {
-        // Serialised here, on the caller's thread: the one writer thread only inserts.
-        let items: Vec<String> = commit.events.iter().map(|e| e.to_json()).collect();
         let shipping = self.shipping.load(std::sync::atomic::Ordering::Relaxed);
         let counting = self.counting.load(std::sync::atomic::Ordering::Relaxed);
-        self.write(move |conn, sinks| {
-            write_commit(conn, sinks, &commit, &items, counting)?;
-            if shipping {
-                super::ship::queue_commit(conn, &commit)?;
-            }
-            Ok(())
-        })
+        if !commit.retried.is_empty() {
+            // Retries update `queued` rows, which may still be in the journal: written
+            // whole, after it is applied.
+            let items: Vec<String> = commit.events.iter().map(|e| e.to_json()).collect();
+            return self.write(move |conn, sinks| {
+                let outbox = journal::outbox_of(&commit.events, sinks);
+                write_commit(conn, &outbox, &commit, &items, counting)?;
+                if shipping {
+                    super::ship::queue_commit(conn, &commit)?;
+                }
+                Ok(())
+            });
+        }
+        let (direct, journaled) = journal::split(commit);
+        // Serialised here, on the caller's thread: the one writer thread only inserts.
+        let journaled = journaled.map(|commit| {
+            let outbox = self
+                .sinks
+                .read()
+                .map(|sinks| journal::outbox_of(&commit.events, &sinks))
+                .unwrap_or_default();
+            let p = Pending {
+                seq: 0,
+                items: commit.events.iter().map(|e| e.to_json()).collect(),
+                commit,
+                outbox,
+                counting,
+                shipping,
+            };
+            let body = journal::encode(&p);
+            (p, body)
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(
+            Box::new(CommitJob {
+                direct,
+                journaled,
+                shipping,
+                reply,
+            }),
+            answer,
+        )
     }
 
     fn suppressed<'a>(
@@ -996,16 +1242,17 @@ impl Store for SqliteStore {
         &'a self,
         transmission_id: &'a str,
     ) -> StoreFuture<'a, Option<Transmission>> {
-        let result = self.read(|conn| {
-            conn.prepare_cached("SELECT facts FROM transmissions WHERE transmission_id = ?1")?
+        self.read_applied(move |conn| {
+            let facts = conn
+                .prepare_cached("SELECT facts FROM transmissions WHERE transmission_id = ?1")?
                 .query_row(params![transmission_id], |r| r.get::<_, String>(0))
-                .optional()
-        });
-        Self::ready(result.map(|facts| facts.as_deref().and_then(Transmission::from_json)))
+                .optional()?;
+            Ok(facts.as_deref().and_then(Transmission::from_json))
+        })
     }
 
     fn queued<'a>(&'a self, queue_ids: &'a [String]) -> StoreFuture<'a, Vec<Queued>> {
-        Self::ready(self.read(|conn| {
+        self.read_applied(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT queue_id, rcpt, raw_rcpt, transmission_id, message_id, rcpt_type, msg_size, retries
                  FROM queued WHERE queue_id = ?1",
@@ -1029,7 +1276,7 @@ impl Store for SqliteStore {
                 }
             }
             Ok(out)
-        }))
+        })
     }
 
     fn cursor<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>> {
@@ -1243,7 +1490,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<(u64, EventType, String)>> {
-        let result = self.read(|conn| {
+        self.read_applied(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT event_id, type, item FROM events WHERE event_id > ?1 ORDER BY event_id LIMIT ?2",
             )?;
@@ -1258,8 +1505,7 @@ impl Store for SqliteStore {
                 }
             }
             Ok(out)
-        });
-        Self::ready(result)
+        })
     }
 
     fn suppression_list(
@@ -1311,14 +1557,14 @@ impl Store for SqliteStore {
         &self,
         q: super::query::EventQuery,
     ) -> StoreFuture<'_, super::query::EventPage> {
-        Self::ready(self.read_heavy(|conn| super::sqlite_query::event_search(conn, &q)))
+        self.read_heavy_applied(move |conn| super::sqlite_query::event_search(conn, &q))
     }
 
     fn metrics(
         &self,
         q: super::query::MetricsQuery,
     ) -> StoreFuture<'_, Vec<super::query::MetricsRow>> {
-        Self::ready(self.read_heavy(|conn| super::sqlite_query::metrics(conn, &q)))
+        self.read_heavy_applied(move |conn| super::sqlite_query::metrics(conn, &q))
     }
 
     fn dimension_values(
@@ -1328,9 +1574,9 @@ impl Store for SqliteStore {
         matching: Option<String>,
         limit: usize,
     ) -> StoreFuture<'_, Vec<String>> {
-        Self::ready(self.read(|conn| {
+        self.read_applied(move |conn| {
             super::sqlite_query::dimension_values(conn, dim, from, to, matching.as_deref(), limit)
-        }))
+        })
     }
 
     fn api_webhooks(&self) -> StoreFuture<'_, Vec<super::query::StoredWebhook>> {
@@ -1368,7 +1614,7 @@ impl Store for SqliteStore {
     }
 
     fn log_pending_matched(&self, since: u64) -> StoreFuture<'_, Vec<super::PendingAttempt>> {
-        Self::ready(self.read(|conn| {
+        self.read_applied(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT p.seq, p.queue_id, p.rcpt, p.line, p.created
                  FROM queued q JOIN log_pending p ON p.queue_id = q.queue_id AND p.rcpt = q.rcpt
@@ -1384,7 +1630,7 @@ impl Store for SqliteStore {
                 })
             })?;
             rows.collect()
-        }))
+        })
     }
 
     fn prune_log_pending(&self, before: u64) -> StoreFuture<'_, u64> {

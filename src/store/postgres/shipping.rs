@@ -233,13 +233,14 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
             last_heartbeat = std::time::Instant::now();
             let backlog = local
                 .ship_backlog()
+                .await
                 .map(|b| b.events + b.transmissions + b.suppression)
                 .unwrap_or(0);
             if let Err(e) = pg.heartbeat(backlog).await {
                 pg.warn("heartbeat failed", &e);
             }
         }
-        let batch = match local.ship_batch(BATCH) {
+        let batch = match local.ship_batch(BATCH).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("cannot read what to ship: {e}");
@@ -247,7 +248,7 @@ pub async fn ship_forever(local: Arc<SqliteStore>, pg: Arc<Pg>) {
                 continue;
             }
         };
-        if let Ok(backlog) = local.ship_backlog() {
+        if let Ok(backlog) = local.ship_backlog().await {
             crate::metrics::global().ship_backlog(backlog);
         }
         if batch.is_empty() {

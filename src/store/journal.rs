@@ -26,9 +26,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// Commits kept unapplied at most before they are applied: an apply holds the writer
-/// (commits wait) for a few milliseconds per hundred messages.
+/// Commits kept unapplied at most before they are applied.
 const APPLY_AT: usize = 256;
+/// Commits applied in one transaction at most while writes wait: an apply holds the
+/// writer (commits wait behind it) for about 40 us a message.
+pub(super) const APPLY_CHUNK: usize = 64;
 /// How long the oldest unapplied commit waits at most: webhooks and other processes
 /// (the CLI) see the tables this far behind.
 const APPLY_AFTER: Duration = Duration::from_millis(50);
@@ -278,46 +280,52 @@ impl Journal {
             && (self.pending.len() >= APPLY_AT || self.wait() == Some(Duration::ZERO))
     }
 
-    /// Apply every pending commit in one transaction. When that fails, each is tried
-    /// alone: one that fails while others succeed is set aside (it stays in the
-    /// journal, logged, for the next start); when all fail (the disk), they stay
+    /// Apply the oldest `limit` pending commits in one transaction. When that fails,
+    /// each is tried alone: one that fails while others succeed is set aside (it stays
+    /// in the journal, logged, for the next start); when all fail (the disk), they stay
     /// pending and the error is returned. `Ok(true)`: something was applied.
-    pub fn apply(&mut self, conn: &Connection, path: &Path) -> rusqlite::Result<bool> {
-        if self.pending.is_empty() {
+    pub fn apply(
+        &mut self,
+        conn: &Connection,
+        path: &Path,
+        limit: usize,
+    ) -> rusqlite::Result<bool> {
+        let n = limit.min(self.pending.len());
+        if n == 0 {
             return Ok(false);
         }
         crate::failpoint::hit("store_apply");
-        match self.apply_all(conn, path, false) {
-            Ok(()) => {}
-            Err(first) => {
-                tracing::warn!(store = %path.display(), "applying the journal: {first}: trying each commit alone");
-                if let Err(e) = self.apply_all(conn, path, true) {
-                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
-                    return Err(e);
-                }
+        if let Err(first) = self.apply_first(conn, path, n, false) {
+            tracing::warn!(store = %path.display(), "applying the journal: {first}: trying each commit alone");
+            if let Err(e) = self.apply_first(conn, path, n, true) {
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                return Err(e);
             }
         }
-        let n = self.pending.len() as u64;
-        self.pending.clear();
-        self.oldest = None;
+        self.pending.drain(..n);
+        // What is left is as old as what was applied: still due.
+        if self.pending.is_empty() {
+            self.oldest = None;
+        }
         self.retry_at = None;
-        self.progress.applied.fetch_add(n, Relaxed);
+        self.progress.applied.fetch_add(n as u64, Relaxed);
         Ok(true)
     }
 
     /// One transaction; `isolated`: each commit in a savepoint, the ones that fail
     /// set aside (an error only when none applied).
-    fn apply_all(
+    fn apply_first(
         &mut self,
         conn: &Connection,
         path: &Path,
+        n: usize,
         isolated: bool,
     ) -> rusqlite::Result<()> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         super::sqlite_query::GROUP_COUNTS.with(|c| c.borrow_mut().clear());
         let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         let mut failed: Vec<(usize, rusqlite::Error)> = Vec::new();
-        for (i, p) in self.pending.iter().enumerate() {
+        for (i, p) in self.pending[..n].iter().enumerate() {
             if !isolated {
                 if let Err(e) = apply_one(conn, p) {
                     let _ = conn.execute_batch("ROLLBACK");
@@ -335,7 +343,7 @@ impl Journal {
                 }
             }
         }
-        if isolated && failed.len() == self.pending.len() {
+        if isolated && failed.len() == n {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(failed
                 .pop()
@@ -408,6 +416,56 @@ mod tests {
         assert_eq!(
             (back.counting, back.shipping, back.commit.index_only),
             (true, false, false)
+        );
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_read_back_at_once_and_the_journal_emptied() {
+        use crate::store::{SqliteStore, Store, sqlite::Durability};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        store.commit(pending().commit).await.unwrap();
+        // Within the 50 ms the journal may wait: the read makes the writer apply it.
+        assert!(store.transmission("7").await.unwrap().is_some());
+        assert_eq!(store.queued(&["4Q".to_owned()]).await.unwrap().len(), 1);
+        store.close();
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM journal"), 0);
+        assert_eq!(count(&conn, "SELECT count(*) FROM events"), 1);
+    }
+
+    #[tokio::test]
+    async fn what_the_journal_holds_is_applied_at_the_next_open() {
+        use crate::store::{SqliteStore, Store, sqlite::Durability};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(SqliteStore::open(&path, Durability::Normal).unwrap());
+        // As a crash leaves it: the row committed, the tables not written.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO journal (body) VALUES (?1)",
+            [encode(&pending())],
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        assert!(store.transmission("7").await.unwrap().is_some());
+        store.close();
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM journal"), 0);
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM events WHERE event_id = 42"),
+            1
+        );
+        // Each sink it was committed for has it in its outbox.
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM outbox WHERE event_id = 42"),
+            2
         );
     }
 

@@ -664,7 +664,8 @@ fn writer(
         queued,
         checkpointing,
     } = *shared;
-    let apply = |journal: &mut Journal| match journal.apply(&conn, path) {
+    // All of it, or a chunk between groups of writes (so commits wait one chunk at most).
+    let apply_some = |journal: &mut Journal, limit: usize| match journal.apply(&conn, path, limit) {
         Ok(applied) => {
             if applied {
                 committed.notify_waiters();
@@ -676,6 +677,7 @@ fn writer(
             Err(e)
         }
     };
+    let apply = |journal: &mut Journal| apply_some(journal, usize::MAX);
     let _ = apply(&mut journal);
     loop {
         let first = match journal.wait() {
@@ -685,7 +687,7 @@ fn writer(
         let first = match first {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = apply(&mut journal);
+                let _ = apply_some(&mut journal, journal::APPLY_CHUNK);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -744,7 +746,7 @@ fn writer(
             }
         }
         if journal.due() {
-            let _ = apply(&mut journal);
+            let _ = apply_some(&mut journal, journal::APPLY_CHUNK);
         }
         // The checkpointer is behind (every frame it copied was followed by new ones):
         // one checkpoint here, between transactions, lets the next one start the WAL over.

@@ -21,6 +21,7 @@ use super::{Commit, SinkSpec};
 use crate::events::{Event, EventType, Transmission};
 use rusqlite::{Connection, params};
 use serde_json::Value;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -107,26 +108,29 @@ pub(super) fn encode(p: &Pending) -> String {
         256 + facts.as_ref().map_or(0, String::len)
             + p.items.iter().map(|i| i.len() + 96).sum::<usize>(),
     );
-    s.push_str(&format!(
+    // Writing into a String cannot fail.
+    let _ = write!(
+        s,
         r#"{{"v":1,"x":{},"c":{},"p":{},"t":{},"e":["#,
         p.commit.index_only,
         p.counting,
         p.shipping,
         facts.as_deref().unwrap_or("null")
-    ));
+    );
     for (i, (e, item)) in p.commit.events.iter().zip(&p.items).enumerate() {
         if i > 0 {
             s.push(',');
         }
         let outbox = p.outbox.get(i).map(Vec::as_slice).unwrap_or_default();
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             r#"{{"id":{},"ts":{},"k":"{}","tid":{},"o":{},"i":{item}}}"#,
             e.event_id,
             e.timestamp,
             e.kind.as_str(),
             Value::from(e.transmission_id.as_str()),
             Value::from(outbox)
-        ));
+        );
     }
     s.push_str("]}");
     s

@@ -555,13 +555,7 @@ impl SqliteStore {
         &'a self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
-        match self.settle() {
-            None => Self::ready_ref(self.read(f)),
-            Some(settle) => Box::pin(async move {
-                settle.await?;
-                self.read(f)
-            }),
-        }
+        self.once_applied(move || self.read(f))
     }
 
     /// [`Self::read_heavy`] of the tables the journal fills: after it is applied.
@@ -569,17 +563,21 @@ impl SqliteStore {
         &'a self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
-        let settle = self.settle();
-        Box::pin(async move {
-            if let Some(settle) = settle {
-                settle.await?;
-            }
-            self.read_heavy(f)
-        })
+        self.once_applied(move || self.read_heavy(f))
     }
 
-    fn ready_ref<'a, T: Send + 'a>(result: StoreResult<T>) -> StoreFuture<'a, T> {
-        Box::pin(std::future::ready(result))
+    /// Run `read` at once when the journal is applied, else once it is.
+    fn once_applied<'a, T: Send + 'a>(
+        &'a self,
+        read: impl FnOnce() -> StoreResult<T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        match self.settle() {
+            None => Self::ready(read()),
+            Some(settle) => Box::pin(async move {
+                settle.await?;
+                read()
+            }),
+        }
     }
 
     /// [`Self::read`] for an API query over many rows: the daemon's other tasks go on
@@ -588,7 +586,7 @@ impl SqliteStore {
         crate::blocking::heavy(|| self.read(f))
     }
 
-    fn ready<T: Send + 'static>(result: StoreResult<T>) -> StoreFuture<'static, T> {
+    fn ready<'a, T: Send + 'a>(result: StoreResult<T>) -> StoreFuture<'a, T> {
         Box::pin(std::future::ready(result))
     }
 }

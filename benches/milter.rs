@@ -268,7 +268,12 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut cpu_rows = Vec::new();
-    for concurrency in [1, 8, 32] {
+    // BENCH_CONCURRENCY=8: that level alone (for profiling).
+    let levels: Vec<usize> = match std::env::var("BENCH_CONCURRENCY") {
+        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 8, 32],
+    };
+    for concurrency in levels {
         let per_conn = messages / concurrency;
         let (mut n, mut m, mut l, mut o) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut b = Vec::new();

@@ -4,31 +4,39 @@
 //! BENCHMARKS.md.
 
 use msys_milter::events::{self, Recipient, Stamp, Transmission};
+use msys_milter::ids::IdGenerator;
 use msys_milter::store::sqlite::Durability;
 use msys_milter::store::{Commit, SqliteStore, Store, SuppressionEntry, SuppressionType};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 const ENTRIES: usize = 1_000_000;
 
 /// One accepted message's commit: its transmission and three injection events; with
 /// `recipients`, the transmission keeps each recipient's message (as the milter writes
-/// it since later events name the copy they are about).
-fn message_commit(n: u64, recipients: bool) -> Commit {
+/// it since later events name the copy they are about). Keys as the milter makes them:
+/// transmission and event ids time-ordered (`ids`), the clock's timestamp, a queue id
+/// as random as Postfix's short ones and recipients as random as real ones (`n` is the
+/// commit's number; the random parts are a hash of it).
+fn message_commit(ids: &IdGenerator, n: u64, recipients: bool) -> Commit {
+    let scatter = |x: u64| x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    let now_ms = msys_milter::ids::unix_secs() * 1000;
     let mut t = Transmission {
-        transmission_id: n.to_string(),
+        transmission_id: ids.next().unwrap().to_string(),
         campaign_id: Some("bench".into()),
         msg_from: "bounces+1@bounces.example.net".into(),
-        injection_ms: 1_796_135_107_000,
+        injection_ms: now_ms,
         ..Transmission::default()
     };
+    let queue_id = format!("{:010X}", scatter(n) >> 24);
     let events = (0..3)
         .map(|i| {
             let r = Recipient {
-                raw: format!("r{i}-{n}@example.org"),
+                raw: format!("u{:x}@example{}.org", scatter(n * 3 + i), i),
                 rcpt_type: (i > 0).then_some("cc"),
-                message_id: n.to_string(),
-                queue_id: Some("4QUEUE".into()),
+                message_id: t.transmission_id.clone(),
+                queue_id: Some(queue_id.clone()),
                 msg_size: Some(3000),
             };
             if recipients {
@@ -36,8 +44,8 @@ fn message_commit(n: u64, recipients: bool) -> Commit {
             }
             events::injection(
                 Stamp {
-                    event_id: n * 4 + i,
-                    timestamp: 1_796_135_107,
+                    event_id: ids.next().unwrap(),
+                    timestamp: now_ms / 1000,
                 },
                 &t,
                 &r,
@@ -63,14 +71,19 @@ async fn events_per_second_with(
 ) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("b.db"), durability).unwrap());
+    let ids = Arc::new(IdGenerator::new(1));
+    let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..writers {
-        let store = store.clone();
+    for _ in 0..writers {
+        let (store, ids, next) = (store.clone(), ids.clone(), next.clone());
         tasks.spawn(async move {
-            for m in 0..messages / writers {
-                let n = (w * messages + m) as u64 + 1;
-                store.commit(message_commit(n, recipients)).await.unwrap();
+            for _ in 0..messages / writers {
+                let n = next.fetch_add(1, Relaxed);
+                store
+                    .commit(message_commit(&ids, n, recipients))
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -78,6 +91,17 @@ async fn events_per_second_with(
     // Counted once the tables hold everything too: closing applies the journal.
     store.close();
     (messages * 3) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Bytes this process has written (write and pwrite calls), from /proc.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: ").and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -92,11 +116,24 @@ async fn main() {
     );
     println!("| durability | concurrent writers | events committed/s |");
     println!("|---|---|---|");
+    // `MSYS_BENCH_CASE=normal/256`: that cell alone (for profiling), with the bytes the
+    // process wrote per message.
+    let only = std::env::var("MSYS_BENCH_CASE").ok();
     for durability in [Durability::Full, Durability::Normal] {
         for writers in [1, 32, 256] {
+            let case = format!("{durability:?}/{writers}").to_lowercase();
+            if only.as_ref().is_some_and(|o| *o != case) {
+                continue;
+            }
             let messages = if writers == 1 { 2_000 } else { 30_000 };
+            let written = written_bytes();
             let rate = events_per_second(durability, writers, messages).await;
+            let per_message = (written_bytes() - written) / messages as u64;
             println!("| {durability:?} | {writers} | {rate:.0} |");
+            if only.is_some() {
+                println!("\n{per_message} bytes written per message");
+                return;
+            }
         }
     }
     // `cargo bench --bench store -- events`: this table alone.

@@ -104,20 +104,18 @@ pub struct Event {
 }
 
 impl Event {
-    /// The batch item: `{"msys": {"<category>": {...}}}`.
-    pub fn to_item(&self) -> Value {
-        let mut category = Map::new();
-        category.insert(
-            self.kind.category().to_owned(),
-            Value::Object(self.fields.clone()),
-        );
-        let mut msys = Map::new();
-        msys.insert("msys".to_owned(), Value::Object(category));
-        Value::Object(msys)
-    }
-
+    /// The batch item, `{"msys": {"<category>": {...}}}`, as JSON: written straight from
+    /// the fields (building the item as a `Value` first cloned every field; a perf
+    /// profile of the milter put 10% of its worker thread in that clone and its drop).
     pub fn to_json(&self) -> String {
-        self.to_item().to_string()
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(b"{\"msys\":{\"");
+        out.extend_from_slice(self.kind.category().as_bytes());
+        out.extend_from_slice(b"\":");
+        // A map of strings to JSON values always serializes.
+        let _ = serde_json::to_writer(&mut out, &self.fields);
+        out.extend_from_slice(b"}}");
+        String::from_utf8(out).unwrap_or_default()
     }
 
     pub fn rcpt_to(&self) -> Option<&str> {
@@ -333,7 +331,8 @@ fn base(
     meta_limit: Option<usize>,
 ) -> Map<String, Value> {
     let rcpt = r.raw.as_str();
-    let mut m = Map::new();
+    // Room for every field at once: no rehash while it fills.
+    let mut m = Map::with_capacity(40);
     m.insert("type".into(), s(kind.as_str()));
     m.insert("event_id".into(), s(stamp.event_id.to_string()));
     m.insert("timestamp".into(), s(stamp.timestamp.to_string()));
@@ -593,6 +592,35 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(1_796_135_107_000), "2026-12-01T14:25:07.000Z");
         assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    /// The item is SparkPost's batch shape, its fields in the order written.
+    #[test]
+    fn an_item_wraps_the_fields_in_their_category() {
+        let t = Transmission {
+            transmission_id: "42".into(),
+            campaign_id: Some("spring \"sale\"".into()),
+            ..Transmission::default()
+        };
+        let r = Recipient {
+            raw: "Bob@Example.org".into(),
+            message_id: "42".into(),
+            ..Recipient::default()
+        };
+        let stamp = Stamp {
+            event_id: 7,
+            timestamp: 1_796_135_107,
+        };
+        let e = injection(stamp, &t, &r);
+        let item: Value = serde_json::from_str(&e.to_json()).unwrap();
+        let expected =
+            serde_json::json!({"msys": {"message_event": Value::Object(e.fields.clone())}});
+        assert_eq!(item, expected);
+        let fields = &item["msys"]["message_event"];
+        assert_eq!(fields["campaign_id"], "spring \"sale\"");
+        let order: Vec<&String> = fields.as_object().unwrap().keys().collect();
+        assert_eq!(order, e.fields.keys().collect::<Vec<_>>());
+        assert_eq!(order[..3], ["type", "event_id", "timestamp"]);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub(super) struct Pending {
     pub commit: Commit,
     /// Each event's webhook item.
     pub items: Vec<String>,
+    /// The transmission's stored form (serialised once, for the row and the table).
+    pub facts: Option<String>,
     /// Each event's sinks, as configured when it was committed.
     pub outbox: Vec<Vec<String>>,
     pub counting: bool,
@@ -103,10 +105,9 @@ pub(super) fn outbox_of(events: &[Event], sinks: &[SinkSpec]) -> Vec<Vec<String>
 
 /// The journal row of a commit: JSON, with the items embedded as they are.
 pub(super) fn encode(p: &Pending) -> String {
-    let facts = p.commit.transmission.as_ref().map(Transmission::to_json);
+    let facts = p.facts.as_deref();
     let mut s = String::with_capacity(
-        256 + facts.as_ref().map_or(0, String::len)
-            + p.items.iter().map(|i| i.len() + 96).sum::<usize>(),
+        256 + facts.map_or(0, str::len) + p.items.iter().map(|i| i.len() + 96).sum::<usize>(),
     );
     // Writing into a String cannot fail.
     let _ = write!(
@@ -115,7 +116,7 @@ pub(super) fn encode(p: &Pending) -> String {
         p.commit.index_only,
         p.counting,
         p.shipping,
-        facts.as_deref().unwrap_or("null")
+        facts.unwrap_or("null")
     );
     for (i, (e, item)) in p.commit.events.iter().zip(&p.items).enumerate() {
         if i > 0 {
@@ -143,9 +144,12 @@ pub(super) fn decode(seq: i64, body: &str) -> Option<Pending> {
         return None;
     }
     let flag = |k: &str| v.get(k).and_then(Value::as_bool);
-    let transmission = match v.get("t")? {
-        Value::Null => None,
-        t => Some(serde_json::from_value::<Transmission>(t.clone()).ok()?),
+    let (transmission, facts) = match v.get("t")? {
+        Value::Null => (None, None),
+        t => (
+            Some(serde_json::from_value::<Transmission>(t.clone()).ok()?),
+            Some(t.to_string()),
+        ),
     };
     let (mut events, mut items, mut outbox) = (Vec::new(), Vec::new(), Vec::new());
     for e in v.get("e")?.as_array()? {
@@ -177,6 +181,7 @@ pub(super) fn decode(seq: i64, body: &str) -> Option<Pending> {
             ..Commit::default()
         },
         items,
+        facts,
         outbox,
         counting: flag("c")?,
         shipping: flag("p")?,
@@ -197,7 +202,14 @@ pub(super) fn append(conn: &Connection, p: &mut Pending, body: &str) -> rusqlite
 fn apply_one(conn: &Connection, p: &Pending) -> rusqlite::Result<()> {
     use super::sqlite_query::{JOB_COUNTS, keep_job_counts};
     JOB_COUNTS.with(|c| c.borrow_mut().clear());
-    write_commit(conn, &p.outbox, &p.commit, &p.items, p.counting)?;
+    write_commit(
+        conn,
+        &p.outbox,
+        &p.commit,
+        &p.items,
+        p.facts.as_deref(),
+        p.counting,
+    )?;
     if p.shipping {
         super::ship::queue_commit(conn, &p.commit)?;
     }
@@ -397,6 +409,7 @@ mod tests {
         Pending {
             seq: 0,
             items: vec![e.to_json()],
+            facts: Some(t.to_json()),
             outbox: vec![vec!["hook".into(), "api:\u{e9}".into()]],
             commit: Commit {
                 events: vec![e],
@@ -416,6 +429,7 @@ mod tests {
         assert_eq!(back.commit.events, p.commit.events);
         assert_eq!(back.commit.transmission, p.commit.transmission);
         assert_eq!(back.items, p.items);
+        assert_eq!(back.facts, p.facts);
         assert_eq!(back.outbox, p.outbox);
         assert_eq!(
             (back.counting, back.shipping, back.commit.index_only),

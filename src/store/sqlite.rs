@@ -235,7 +235,7 @@ struct CommitJob {
 
 impl Job for CommitJob {
     fn run(&mut self, conn: &Connection, _: &[SinkSpec]) -> rusqlite::Result<()> {
-        write_commit(conn, &[], &self.direct, &[], false)?;
+        write_commit(conn, &[], &self.direct, &[], None, false)?;
         if self.shipping {
             super::ship::queue_commit(conn, &self.direct)?;
         }
@@ -913,12 +913,13 @@ impl CloneForReport for rusqlite::Error {
     }
 }
 
-/// Write `commit`; `outbox`: each event's sinks.
+/// Write `commit`; `outbox`: each event's sinks; `facts`: its transmission already serialised.
 pub(super) fn write_commit(
     conn: &Connection,
     outbox: &[Vec<String>],
     commit: &Commit,
     items: &[String],
+    facts: Option<&str>,
     counting: bool,
 ) -> rusqlite::Result<()> {
     let mut insert_event = conn.prepare_cached(
@@ -985,7 +986,7 @@ pub(super) fn write_commit(
         .execute(params![
             t.transmission_id,
             int(t.injection_ms / 1000),
-            t.to_json()
+            facts.map_or_else(|| t.to_json().into(), std::borrow::Cow::Borrowed)
         ])?;
     }
     for s in &commit.suppress {
@@ -1176,7 +1177,7 @@ impl Store for SqliteStore {
             let items: Vec<String> = commit.events.iter().map(|e| e.to_json()).collect();
             return self.write(move |conn, sinks| {
                 let outbox = journal::outbox_of(&commit.events, sinks);
-                write_commit(conn, &outbox, &commit, &items, counting)?;
+                write_commit(conn, &outbox, &commit, &items, None, counting)?;
                 if shipping {
                     super::ship::queue_commit(conn, &commit)?;
                 }
@@ -1194,6 +1195,7 @@ impl Store for SqliteStore {
             let p = Pending {
                 seq: 0,
                 items: commit.events.iter().map(|e| e.to_json()).collect(),
+                facts: commit.transmission.as_ref().map(Transmission::to_json),
                 commit,
                 outbox,
                 counting,

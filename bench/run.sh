@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark and writes BENCHMARKS.md. Needs root (Postfix in a private
 # network namespace) and Postfix installed (bash scripts/test.sh installs it).
-# Usage: bash bench/run.sh            (about 5 minutes on 2 cores)
+# Usage: bash bench/run.sh            (long: the Postfix throughput table alone takes
+#                                      about 20 minutes on 2 cores)
 #        BENCH_MESSAGES=1000 bash bench/run.sh   (a quicker, noisier run)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -664,3 +664,17 @@ fn an_amp_part_outside_multipart_alternative_is_refused(kind: MtaKind) {
         "{err}"
     );
 }
+
+/// A main.cf parameter the test sets again replaces the earlier entry, continuation
+/// lines included: Postfix warns of every duplicate, and those warnings once filled
+/// postlogd's socket until it waited on itself for ever.
+#[test]
+fn a_test_s_main_cf_lines_replace_the_earlier_entries() {
+    let base = "a = 1\nmilter_content_timeout = 300s\nlist = x,\n    y\n# c = 3\nb = 2\n";
+    let merged = support::postfix::with_overrides(base, "milter_content_timeout = 3s\nlist = z\n");
+    assert_eq!(
+        merged,
+        "a = 1\n# c = 3\nb = 2\nmilter_content_timeout = 3s\nlist = z\n"
+    );
+    assert_eq!(support::postfix::with_overrides(base, ""), base);
+}

@@ -148,7 +148,7 @@ impl Postfix {
                     .replace("127.0.0.1:2424", &format!("127.0.0.1:{lmtp}")),
             );
         }
-        main_cf.push_str(extra);
+        let main_cf = with_overrides(&main_cf, extra);
         std::fs::write(conf.join("main.cf"), main_cf).unwrap();
         let master = master_cf(smtp_port)
             + &example("master.cf")
@@ -326,5 +326,34 @@ fn master_cf(smtp_port: u16) -> String {
         }
         out.push('\n');
     }
+    out
+}
+
+/// `base` with `extra`'s main.cf lines appended, each parameter `extra` sets taken out
+/// of `base` first (with its continuation lines). A parameter set twice makes every
+/// Postfix process log "overriding earlier entry" as it starts; those lines can fill
+/// postlogd's socket (10 datagrams here), and postlogd, logging the same warning to
+/// itself, then waits on its own socket for ever (seen as a `postfix stop` that hung).
+pub fn with_overrides(base: &str, extra: &str) -> String {
+    let name = |line: &str| -> Option<String> {
+        let (name, _) = line.split_once('=')?;
+        let name = name.trim();
+        (!line.starts_with(char::is_whitespace) && !name.is_empty() && !name.starts_with('#'))
+            .then(|| name.to_owned())
+    };
+    let overridden: std::collections::HashSet<String> = extra.lines().filter_map(name).collect();
+    let mut out = String::with_capacity(base.len() + extra.len());
+    let mut skipping = false;
+    for line in base.lines() {
+        let continuation = line.starts_with(char::is_whitespace) && !line.trim().is_empty();
+        if !continuation {
+            skipping = name(line).is_some_and(|n| overridden.contains(&n));
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
     out
 }

@@ -21,7 +21,7 @@ const ENTRIES: usize = 1_000_000;
 /// commit's number; the random parts are a hash of it).
 fn message_commit(ids: &IdGenerator, n: u64, recipients: bool) -> Commit {
     let scatter = |x: u64| x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-    let now_ms = msys_milter::ids::unix_secs() * 1000;
+    let now_ms = msys_milter::ids::unix_millis();
     let mut t = Transmission {
         transmission_id: ids.next().unwrap().to_string(),
         campaign_id: Some("bench".into()),

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 const ENTRIES: usize = 1_000_000;
+/// Events stored before the timed commits of the `history` row.
+const HISTORY: usize = 1_500_000;
 
 /// One accepted message's commit: its transmission and three injection events; with
 /// `recipients`, the transmission keeps each recipient's message (as the milter writes
@@ -59,38 +61,54 @@ fn message_commit(ids: &IdGenerator, n: u64, recipients: bool) -> Commit {
     }
 }
 
-async fn events_per_second(durability: Durability, writers: usize, messages: usize) -> f64 {
-    events_per_second_with(durability, writers, messages, true).await
+async fn events_per_second(durability: Durability, writers: usize, messages: usize) -> (f64, u64) {
+    events_per_second_with(durability, writers, messages, true, 0).await
 }
 
+/// `messages` committed by `writers` at once, after `history` messages committed (and
+/// applied) untimed, as a store that has run for a while holds. Also the bytes the
+/// process wrote per timed message.
 async fn events_per_second_with(
     durability: Durability,
     writers: usize,
     messages: usize,
     recipients: bool,
-) -> f64 {
+    history: usize,
+) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("b.db"), durability).unwrap());
+    let path = dir.path().join("b.db");
     let ids = Arc::new(IdGenerator::new(1));
     let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..writers {
-        let (store, ids, next) = (store.clone(), ids.clone(), next.clone());
-        tasks.spawn(async move {
-            for _ in 0..messages / writers {
-                let n = next.fetch_add(1, Relaxed);
-                store
-                    .commit(message_commit(&ids, n, recipients))
-                    .await
-                    .unwrap();
-            }
-        });
+    let run = |store: Arc<SqliteStore>, messages: usize| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..writers {
+            let (store, ids, next) = (store.clone(), ids.clone(), next.clone());
+            tasks.spawn(async move {
+                for _ in 0..messages / writers {
+                    let n = next.fetch_add(1, Relaxed);
+                    store
+                        .commit(message_commit(&ids, n, recipients))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        tasks
+    };
+    if history > 0 {
+        let store = Arc::new(SqliteStore::open(&path, durability).unwrap());
+        let mut tasks = run(store.clone(), history);
+        while tasks.join_next().await.is_some() {}
+        store.close();
     }
+    let store = Arc::new(SqliteStore::open(&path, durability).unwrap());
+    let (start, written) = (Instant::now(), written_bytes());
+    let mut tasks = run(store.clone(), messages);
     while tasks.join_next().await.is_some() {}
     // Counted once the tables hold everything too: closing applies the journal.
     store.close();
-    (messages * 3) as f64 / start.elapsed().as_secs_f64()
+    let rate = (messages * 3) as f64 / start.elapsed().as_secs_f64();
+    (rate, (written_bytes() - written) / messages as u64)
 }
 
 /// Bytes this process has written (write and pwrite calls), from /proc.
@@ -126,14 +144,23 @@ async fn main() {
                 continue;
             }
             let messages = if writers == 1 { 2_000 } else { 30_000 };
-            let written = written_bytes();
-            let rate = events_per_second(durability, writers, messages).await;
-            let per_message = (written_bytes() - written) / messages as u64;
+            let (rate, per_message) = events_per_second(durability, writers, messages).await;
             println!("| {durability:?} | {writers} | {rate:.0} |");
             if only.is_some() {
                 println!("\n{per_message} bytes written per message");
                 return;
             }
+        }
+    }
+    // A store that has run for a while: its indexes are far larger than a
+    // transaction's share of them (`MSYS_BENCH_CASE=history`: this row alone).
+    if only.as_deref().is_none_or(|o| o == "history") {
+        let (rate, per_message) =
+            events_per_second_with(Durability::Full, 256, 30_000, true, HISTORY / 3).await;
+        println!("| Full, {HISTORY} events stored before | 256 | {rate:.0} |");
+        if only.is_some() {
+            println!("\n{per_message} bytes written per message");
+            return;
         }
     }
     // `cargo bench --bench store -- events`: this table alone.
@@ -150,8 +177,16 @@ async fn main() {
     println!("|---|---|");
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        without.push(events_per_second_with(Durability::Normal, 32, 30_000, false).await);
-        with.push(events_per_second_with(Durability::Normal, 32, 30_000, true).await);
+        without.push(
+            events_per_second_with(Durability::Normal, 32, 30_000, false, 0)
+                .await
+                .0,
+        );
+        with.push(
+            events_per_second_with(Durability::Normal, 32, 30_000, true, 0)
+                .await
+                .0,
+        );
     }
     for v in [&mut with, &mut without] {
         v.sort_by(f64::total_cmp);

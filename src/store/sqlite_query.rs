@@ -207,7 +207,11 @@ pub(super) fn event_search(conn: &Connection, q: &EventQuery) -> rusqlite::Resul
                     .map(|v| text(&format!("%{}%", like_escaped(v)))),
             );
         } else if *field == EventField::Recipient {
-            w.any_of(&expr, values.iter().map(|v| text(&v.to_lowercase())));
+            let lower: Vec<V> = values.iter().map(|v| text(&v.to_lowercase())).collect();
+            w.push(
+                super::rcpt_index::matching_sql(values.len()),
+                lower.iter().chain(&lower).cloned(),
+            );
         } else {
             w.any_of(&expr, values.iter().map(|v| text(v)));
         }

@@ -219,26 +219,6 @@ fn apply_one(conn: &Connection, p: &Pending) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// A step of the recipient index's upkeep with each apply, in a savepoint of its own:
-/// when it fails, the commits are applied all the same (searches stay right; the
-/// upkeep tries again with the next apply).
-fn index_upkeep(conn: &Connection, path: &Path) {
-    let savepoint = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    if savepoint("SAVEPOINT rcpt_index").is_err() {
-        return;
-    }
-    match super::rcpt_index::maintain(conn) {
-        Ok(_) => {
-            let _ = savepoint("RELEASE rcpt_index");
-        }
-        Err(e) => {
-            let _ = savepoint("ROLLBACK TO rcpt_index");
-            let _ = savepoint("RELEASE rcpt_index");
-            tracing::warn!(store = %path.display(), "recipient index upkeep: {e}");
-        }
-    }
-}
-
 /// The writer's side: the commits journaled and not applied yet.
 pub(super) struct Journal {
     pending: Vec<Pending>,
@@ -385,7 +365,6 @@ impl Journal {
                 .pop()
                 .map_or(rusqlite::Error::InvalidQuery, |(_, e)| e));
         }
-        index_upkeep(conn, path);
         super::sqlite::write_counts(conn, path);
         if let Err(e) = conn.execute_batch("COMMIT") {
             let _ = conn.execute_batch("ROLLBACK");

@@ -7,7 +7,6 @@
 mod journal;
 pub mod postgres;
 pub mod query;
-mod rcpt_index;
 pub mod ship;
 pub mod sqlite;
 mod sqlite_query;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many ran.
-pub(super) const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE events (
     event_id INTEGER PRIMARY KEY,
@@ -189,36 +189,6 @@ CREATE TABLE journal (
     seq INTEGER PRIMARY KEY,
     body TEXT NOT NULL
 );
-",
-    // The recipient index in sorted runs written behind (see rcpt_index.rs): the events
-    // indexed so far become one run, at the level its size would have reached.
-    r"
-CREATE TABLE rcpt_recent (
-    seq INTEGER PRIMARY KEY,
-    rcpt TEXT NOT NULL,
-    event_id INTEGER NOT NULL
-);
-CREATE TABLE rcpt_runs (
-    run INTEGER NOT NULL,
-    rcpt TEXT NOT NULL,
-    event_id INTEGER NOT NULL,
-    PRIMARY KEY (run, rcpt, event_id)
-) WITHOUT ROWID;
-CREATE TABLE rcpt_run_list (
-    run INTEGER PRIMARY KEY,
-    level INTEGER NOT NULL,
-    max_event INTEGER NOT NULL,
-    into_run INTEGER,
-    done_to TEXT
-);
-INSERT INTO rcpt_runs (run, rcpt, event_id)
-    SELECT 1, rcpt, event_id FROM events WHERE rcpt IS NOT NULL AND rcpt <> ''
-    ORDER BY rcpt, event_id;
-INSERT INTO rcpt_run_list (run, level, max_event)
-    SELECT 1, CASE WHEN n < 65536 THEN 0 WHEN n < 524288 THEN 1
-        WHEN n < 4194304 THEN 2 WHEN n < 33554432 THEN 3 ELSE 4 END, top
-    FROM (SELECT count(*) AS n, max(event_id) AS top FROM rcpt_runs) WHERE n > 0;
-DROP INDEX events_rcpt;
 ",
 ];
 
@@ -976,19 +946,15 @@ pub(super) fn write_commit(
     for (i, (e, item)) in events.iter().zip(items).enumerate() {
         let id = int(e.event_id);
         let campaign = e.fields.get("campaign_id").and_then(|c| c.as_str());
-        let rcpt = e.rcpt_to().map(str::to_lowercase);
         let inserted = insert_event.execute(params![
             id,
             int(e.timestamp),
             e.kind.as_str(),
             e.transmission_id,
             item,
-            rcpt,
+            e.rcpt_to().map(str::to_lowercase),
             campaign
         ])?;
-        if let (1, Some(rcpt)) = (inserted, &rcpt) {
-            super::rcpt_index::add(conn, rcpt, id)?;
-        }
         // Counted once: a batch written again (a retried commit) adds nothing.
         if inserted == 1 && counting {
             counted.push(e);
@@ -1725,7 +1691,6 @@ impl Store for SqliteStore {
                 "DELETE FROM transmissions WHERE created < ?1",
                 params![int(transmissions_before)],
             )?;
-            super::rcpt_index::drop_pruned(conn)?;
             // Postfix gives up on a message after 5 days (maximal_queue_lifetime).
             let queued = conn.execute(
                 "DELETE FROM queued WHERE created < ?1",

@@ -207,11 +207,7 @@ pub(super) fn event_search(conn: &Connection, q: &EventQuery) -> rusqlite::Resul
                     .map(|v| text(&format!("%{}%", like_escaped(v)))),
             );
         } else if *field == EventField::Recipient {
-            let lower: Vec<V> = values.iter().map(|v| text(&v.to_lowercase())).collect();
-            w.push(
-                super::rcpt_index::matching_sql(values.len()),
-                lower.iter().chain(&lower).cloned(),
-            );
+            w.any_of(&expr, values.iter().map(|v| text(&v.to_lowercase())));
         } else {
             w.any_of(&expr, values.iter().map(|v| text(v)));
         }

@@ -46,6 +46,9 @@ out=$(mktemp)
     echo
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench sendmail' 2>/dev/null
     cat bench/notes.md
+    # Earlier runs and experiments, kept whole (a run replaces only what is above).
+    echo
+    cat bench/history.md
 } | tee "$out"
 mv "$out" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

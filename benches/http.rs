@@ -13,9 +13,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn main() {
+/// wrk's output for `url` against the daemon `binary` (a store of its own), or why not.
+fn redirects(binary: &str, rounds_url: impl Fn(u16) -> String) -> Result<String, String> {
     let (milter_port, http_port) = (free_port(), free_port());
-    let secret = "bench-secret-0123456789";
     // A store of its own: the default one (/var/lib/msys-milter as root) is the
     // machine's, not the benchmark's.
     let dir = tempfile::tempdir().unwrap();
@@ -23,10 +23,11 @@ fn main() {
     let store = dir.path().join("http-bench.db");
     std::fs::write(
         &config,
-        format!("socket = \"inet:127.0.0.1:{milter_port}\"\n[tracking]\nbase_url = \"http://127.0.0.1:{http_port}\"\nsecrets = [\"{secret}\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"{}\"\n", store.display()),
+        format!("socket = \"inet:127.0.0.1:{milter_port}\"\n[tracking]\nbase_url = \"http://127.0.0.1:{http_port}\"\nsecrets = [\"{SECRET}\"]\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"{}\"\n", store.display()),
     )
     .unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_msys-milter"))
+    known_transmission(&store);
+    let mut daemon = Command::new(binary)
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -38,41 +39,85 @@ fn main() {
         assert!(Instant::now() < deadline, "endpoint did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let keys = Keys::new(&[secret]).unwrap();
-    let links = Links {
-        base_url: &format!("http://127.0.0.1:{http_port}"),
-        keys: &keys,
-        transmission_id: 42,
-        recipient: "to@example.org",
-        expires: u32::MAX,
-    };
-    let url = links.click(0, "https://shop.example.com/offer?id=7");
-    println!("### Tracking endpoint: click redirects\n");
-    match Command::new("wrk")
-        .args(["-t2", "-c64", "-d10s", "--latency", &url])
-        .output()
-    {
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let find = |prefix: &str| {
-                text.lines()
-                    .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
-                    .unwrap_or_else(|| "?".into())
-            };
-            println!(
-                "wrk -t2 -c64 -d10s on loopback, one signed click URL (302 to its target); the daemon's endpoint and wrk share the 2 cores. Each click's event is committed to the store (its own, `full` durability) before the 302, after the transmission is read back; the log is at warn, so the figure is the endpoint and its store, not the log.\n"
-            );
-            println!("| requests/s | p50 | p99 |");
-            println!("|---|---|---|");
-            println!(
-                "| {} | {} | {} |",
-                find("Requests/sec:"),
-                find("50%"),
-                find("99%")
-            );
-        }
-        Err(e) => println!("wrk not available ({e}): install the Debian package wrk.\n"),
-    }
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", "-d10s", "--latency", &rounds_url(http_port)])
+        .output();
     let _ = daemon.kill();
     let _ = daemon.wait();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .map_err(|e| format!("wrk not available ({e}): install the Debian package wrk."))
+}
+
+const SECRET: &str = "bench-secret-0123456789";
+
+/// The clicked message's transmission, committed as the milter does when it accepts the
+/// message: each click reads it back.
+fn known_transmission(path: &std::path::Path) {
+    use msys_milter::events::Transmission;
+    use msys_milter::store::sqlite::Durability;
+    use msys_milter::store::{Commit, SqliteStore, Store};
+    let store = SqliteStore::open(path, Durability::Full).unwrap();
+    let commit = Commit {
+        transmission: Some(Transmission {
+            transmission_id: "42".into(),
+            campaign_id: Some("bench".into()),
+            msg_from: "bounces@bounces.example.net".into(),
+            ..Transmission::default()
+        }),
+        ..Commit::default()
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(store.commit(commit))
+        .unwrap();
+    store.close();
+}
+
+fn main() {
+    let keys = Keys::new(&[SECRET]).unwrap();
+    let url = |port: u16| {
+        Links {
+            base_url: &format!("http://127.0.0.1:{port}"),
+            keys: &keys,
+            transmission_id: 42,
+            recipient: "to@example.org",
+            expires: u32::MAX,
+        }
+        .click(0, "https://shop.example.com/offer?id=7")
+    };
+    println!("### Tracking endpoint: click redirects\n");
+    println!(
+        "wrk -t2 -c64 -d10s on loopback, one signed click URL (302 to its target); the daemon's endpoint and wrk share the 2 cores. Each click's event is committed to the store (its own, `full` durability) before the 302, after the transmission is read back; the log is at warn, so the figure is the endpoint and its store, not the log.\n"
+    );
+    // `BENCH_BASELINE=<msys-milter binary>`: that build and this one, 3 alternating rounds.
+    let baseline = std::env::var("BENCH_BASELINE").ok();
+    let mut builds = vec![("this build", env!("CARGO_BIN_EXE_msys-milter").to_owned())];
+    builds.extend(baseline.map(|b| ("baseline", b)));
+    let rounds = if builds.len() > 1 { 3 } else { 1 };
+    println!("| build | requests/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    for _ in 0..rounds {
+        for (name, binary) in &builds {
+            match redirects(binary, url) {
+                Ok(text) => {
+                    let find = |prefix: &str| {
+                        text.lines()
+                            .find_map(|l| {
+                                l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned())
+                            })
+                            .unwrap_or_else(|| "?".into())
+                    };
+                    println!(
+                        "| {name} | {} | {} | {} |",
+                        find("Requests/sec:"),
+                        find("50%"),
+                        find("99%")
+                    );
+                }
+                Err(e) => return println!("{e}\n"),
+            }
+        }
+    }
 }

@@ -50,5 +50,21 @@ out=$(mktemp)
     echo
     cat bench/history.md
 } | tee "$out"
+# The run this one replaces joins the earlier ones in bench/history.md, newest first
+# (its headings one level down), so no row is ever lost.
+if [ -f BENCHMARKS.md ] && grep -q '^## Earlier runs, kept as they were written$' BENCHMARKS.md; then
+    prev_date=$(sed -n 's/^Measured \([0-9-]*\) by.*/\1/p' BENCHMARKS.md | head -1)
+    hist=$(mktemp)
+    {
+        sed -n '1,/^### /{/^### /!p}' bench/history.md
+        echo "### Benchmarks of ${prev_date:-an earlier run}"
+        sed -e '/^## Earlier runs, kept as they were written$/,$d' -e '1d' -e 's/^### /#### /' BENCHMARKS.md
+        sed -n '/^### /,$p' bench/history.md
+    } >"$hist"
+    mv "$hist" bench/history.md
+    # This run's file, with the history as it is now.
+    sed -i '/^## Earlier runs, kept as they were written$/,$d' "$out"
+    cat bench/history.md >>"$out"
+fi
 mv "$out" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -46,9 +46,6 @@ out=$(mktemp)
     echo
     unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --locked --bench sendmail' 2>/dev/null
     cat bench/notes.md
-    # Earlier runs and experiments, kept whole (a run replaces only what is above).
-    echo
-    cat bench/history.md
 } | tee "$out"
 # The run this one replaces joins the earlier ones in bench/history.md, newest first
 # (its headings one level down), so no row is ever lost.
@@ -62,9 +59,11 @@ if [ -f BENCHMARKS.md ] && grep -q '^## Earlier runs, kept as they were written$
         sed -n '/^### /,$p' bench/history.md
     } >"$hist"
     mv "$hist" bench/history.md
-    # This run's file, with the history as it is now.
-    sed -i '/^## Earlier runs, kept as they were written$/,$d' "$out"
-    cat bench/history.md >>"$out"
 fi
+# Earlier runs and experiments, kept whole below this one.
+{
+    echo
+    cat bench/history.md
+} >>"$out"
 mv "$out" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

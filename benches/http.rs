@@ -14,7 +14,7 @@ fn free_port() -> u16 {
 }
 
 /// wrk's output for `url` against the daemon `binary` (a store of its own), or why not.
-fn redirects(binary: &str, rounds_url: impl Fn(u16) -> String) -> Result<String, String> {
+fn redirects(binary: &str, url: impl Fn(u16) -> String) -> Result<String, String> {
     let (milter_port, http_port) = (free_port(), free_port());
     // A store of its own: the default one (/var/lib/msys-milter as root) is the
     // machine's, not the benchmark's.
@@ -40,7 +40,7 @@ fn redirects(binary: &str, rounds_url: impl Fn(u16) -> String) -> Result<String,
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = Command::new("wrk")
-        .args(["-t2", "-c64", "-d10s", "--latency", &rounds_url(http_port)])
+        .args(["-t2", "-c64", "-d10s", "--latency", &url(http_port)])
         .output();
     let _ = daemon.kill();
     let _ = daemon.wait();

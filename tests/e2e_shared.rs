@@ -99,7 +99,17 @@ fn two_hosts_share_one_suppression_list_and_their_transmissions() {
         .find_map(|s| s.find("/c/").map(|at| s[at..].to_owned()))
         .unwrap();
 
-    // A click on B, for mail B never saw: A's campaign and metadata come with it.
+    // A click on B, for mail B never saw: A's campaign and metadata come with it. A
+    // ships its transmission behind the commit (with PostgreSQL slow to register under
+    // load, after the mail is delivered), and a person clicks later than that: wait.
+    let shipped = Instant::now();
+    while pg.sql("SELECT count(*) FROM transmissions") != "1" {
+        assert!(
+            shipped.elapsed() < Duration::from_secs(20),
+            "A never shipped its transmission"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(http_get(port_b, &click).0, 302);
     let clicked = anymail.wait_for("clicked", "alice@example.org", |_| true);
     let event = &clicked["esp_event"]["msys"]["track_event"];

@@ -102,14 +102,12 @@ fn two_hosts_share_one_suppression_list_and_their_transmissions() {
     // A click on B, for mail B never saw: A's campaign and metadata come with it. A
     // ships its transmission behind the commit (with PostgreSQL slow to register under
     // load, after the mail is delivered), and a person clicks later than that: wait.
-    let shipped = Instant::now();
-    while pg.sql("SELECT count(*) FROM transmissions") != "1" {
-        assert!(
-            shipped.elapsed() < Duration::from_secs(20),
-            "A never shipped its transmission"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pg.wait_until(
+        "SELECT count(*) FROM transmissions",
+        "1",
+        20,
+        "SELECT string_agg(node_id::text, ',') FROM nodes",
+    );
     assert_eq!(http_get(port_b, &click).0, 302);
     let clicked = anymail.wait_for("clicked", "alice@example.org", |_| true);
     let event = &clicked["esp_event"]["msys"]["track_event"];
@@ -139,15 +137,12 @@ fn two_hosts_share_one_suppression_list_and_their_transmissions() {
     eprintln!("A refused her {took:?} after the POST to B");
     // Both hosts registered; both shipped their events.
     assert_eq!(pg.sql("SELECT count(*) FROM nodes"), "2");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pg.sql("SELECT count(DISTINCT node_id) FROM events") != "2" {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            pg.sql("SELECT node_id, type FROM events")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    pg.wait_until(
+        "SELECT count(DISTINCT node_id) FROM events",
+        "2",
+        10,
+        "SELECT node_id, type FROM events",
+    );
 }
 
 /// PostgreSQL stops while mail flows through both hosts: every message is accepted

@@ -199,6 +199,20 @@ impl Pg {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Wait until `sql` answers `want` (at most `secs` seconds); on timeout, fail with
+    /// what `explain` answers.
+    pub fn wait_until(&self, sql: &str, want: &str, secs: u64, explain: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while self.sql(sql) != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sql} is not {want} after {secs} s: {}",
+                self.sql(explain)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
